@@ -1,0 +1,32 @@
+# Two jobs, each of which sets itself up on a fresh machine:
+#   make demo  - the main job on the offline default (Fashion-MNIST)
+#   make test  - ruff and the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+DEMO_OUT ?= runs/demo
+
+.PHONY: setup data demo test lint clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+data:
+	@test -f $(FASHION) || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
+
+demo: setup data
+	bash scripts/demo.sh $(DEMO_OUT)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup data lint
+	$(VENV)/bin/pytest -q
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,94 @@
+"""Model configuration files (``models/*.yaml``): the network's shape and defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+from cfconv_tf.generator import PAPER_HIDDEN_UNITS
+from cfconv_tf.sampling import validate_samples
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The paper's CNN family: conv stack, global average pooling, dense head.
+
+    ``input_size``/``channels`` of ``None`` mean "the dataset's own"; ``classes`` is
+    always taken from the dataset at training time and only used here as a default.
+    """
+
+    name: str
+    conv_layers: int = 6
+    filters: int = 32
+    dense_units: tuple[int, ...] = (128, 64)
+    input_size: tuple[int, int] | None = None
+    channels: int | None = None
+    classes: int = 2
+    samples: int | float = 2**18
+    hidden_units: tuple[int, ...] = PAPER_HIDDEN_UNITS
+    update_rate: float = 1.0
+    spatial_kernel_size: int = 3
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    epochs: int = 10
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        for field in (
+            "conv_layers",
+            "filters",
+            "classes",
+            "spatial_kernel_size",
+            "batch_size",
+            "epochs",
+        ):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{self.name}: {field} must be a positive integer, got {value!r}")
+        validate_samples(self.samples)
+        if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) <= 0):
+            raise ValueError(
+                f"{self.name}: input_size must be [height, width], got {self.input_size}"
+            )
+
+    def replace(self, **changes) -> ModelConfig:
+        """A copy with the given fields changed (``None`` values are ignored)."""
+        return dataclasses.replace(
+            self, **{key: value for key, value in changes.items() if value is not None}
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_model_config(name_or_path: str | Path) -> ModelConfig:
+    """Read a model configuration by file path or by name under ``models/``.
+
+    Raises:
+        FileNotFoundError: no such file; the message lists the known names.
+        ValueError: unknown keys or invalid values.
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = MODELS_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in MODELS_DIR.glob("*.yaml"))
+        raise FileNotFoundError(
+            f"model configuration {str(name_or_path)!r} not found; known: {known}"
+        )
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    fields = {field.name for field in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {unknown}; known: {sorted(fields)}")
+    raw.setdefault("name", path.stem)
+    for key in ("dense_units", "input_size", "hidden_units"):
+        if raw.get(key) is not None:
+            raw[key] = tuple(raw[key])
+    return ModelConfig(**raw)

@@ -1,0 +1,180 @@
+"""The Continuous Fourier Convolution layer (CF-Conv, Harper et al.)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+
+from cfconv_tf.generator import PAPER_HIDDEN_UNITS, CoordinateMLP, normalized_coordinates
+from cfconv_tf.sampling import draw_positions, resolve_sample_count, validate_samples
+from cfconv_tf.spectral import hermitian_project, spectral_conv2d
+
+
+@keras.saving.register_keras_serializable(package="cfconv_tf")
+class CFConv2D(keras.layers.Layer):
+    """2D convolution whose kernel lives in the Fourier domain and is drawn by two MLPs.
+
+    State: the half-spectrum kernel ``K = Kr + j Ki``, two non-trainable float32
+    variables of shape ``[H, W//2+1, Cin, filters]``, initialized uniform in [-1, 1]
+    (paper sec. 5). Trainable weights: two :class:`CoordinateMLP` generators
+    (``real_generator``, ``imag_generator``) from normalized ``(h, w, i, o)``.
+
+    Training call: draw ``samples`` positions, evaluate both MLPs only there, write
+    ``K <- K + update_rate * (MLP - K)`` at those positions with
+    ``tf.tensor_scatter_nd_update`` (``update_rate=1`` is the paper's overwrite),
+    convolve with the updated kernel and keep it as the new state. The loss gradient
+    reaches the MLPs only through the written values. Inference call: the state is
+    used as it is; nothing is drawn or written.
+
+    In both modes the DC (and Nyquist) column is made Hermitian before the transform
+    (see :func:`cfconv_tf.spectral.hermitian_project`), so every FFT implementation
+    computes the same function.
+
+    Input ``[B, H, W, Cin]`` float32 with H, W fixed at build -> output
+    ``[B, H, W, filters]`` (circular convolution, then ``activation``).
+
+    Args:
+        filters: output channels.
+        samples: positions re-evaluated per training step: a count (capped at the
+            kernel size) or a fraction in (0, 1]; the whole kernel means the dense,
+            "naive" update.
+        hidden_units: hidden widths of each generator MLP (paper's by default).
+        update_rate: ``g`` in (0, 1] of the write ``K + g (MLP - K)``.
+        activation: applied in the spatial domain after the inverse transform.
+        state_initializer: initializer of both state variables.
+        seed: seed of the position sampler.
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        samples: int | float = 4096,
+        hidden_units: Sequence[int] = PAPER_HIDDEN_UNITS,
+        update_rate: float = 1.0,
+        activation=None,
+        state_initializer="cfconv_uniform",
+        seed: int | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if isinstance(filters, bool) or not isinstance(filters, int) or filters <= 0:
+            raise ValueError(f"filters must be a positive integer, got {filters!r}")
+        if not 0.0 < float(update_rate) <= 1.0:
+            raise ValueError(f"update_rate must lie in (0, 1], got {update_rate}")
+        self.filters = filters
+        self.samples = validate_samples(samples)
+        self.hidden_units = tuple(int(units) for units in hidden_units)
+        self.update_rate = float(update_rate)
+        self.activation = keras.activations.get(activation)
+        if state_initializer == "cfconv_uniform":
+            state_initializer = keras.initializers.RandomUniform(-1.0, 1.0, seed=seed)
+        self.state_initializer = keras.initializers.get(state_initializer)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.real_generator = CoordinateMLP(self.hidden_units, name="real_generator")
+        self.imag_generator = CoordinateMLP(self.hidden_units, name="imag_generator")
+
+    def build(self, input_shape) -> None:
+        if len(input_shape) != 4:
+            raise ValueError(
+                f"{self.name} expects inputs of shape [batch, height, width, channels], "
+                f"got shape {tuple(input_shape)}"
+            )
+        height, width, channels = input_shape[1:]
+        if None in (height, width, channels):
+            raise ValueError(
+                f"{self.name} needs a fixed height, width and channel count (its "
+                f"spectral kernel is defined on that grid), got shape {tuple(input_shape)}"
+            )
+        self.input_size = (int(height), int(width))
+        self.kernel_shape = (int(height), int(width) // 2 + 1, int(channels), self.filters)
+        self.sample_count = resolve_sample_count(self.samples, self.kernel_size)
+        self.state_real = self.add_weight(
+            name="state_real",
+            shape=self.kernel_shape,
+            initializer=self.state_initializer,
+            trainable=False,
+        )
+        self.state_imag = self.add_weight(
+            name="state_imag",
+            shape=self.kernel_shape,
+            initializer=self.state_initializer,
+            trainable=False,
+        )
+        self.real_generator.build((None, 4))
+        self.imag_generator.build((None, 4))
+        self.input_spec = keras.InputSpec(ndim=4, axes={-1: int(channels)})
+
+    @property
+    def kernel_size(self) -> int:
+        """Number of entries of one state variable, ``H * Wf * Cin * Cout``."""
+        height, half_width, channels, filters = self.kernel_shape
+        return height * half_width * channels * filters
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        if tuple(inputs.shape[1:3]) != self.input_size:
+            raise ValueError(
+                f"{self.name} was built for {self.input_size[0]}x{self.input_size[1]} "
+                f"inputs (its spectral kernel lives on that grid), got "
+                f"{inputs.shape[1]}x{inputs.shape[2]}. Freeze or export the model at "
+                f"the new size instead (the MLPs re-sample the kernel there)."
+            )
+        if training:
+            kernel_real, kernel_imag = self._sparse_update()
+        else:
+            kernel_real = tf.convert_to_tensor(self.state_real)
+            kernel_imag = tf.convert_to_tensor(self.state_imag)
+        kernel_real, kernel_imag = hermitian_project(kernel_real, kernel_imag, self.input_size[1])
+        return self.activation(spectral_conv2d(inputs, kernel_real, kernel_imag))
+
+    def _sparse_update(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """Write freshly generated values at sampled positions; return the new kernel.
+
+        Returns ``(kernel_real, kernel_imag)``, each ``[H, Wf, Cin, Cout]``; the
+        gradient flows only through the written values.
+        """
+        if self.sample_count == self.kernel_size:
+            positions = tf.range(self.kernel_size, dtype=tf.int64)
+            carries_gradient = None
+        else:
+            positions, carries_gradient = draw_positions(
+                self.sample_count, self.kernel_size, self.seed_generator
+            )
+        coordinates = normalized_coordinates(positions, self.kernel_shape)
+        new_kernels = []
+        for state, generator in (
+            (self.state_real, self.real_generator),
+            (self.state_imag, self.imag_generator),
+        ):
+            flat_state = tf.reshape(tf.convert_to_tensor(state), [-1])
+            values = generator(coordinates)
+            if carries_gradient is not None:
+                values = tf.where(carries_gradient, values, tf.stop_gradient(values))
+            if self.update_rate != 1.0:
+                old = tf.gather(flat_state, positions)
+                values = old + self.update_rate * (values - old)
+            flat_kernel = tf.tensor_scatter_nd_update(flat_state, positions[:, None], values)
+            kernel = tf.reshape(flat_kernel, self.kernel_shape)
+            state.assign(tf.stop_gradient(kernel))
+            new_kernels.append(kernel)
+        return new_kernels[0], new_kernels[1]
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)[:-1] + (self.filters,)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "samples": self.samples,
+                "hidden_units": list(self.hidden_units),
+                "update_rate": self.update_rate,
+                "activation": keras.activations.serialize(self.activation),
+                "state_initializer": keras.initializers.serialize(self.state_initializer),
+                "seed": self.seed,
+            }
+        )
+        return config

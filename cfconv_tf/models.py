@@ -1,0 +1,73 @@
+"""The paper's CNN (Fig. 3) in a CF-Conv variant and a spatial-conv baseline."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from cfconv_tf.config import ModelConfig
+from cfconv_tf.layers import CFConv2D
+
+VARIANTS = ("cf", "spatial")
+
+
+def build_model(
+    config: ModelConfig,
+    variant: str,
+    input_shape: tuple[int, int, int],
+    classes: int,
+    seed: int | None = None,
+) -> keras.Model:
+    """Build the paper's network.
+
+    Input: raw pixel values ``[B, H, W, C]`` float32 in [0, 255] (scaled to [0, 1]
+    inside the model, so exported models take pixels as they are). Output:
+    probabilities ``[B, 1]`` (sigmoid) when ``classes == 2``, else ``[B, classes]``
+    (softmax).
+
+    Args:
+        variant: ``"cf"`` for CF-Conv layers, ``"spatial"`` for ``Conv2D`` layers of
+            ``config.spatial_kernel_size`` with "same" padding.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown model variant {variant!r}; choose one of {VARIANTS}")
+    if classes < 2:
+        raise ValueError(f"a classifier needs at least 2 classes, got {classes}")
+    inputs = keras.Input(shape=input_shape, name="image")
+    hidden = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    for index in range(config.conv_layers):
+        if variant == "cf":
+            layer = CFConv2D(
+                config.filters,
+                samples=config.samples,
+                hidden_units=config.hidden_units,
+                update_rate=config.update_rate,
+                activation="relu",
+                seed=None if seed is None else seed + index,
+                name=f"cfconv_{index}",
+            )
+        else:
+            layer = keras.layers.Conv2D(
+                config.filters,
+                config.spatial_kernel_size,
+                padding="same",
+                activation="relu",
+                name=f"conv_{index}",
+            )
+        hidden = layer(hidden)
+    hidden = keras.layers.GlobalAveragePooling2D(name="pool")(hidden)
+    for index, units in enumerate(config.dense_units):
+        hidden = keras.layers.Dense(units, activation="relu", name=f"dense_{index}")(hidden)
+    if classes == 2:
+        outputs = keras.layers.Dense(1, activation="sigmoid", name="probabilities")(hidden)
+    else:
+        outputs = keras.layers.Dense(classes, activation="softmax", name="probabilities")(hidden)
+    return keras.Model(inputs, outputs, name=f"{config.name}_{variant}")
+
+
+def parameter_counts(model: keras.Model) -> dict[str, int]:
+    """Trainable and non-trainable (spectral state) parameter counts."""
+    return {
+        "trainable": sum(int(np.prod(w.shape)) for w in model.trainable_weights),
+        "non_trainable": sum(int(np.prod(w.shape)) for w in model.non_trainable_weights),
+    }

@@ -1,0 +1,58 @@
+"""Choosing which spectral-kernel entries a training step re-evaluates.
+
+The paper (sec. 5) samples "selected positions" uniformly over all
+``H * Wf * Cin * Cout`` kernel entries, afresh every step. It does not say whether the
+draw is with or without replacement; we draw with replacement (cheap, fixed size) and
+mark repeated draws so that each distinct position carries the loss gradient once.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import keras
+import tensorflow as tf
+
+
+def validate_samples(samples: int | float) -> int | float:
+    """Check a ``samples`` setting: a positive count, or a fraction in (0, 1]."""
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Real):
+        raise ValueError(
+            f"samples must be a positive count or a fraction in (0, 1], got {samples!r}"
+        )
+    if isinstance(samples, numbers.Integral):
+        if samples <= 0:
+            raise ValueError(f"samples must be a positive count, got {samples}")
+        return int(samples)
+    if not 0.0 < samples <= 1.0:
+        raise ValueError(f"samples given as a fraction must lie in (0, 1], got {samples}")
+    return float(samples)
+
+
+def resolve_sample_count(samples: int | float, total: int) -> int:
+    """Number of draws per step for a kernel of ``total`` entries.
+
+    A count is capped at ``total``; a fraction is rounded (at least 1). A result equal
+    to ``total`` means the dense ("naive") update: every position, every step.
+    """
+    samples = validate_samples(samples)
+    if isinstance(samples, int):
+        return min(samples, total)
+    return max(1, min(total, round(samples * total)))
+
+
+def draw_positions(
+    count: int, total: int, seed_generator: keras.random.SeedGenerator
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Draw ``count`` flat positions uniformly in ``[0, total)``, with replacement.
+
+    Returns:
+        ``positions``: int64, shape ``[count]``, sorted ascending (scatter locality);
+        ``is_first``: bool, shape ``[count]``, True at the first copy of each distinct
+        position. Repeated copies write the same value, but only the first may carry a
+        gradient, or the generator would see that position's gradient twice.
+    """
+    positions = keras.random.randint((count,), 0, total, dtype="int64", seed=seed_generator)
+    positions = tf.sort(positions)
+    is_first = tf.concat([[True], positions[1:] != positions[:-1]], axis=0)
+    return positions, is_first

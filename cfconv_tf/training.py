@@ -1,0 +1,138 @@
+"""``cfconv train``: fit a model with checkpoints, resume, history and a test score.
+
+A run directory holds everything of one run:
+
+- ``run.json``        the settings (a resumed run must use the same ones);
+- ``backup/``         Keras ``BackupAndRestore`` state (weights, spectral state,
+                      optimizer, epoch), written every ``save_every`` steps, so a
+                      killed run resumes where it was;
+- ``checkpoints/last.keras``  the whole model after each epoch;
+- ``history.csv``     per-epoch metrics; ``tensorboard/`` TensorBoard logs;
+- ``model.keras``     the trained model; ``test_metrics.json`` its test score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import keras
+
+from cfconv_tf.config import ModelConfig
+from cfconv_tf.data import batched, load_dataset
+from cfconv_tf.models import build_model, parameter_counts
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """Everything that defines a training run (and so must match on resume)."""
+
+    config: ModelConfig
+    variant: str
+    dataset: str = "fashion_mnist"
+    seed: int = 0
+    augment: bool = False
+    train_limit: int | None = None
+    steps_per_epoch: int | None = None
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def compile_model(model: keras.Model, classes: int, learning_rate: float) -> None:
+    """Adam and the cross-entropy that matches the head (sigmoid for 2 classes)."""
+    loss = "binary_crossentropy" if classes == 2 else "sparse_categorical_crossentropy"
+    metric = "binary_accuracy" if classes == 2 else "sparse_categorical_accuracy"
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=loss,
+        metrics=[keras.metrics.get(metric)],
+    )
+
+
+def _check_run_dir(run_dir: Path, settings: RunSettings) -> None:
+    """Write ``run.json``, or check that an existing one describes the same run."""
+    run_file = run_dir / "run.json"
+    wanted = settings.to_dict()
+    if run_file.exists():
+        found = json.loads(run_file.read_text())
+        if found != wanted:
+            changed = sorted(k for k in wanted if found.get(k) != wanted[k])
+            raise ValueError(
+                f"{run_dir} holds a different run (settings differ in {changed}); "
+                f"resume it with the same settings or choose a new --out"
+            )
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run_file.write_text(json.dumps(wanted, indent=2) + "\n")
+
+
+def train(
+    settings: RunSettings,
+    run_dir: str | Path,
+    save_every: int | None = None,
+    extra_callbacks: list[keras.callbacks.Callback] | None = None,
+    verbose: int | str = "auto",
+) -> dict:
+    """Train (or resume) a run; evaluate on the test split.
+
+    Args:
+        save_every: back up every N steps (default: once per epoch).
+        extra_callbacks: more Keras callbacks (e.g. to stop early in tests).
+
+    Returns:
+        ``{"test": {metric: value}, "parameters": {...}, "epochs_done": int}``.
+    """
+    run_dir = Path(run_dir)
+    _check_run_dir(run_dir, settings)
+    config = settings.config
+    keras.utils.set_random_seed(settings.seed)
+    splits = load_dataset(
+        settings.dataset,
+        config.input_size,
+        config.channels,
+        seed=settings.seed,
+        train_limit=settings.train_limit,
+    )
+    model = build_model(
+        config, settings.variant, splits.image_shape, splits.classes, seed=settings.seed
+    )
+    compile_model(model, splits.classes, config.learning_rate)
+    parameters = parameter_counts(model)
+    print(
+        f"{model.name}: {parameters['trainable']:,} trainable parameters, "
+        f"{parameters['non_trainable']:,} spectral-state entries"
+    )
+
+    train_data = batched(
+        splits.train, config.batch_size, shuffle_seed=settings.seed, augment=settings.augment
+    )
+    if settings.steps_per_epoch is not None:
+        train_data = train_data.repeat()
+    callbacks = [
+        keras.callbacks.BackupAndRestore(
+            run_dir / "backup",
+            save_freq=save_every or "epoch",
+            double_checkpoint=True,
+            delete_checkpoint=False,
+        ),
+        keras.callbacks.ModelCheckpoint(run_dir / "checkpoints" / "last.keras"),
+        keras.callbacks.CSVLogger(run_dir / "history.csv", append=True),
+        keras.callbacks.TensorBoard(run_dir / "tensorboard"),
+        *(extra_callbacks or []),
+    ]
+    model.fit(
+        train_data,
+        validation_data=batched(splits.validation, config.batch_size),
+        epochs=config.epochs,
+        steps_per_epoch=settings.steps_per_epoch,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    model.save(run_dir / "model.keras")
+    test = model.evaluate(batched(splits.test, config.batch_size), return_dict=True, verbose=0)
+    result = {"test": test, "parameters": parameters, "class_names": list(splits.class_names)}
+    (run_dir / "test_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    print("test: " + ", ".join(f"{name} {value:.4f}" for name, value in test.items()))
+    return result

@@ -1,0 +1,1 @@
+"""Freezing trained CF-Conv models and writing SavedModel / ONNX / model repositories."""

@@ -1,0 +1,242 @@
+"""CFConv2D: the sparse scatter update, its gradients, serialization, bad input."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cfconv_tf.generator import normalized_coordinates
+from cfconv_tf.layers import CFConv2D
+from cfconv_tf.sampling import draw_positions
+from cfconv_tf.spectral import hermitian_project, spectral_conv2d
+
+INPUT_SHAPE = (2, 9, 8, 3)  # odd height, even width, Cin != Cout
+
+
+def make_layer(**overrides) -> CFConv2D:
+    options = {"filters": 4, "samples": 50, "hidden_units": (8, 8), "seed": 3}
+    options.update(overrides)
+    layer = CFConv2D(**options)
+    layer.build(INPUT_SHAPE)
+    return layer
+
+
+def next_positions(layer: CFConv2D) -> tuple[np.ndarray, np.ndarray]:
+    """The positions the layer's next training call will draw (a cloned sampler)."""
+    clone = keras.random.SeedGenerator(0)
+    clone.state.assign(layer.seed_generator.state)
+    positions, is_first = draw_positions(layer.sample_count, layer.kernel_size, clone)
+    return positions.numpy(), is_first.numpy()
+
+
+def generated_values(layer: CFConv2D, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    coordinates = normalized_coordinates(tf.constant(positions, tf.int64), layer.kernel_shape)
+    return layer.real_generator(coordinates).numpy(), layer.imag_generator(coordinates).numpy()
+
+
+def state(layer: CFConv2D) -> tuple[np.ndarray, np.ndarray]:
+    return layer.state_real.numpy().copy(), layer.state_imag.numpy().copy()
+
+
+def test_training_step_writes_exactly_the_sampled_positions(rng):
+    layer = make_layer()
+    x = rng.standard_normal(INPUT_SHAPE).astype(np.float32)
+    before = state(layer)
+    positions, _ = next_positions(layer)
+    layer(x, training=True)
+    after = state(layer)
+    sampled = np.zeros(layer.kernel_size, bool)
+    sampled[positions] = True
+    expected = generated_values(layer, np.flatnonzero(sampled))
+    for old, new, values in zip(before, after, expected, strict=True):
+        old, new = old.reshape(-1), new.reshape(-1)
+        changed = np.flatnonzero(old != new)
+        assert len(changed) <= layer.sample_count
+        assert set(changed) <= set(np.flatnonzero(sampled))
+        np.testing.assert_array_equal(new[~sampled], old[~sampled])
+        np.testing.assert_allclose(new[sampled], values, rtol=1e-6, atol=1e-7)
+
+
+def test_update_rate_blends_towards_generated_values(rng):
+    layer = make_layer(update_rate=0.25)
+    before = state(layer)
+    positions, _ = next_positions(layer)
+    layer(rng.standard_normal(INPUT_SHAPE).astype(np.float32), training=True)
+    unique = np.unique(positions)
+    for old, new, values in zip(before, state(layer), generated_values(layer, unique), strict=True):
+        expected = old.reshape(-1)[unique] + 0.25 * (values - old.reshape(-1)[unique])
+        np.testing.assert_allclose(new.reshape(-1)[unique], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dense_samples_regenerate_the_whole_kernel(rng):
+    layer = make_layer(samples=1.0)
+    assert layer.sample_count == layer.kernel_size
+    layer(rng.standard_normal(INPUT_SHAPE).astype(np.float32), training=True)
+    values = generated_values(layer, np.arange(layer.kernel_size))
+    for current, expected in zip(state(layer), values, strict=True):
+        np.testing.assert_allclose(current.reshape(-1), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_inference_call_changes_nothing_and_uses_the_state(rng):
+    layer = make_layer()
+    x = rng.standard_normal(INPUT_SHAPE).astype(np.float32)
+    before = state(layer)
+    sampler_before = layer.seed_generator.state.numpy().copy()
+    y = layer(x, training=False).numpy()
+    for old, new in zip(before, state(layer), strict=True):
+        np.testing.assert_array_equal(old, new)
+    np.testing.assert_array_equal(layer.seed_generator.state.numpy(), sampler_before)
+    kr, ki = hermitian_project(tf.constant(before[0]), tf.constant(before[1]), INPUT_SHAPE[2])
+    np.testing.assert_allclose(y, spectral_conv2d(tf.constant(x), kr, ki).numpy(), atol=1e-5)
+
+
+def test_gradient_reaches_the_mlps_only_through_the_sampled_values(rng):
+    """Autodiff gradient == dL/dK at the sampled positions, chained through the MLPs."""
+    layer = make_layer(samples=60)  # duplicates are likely among 60 draws of 540
+    x = tf.constant(rng.standard_normal(INPUT_SHAPE).astype(np.float32))
+    target = tf.constant(rng.standard_normal(INPUT_SHAPE[:3] + (4,)).astype(np.float32))
+    positions, _ = next_positions(layer)
+    old_real, old_imag = (tf.constant(s) for s in state(layer))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum((layer(x, training=True) - target) ** 2)
+    weights = layer.trainable_weights
+    grads = tape.gradient(loss, weights)
+    assert all(g is not None for g in grads)
+    for generator in (layer.real_generator, layer.imag_generator):
+        norms = [
+            float(tf.norm(g))
+            for g, w in zip(grads, weights, strict=True)
+            if w.path.startswith(generator.path)
+        ]
+        assert norms and sum(norms) > 0
+
+    # Reference: gradient of the loss w.r.t. a full kernel tensor, gathered at the
+    # distinct sampled positions and pulled back through the MLPs.
+    unique = tf.constant(np.unique(positions), tf.int64)
+    new_real = tf.tensor_scatter_nd_update(
+        tf.reshape(old_real, [-1]),
+        unique[:, None],
+        layer.real_generator(normalized_coordinates(unique, layer.kernel_shape)),
+    )
+    new_imag = tf.tensor_scatter_nd_update(
+        tf.reshape(old_imag, [-1]),
+        unique[:, None],
+        layer.imag_generator(normalized_coordinates(unique, layer.kernel_shape)),
+    )
+    kernels = [tf.reshape(new_real, layer.kernel_shape), tf.reshape(new_imag, layer.kernel_shape)]
+    with tf.GradientTape() as kernel_tape:
+        kernel_tape.watch(kernels)
+        projected = hermitian_project(*kernels, INPUT_SHAPE[2])
+        reference_loss = tf.reduce_sum((spectral_conv2d(x, *projected) - target) ** 2)
+    kernel_grads = kernel_tape.gradient(reference_loss, kernels)
+    np.testing.assert_allclose(float(reference_loss), float(loss), rtol=1e-5)
+    coordinates = normalized_coordinates(unique, layer.kernel_shape)
+    for generator, kernel_grad in zip(
+        (layer.real_generator, layer.imag_generator), kernel_grads, strict=True
+    ):
+        with tf.GradientTape() as mlp_tape:
+            values = generator(coordinates)
+        expected = mlp_tape.gradient(
+            values,
+            generator.trainable_weights,
+            output_gradients=tf.gather(tf.reshape(kernel_grad, [-1]), unique),
+        )
+        actual = [
+            g for g, w in zip(grads, weights, strict=True) if w.path.startswith(generator.path)
+        ]
+        for got, want in zip(actual, expected, strict=True):
+            np.testing.assert_allclose(
+                got.numpy(),
+                want.numpy(),
+                rtol=1e-4,
+                atol=1e-5 * float(tf.reduce_max(tf.abs(want))) + 1e-7,
+            )
+
+
+def test_config_round_trip_gives_same_outputs(rng):
+    layer = make_layer(update_rate=0.5, activation="relu")
+    x = rng.standard_normal(INPUT_SHAPE).astype(np.float32)
+    layer(x, training=True)
+    config = layer.get_config()
+    clone = CFConv2D.from_config(config)
+    clone.build(INPUT_SHAPE)
+    assert clone.get_config() == config
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(clone(x).numpy(), layer(x).numpy())
+
+
+def test_symbolic_and_eager_calls_and_keras_save_load(tmp_path, rng):
+    inputs = keras.Input(INPUT_SHAPE[1:])
+    outputs = CFConv2D(4, samples=30, hidden_units=(8,), activation="relu", name="cf")(inputs)
+    assert tuple(outputs.shape) == (None, 9, 8, 4)
+    model = keras.Model(inputs, outputs)
+    x = rng.standard_normal(INPUT_SHAPE).astype(np.float32)
+    model(x, training=True)  # move the state away from its initial values
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(
+        loaded.get_layer("cf").state_real.numpy(), model.get_layer("cf").state_real.numpy()
+    )
+    np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+
+
+def test_fit_step_updates_state_and_weights(rng):
+    model = keras.Sequential(
+        [
+            keras.Input(INPUT_SHAPE[1:]),
+            CFConv2D(4, samples=30, hidden_units=(8,), activation="relu", name="cf"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile("adam", "mse")
+    layer = model.get_layer("cf")
+    before = state(layer)
+    weights_before = [w.numpy().copy() for w in layer.trainable_weights]
+    x = rng.standard_normal((8,) + INPUT_SHAPE[1:]).astype(np.float32)
+    model.fit(x, rng.standard_normal((8, 1)), batch_size=4, epochs=1, verbose=0)
+    changed = np.count_nonzero(layer.state_real.numpy() != before[0])
+    assert 0 < changed <= 2 * layer.sample_count  # two steps of at most 30 writes
+    assert any(
+        not np.array_equal(a, w.numpy())
+        for a, w in zip(weights_before, layer.trainable_weights, strict=True)
+    )
+
+
+def test_paper_initialization_is_uniform_minus_one_to_one():
+    layer = CFConv2D(8, samples=10, seed=0)
+    layer.build((None, 16, 16, 8))
+    values = layer.state_real.numpy()
+    assert values.shape == (16, 9, 8, 8) and layer.state_imag.shape == (16, 9, 8, 8)
+    assert -1.0 <= values.min() < -0.95 and 0.95 < values.max() <= 1.0
+    assert not layer.state_real.trainable and layer.state_real.dtype == "float32"
+
+
+def test_fraction_and_count_resolve_against_kernel_size():
+    assert make_layer(samples=0.1).sample_count == round(0.1 * 9 * 5 * 3 * 4)
+    assert make_layer(samples=10**9).sample_count == 9 * 5 * 3 * 4
+
+
+@pytest.mark.parametrize("samples", [0, -5, 0.0, 1.5, True, "many"])
+def test_bad_samples_are_rejected(samples):
+    with pytest.raises(ValueError, match="samples"):
+        CFConv2D(4, samples=samples)
+
+
+def test_bad_shapes_are_rejected(rng):
+    with pytest.raises(ValueError, match=r"\[batch, height, width, channels\]"):
+        CFConv2D(4).build((None, 8, 8))
+    with pytest.raises(ValueError, match="fixed height, width"):
+        CFConv2D(4).build((None, None, None, 3))
+    layer = make_layer()
+    with pytest.raises(ValueError, match=r"built for 9x8 inputs"):
+        layer(rng.standard_normal((2, 10, 8, 3)).astype(np.float32))
+    with pytest.raises(ValueError, match="axis -1"):
+        layer(rng.standard_normal((2, 9, 8, 2)).astype(np.float32))
+    with pytest.raises(ValueError, match="filters"):
+        CFConv2D(0)
+    with pytest.raises(ValueError, match="update_rate"):
+        CFConv2D(4, update_rate=0.0)

@@ -1,0 +1,81 @@
+"""The spectral convolution against slow, obvious references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cfconv_tf.spectral import hermitian_project, spectral_conv2d
+
+SHAPES = [  # (batch, height, width, cin, cout): odd, even, non-square, cin != cout
+    (2, 7, 7, 3, 5),
+    (2, 8, 8, 4, 2),
+    (1, 6, 9, 2, 3),
+    (3, 9, 6, 1, 4),
+    (1, 5, 2, 2, 2),
+]
+
+
+def circular_conv_reference(x: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Direct circular convolution: y[p,q,o] = sum_{a,b,i} x[p-a, q-b, i] k[a,b,i,o]."""
+    batch, height, width, _ = x.shape
+    y = np.zeros((batch, height, width, k.shape[-1]))
+    for a in range(height):
+        for b in range(width):
+            shifted = np.roll(x, (a, b), axis=(1, 2)).astype(np.float64)
+            y += np.einsum("bhwi,io->bhwo", shifted, k[a, b])
+    return y
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_spectral_conv_equals_direct_circular_convolution(shape, rng):
+    batch, height, width, cin, cout = shape
+    x = rng.standard_normal((batch, height, width, cin)).astype(np.float32)
+    k = rng.standard_normal((height, width, cin, cout)).astype(np.float32)
+    spectrum = np.fft.rfft2(k, axes=(0, 1))
+    y = spectral_conv2d(
+        tf.constant(x),
+        tf.constant(spectrum.real, tf.float32),
+        tf.constant(spectrum.imag, tf.float32),
+    )
+    expected = circular_conv_reference(x, k)
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_projected_kernel_equals_numpy_irfft_of_any_spectrum(shape, rng):
+    """For an arbitrary (non-Hermitian) K, conv with P(K) is numpy's irfft2(X * K)."""
+    batch, height, width, cin, cout = shape
+    x = rng.standard_normal((batch, height, width, cin)).astype(np.float32)
+    kr, ki = (
+        rng.uniform(-1, 1, (height, width // 2 + 1, cin, cout)).astype(np.float32) for _ in range(2)
+    )
+    pr, pi = hermitian_project(tf.constant(kr), tf.constant(ki), width)
+    y = spectral_conv2d(tf.constant(x), pr, pi).numpy()
+    spectrum_x = np.fft.rfft2(x.astype(np.float64), axes=(1, 2))
+    mixed = np.einsum("bhwi,hwio->bhwo", spectrum_x, kr + 1j * ki.astype(np.float64))
+    expected = np.fft.irfft2(mixed, s=(height, width), axes=(1, 2))
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("height,width", [(7, 7), (8, 8), (6, 9), (9, 6), (4, 1)])
+def test_projection_is_idempotent_and_keeps_real_kernels(height, width, rng):
+    kr, ki = (
+        tf.constant(rng.standard_normal((height, width // 2 + 1, 2, 3)), tf.float32)
+        for _ in range(2)
+    )
+    once = hermitian_project(kr, ki, width)
+    twice = hermitian_project(*once, width)
+    for a, b in zip(once, twice, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    # Columns other than DC / Nyquist are untouched.
+    interior = slice(1, (width + 1) // 2)
+    np.testing.assert_array_equal(once[0].numpy()[:, interior], kr.numpy()[:, interior])
+    # The spectrum of a real kernel is already Hermitian: projection changes nothing.
+    spectrum = np.fft.rfft2(rng.standard_normal((height, width, 2, 3)), axes=(0, 1))
+    real = hermitian_project(
+        tf.constant(spectrum.real, tf.float32), tf.constant(spectrum.imag, tf.float32), width
+    )
+    np.testing.assert_allclose(real[0].numpy(), spectrum.real, atol=1e-5)
+    np.testing.assert_allclose(real[1].numpy(), spectrum.imag, atol=1e-5)
