@@ -128,6 +128,7 @@ def train(
         epochs=config.epochs,
         steps_per_epoch=settings.steps_per_epoch,
         callbacks=callbacks,
+        shuffle=False,  # the tf.data pipeline shuffles, seeded
         verbose=verbose,
     )
     model.save(run_dir / "model.keras")

@@ -1,0 +1,59 @@
+"""The paper's network from configuration files, and configuration errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cfconv_tf.config import ModelConfig, load_model_config
+from cfconv_tf.layers import CFConv2D
+from cfconv_tf.models import build_model, parameter_counts
+
+
+def test_paper_configuration_has_the_papers_parameter_counts():
+    config = load_model_config("paper_cnn")
+    assert (config.conv_layers, config.filters, config.input_size, config.samples) == (
+        6, 32, (150, 150), 2**18)
+    counts = {variant: parameter_counts(build_model(config, variant, (150, 150, 3), 2))
+              for variant in ("cf", "spatial")}
+    # Paper, Table 1: 59K (CF-Conv) and 60K (3x3 CNN) trainable parameters.
+    assert 55_000 <= counts["cf"]["trainable"] <= 61_000
+    assert 59_000 <= counts["spatial"]["trainable"] <= 61_000
+    assert counts["cf"]["non_trainable"] == 2 * 150 * 76 * (3 * 32 + 5 * 32 * 32)
+    assert counts["spatial"]["non_trainable"] == 0
+
+
+@pytest.mark.parametrize("classes,width", [(2, 1), (10, 10)])
+def test_head_matches_class_count(tiny_config, classes, width, rng):
+    model = build_model(tiny_config, "cf", (12, 10, 1), classes)
+    cf_layers = [layer for layer in model.layers if isinstance(layer, CFConv2D)]
+    assert len(cf_layers) == tiny_config.conv_layers
+    probabilities = model(rng.uniform(0, 255, (3, 12, 10, 1)).astype(np.float32)).numpy()
+    assert probabilities.shape == (3, width)
+    if classes > 2:
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
+
+
+def test_spatial_variant_uses_conv2d_with_configured_kernel(tiny_config):
+    model = build_model(tiny_config.replace(spatial_kernel_size=5), "spatial", (12, 12, 3), 4)
+    convs = [layer for layer in model.layers if layer.name.startswith("conv_")]
+    assert [layer.kernel_size for layer in convs] == [(5, 5)] * tiny_config.conv_layers
+
+
+def test_bad_model_requests_are_rejected(tiny_config, tmp_path):
+    with pytest.raises(ValueError, match="unknown model variant"):
+        build_model(tiny_config, "transformer", (8, 8, 1), 2)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        build_model(tiny_config, "cf", (8, 8, 1), 1)
+    with pytest.raises(FileNotFoundError, match="paper_cnn"):
+        load_model_config("no_such_model")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("conv_layers: 2\nfliters: 8\n")
+    with pytest.raises(ValueError, match="unknown settings \\['fliters'\\]"):
+        load_model_config(bad)
+    bad.write_text("conv_layers: 0\n")
+    with pytest.raises(ValueError, match="conv_layers must be a positive integer"):
+        load_model_config(bad)
+    with pytest.raises(ValueError, match="samples"):
+        ModelConfig(name="x", samples=-1)
