@@ -15,8 +15,10 @@ def test_fashion_mnist_splits_are_real_and_disjoint():
     splits = load_dataset("fashion_mnist")
     assert splits.image_shape == (28, 28, 1) and splits.classes == 10
     assert splits.class_names[0] == "T-shirt/top"
-    counts = [int(split.reduce(0, lambda n, _: n + 1)) for split in
-              (splits.train, splits.validation, splits.test)]
+    counts = [
+        int(split.reduce(0, lambda n, _: n + 1))
+        for split in (splits.train, splits.validation, splits.test)
+    ]
     assert counts == [55_000, 5_000, 10_000]
     images, labels = next(iter(splits.test.batch(1000)))
     assert images.dtype == tf.float32 and images.shape == (1000, 28, 28, 1)
@@ -72,9 +74,11 @@ def test_corrupt_fashion_files_are_reported(tmp_path, monkeypatch):
     monkeypatch.setenv(FASHION_MNIST_ENV, str(tmp_path))
     for prefix in ("train", "t10k"):
         (tmp_path / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(
-            gzip.compress((2049).to_bytes(4, "big") + (3).to_bytes(4, "big") + b"\x01\x02\x03"))
+            gzip.compress((2049).to_bytes(4, "big") + (3).to_bytes(4, "big") + b"\x01\x02\x03")
+        )
         (tmp_path / f"{prefix}-images-idx3-ubyte.gz").write_bytes(
-            gzip.compress((2051).to_bytes(4, "big") + b"\x00\x00\x00\x03" * 3 + b"\x00" * 5))
+            gzip.compress((2051).to_bytes(4, "big") + b"\x00\x00\x00\x03" * 3 + b"\x00" * 5)
+        )
     with pytest.raises(ValueError, match="truncated or corrupt"):
         load_dataset("fashion_mnist")
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")

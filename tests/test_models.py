@@ -13,9 +13,15 @@ from cfconv_tf.models import build_model, parameter_counts
 def test_paper_configuration_has_the_papers_parameter_counts():
     config = load_model_config("paper_cnn")
     assert (config.conv_layers, config.filters, config.input_size, config.samples) == (
-        6, 32, (150, 150), 2**18)
-    counts = {variant: parameter_counts(build_model(config, variant, (150, 150, 3), 2))
-              for variant in ("cf", "spatial")}
+        6,
+        32,
+        (150, 150),
+        2**18,
+    )
+    counts = {
+        variant: parameter_counts(build_model(config, variant, (150, 150, 3), 2))
+        for variant in ("cf", "spatial")
+    }
     # Paper, Table 1: 59K (CF-Conv) and 60K (3x3 CNN) trainable parameters.
     assert 55_000 <= counts["cf"]["trainable"] <= 61_000
     assert 59_000 <= counts["spatial"]["trainable"] <= 61_000

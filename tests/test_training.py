@@ -60,8 +60,13 @@ class Snapshots(keras.callbacks.Callback):
 
 
 def test_killed_run_resumes_from_its_checkpoint_with_the_same_state(tiny_config, tmp_path):
-    settings = RunSettings(config=tiny_config.replace(epochs=3, batch_size=16), variant="cf",
-                           train_limit=64, steps_per_epoch=4, seed=5)
+    settings = RunSettings(
+        config=tiny_config.replace(epochs=3, batch_size=16),
+        variant="cf",
+        train_limit=64,
+        steps_per_epoch=4,
+        seed=5,
+    )
     first = Snapshots()
     with pytest.raises(KeyboardInterrupt):
         train(settings, tmp_path, save_every=3, extra_callbacks=[first, StopAfter(8)], verbose=0)
@@ -93,12 +98,14 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_state(tiny_config,
 
 
 def test_a_run_dir_refuses_different_settings(tiny_config, tmp_path):
-    settings = RunSettings(config=tiny_config, variant="spatial", train_limit=32,
-                           steps_per_epoch=1)
+    settings = RunSettings(config=tiny_config, variant="spatial", train_limit=32, steps_per_epoch=1)
     train(settings, tmp_path, verbose=0)
     with pytest.raises(ValueError, match=r"holds a different run .*'variant'"):
-        train(RunSettings(config=tiny_config, variant="cf", train_limit=32,
-                          steps_per_epoch=1), tmp_path, verbose=0)
+        train(
+            RunSettings(config=tiny_config, variant="cf", train_limit=32, steps_per_epoch=1),
+            tmp_path,
+            verbose=0,
+        )
 
 
 @pytest.mark.parametrize(
@@ -113,8 +120,15 @@ def test_cli_reports_bad_requests_without_a_traceback(argv, message, tmp_path, c
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["train", "--samples", "0"], ["train", "--samples", "1.5"],
-                                  ["train", "--input-size", "12x"], ["train", "--model", "vit"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--samples", "0"],
+        ["train", "--samples", "1.5"],
+        ["train", "--input-size", "12x"],
+        ["train", "--model", "vit"],
+    ],
+)
 def test_cli_rejects_bad_option_values(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
