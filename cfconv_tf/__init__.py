@@ -1,6 +1,23 @@
-"""cfconv_tf: Continuous Fourier Convolutions (CF-Convs) for TensorFlow/Keras."""
+"""cfconv_tf: Continuous Fourier Convolutions (CF-Convs) for TensorFlow/Keras.
 
-from cfconv_tf.generator import PAPER_HIDDEN_UNITS, CoordinateMLP
-from cfconv_tf.layers import CFConv2D
+The layers are imported on first use, so ``import cfconv_tf`` (and the ``cfconv``
+command's start-up) does not load TensorFlow before it has to.
+"""
 
-__all__ = ["PAPER_HIDDEN_UNITS", "CFConv2D", "CoordinateMLP"]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "CFConv2D": "cfconv_tf.layers",
+    "CoordinateMLP": "cfconv_tf.generator",
+    "FrozenSpectralConv2D": "cfconv_tf.frozen",
+    "PAPER_HIDDEN_UNITS": "cfconv_tf.generator",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cfconv_tf' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -161,6 +161,31 @@ class CFConv2D(keras.layers.Layer):
             new_kernels.append(kernel)
         return new_kernels[0], new_kernels[1]
 
+    def generate_kernel(
+        self, input_size: tuple[int, int] | None = None, chunk_size: int = 2**16
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """Evaluate both MLPs at every position of the kernel grid for ``input_size``.
+
+        The coordinates are normalized, so the same MLPs give a kernel for another
+        input size (the continuous-kernel property). Evaluated in chunks of
+        ``chunk_size`` positions, outside any gradient tape.
+
+        Returns:
+            ``(kernel_real, kernel_imag)``, each ``[H', W'//2+1, Cin, Cout]`` float32.
+        """
+        height, width = input_size or self.input_size
+        kernel_shape = (height, width // 2 + 1) + self.kernel_shape[2:]
+        total = height * (width // 2 + 1) * self.kernel_shape[2] * self.filters
+        parts = ([], [])
+        for start in range(0, total, chunk_size):
+            positions = tf.range(start, min(start + chunk_size, total), dtype=tf.int64)
+            coordinates = normalized_coordinates(positions, kernel_shape)
+            parts[0].append(self.real_generator(coordinates))
+            parts[1].append(self.imag_generator(coordinates))
+        return tuple(
+            tf.stop_gradient(tf.reshape(tf.concat(values, 0), kernel_shape)) for values in parts
+        )
+
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)[:-1] + (self.filters,)
 

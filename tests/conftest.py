@@ -6,6 +6,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -44,3 +46,32 @@ def fashion_batch() -> tuple[np.ndarray, np.ndarray]:
     splits = load_dataset("fashion_mnist", train_limit=256)
     images, labels = next(iter(splits.train.batch(256)))
     return images.numpy(), labels.numpy()
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory, tiny_config) -> dict[str, Path]:
+    """Real (short) training runs on Fashion-MNIST for both variants: run directories."""
+    from cfconv_tf.training import RunSettings, train
+
+    runs = {}
+    for variant in ("cf", "spatial"):
+        run_dir = tmp_path_factory.mktemp(f"run_{variant}")
+        settings = RunSettings(
+            config=tiny_config, variant=variant, train_limit=64, steps_per_epoch=3, seed=2
+        )
+        train(settings, run_dir, verbose=0)
+        runs[variant] = run_dir
+    return runs
+
+
+def trained_tiny_model(
+    config: ModelConfig, variant: str, shape: tuple[int, int, int], classes: int, seed: int = 0
+):
+    """A model whose spectral state has been through a few sparse training writes."""
+    from cfconv_tf.models import build_model
+
+    model = build_model(config, variant, shape, classes, seed=seed)
+    images = np.random.default_rng(seed).uniform(0, 255, (4, *shape)).astype(np.float32)
+    for _ in range(3):
+        model(images, training=True)
+    return model

@@ -1,0 +1,102 @@
+"""Freezing: constant kernels from the state or the MLPs, at the trained or a new size."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import trained_tiny_model
+
+from cfconv_tf.frozen import FrozenSpectralConv2D
+from cfconv_tf.layers import CFConv2D
+from cfconv_tf.spectral import hermitian_project
+from export.freeze import freeze_model
+
+
+@pytest.mark.parametrize("shape", [(9, 8, 1), (8, 8, 3), (7, 11, 2)])
+def test_state_freeze_computes_the_trained_inference_function(tiny_config, shape, rng):
+    model = trained_tiny_model(tiny_config, "cf", shape, 3)
+    frozen = freeze_model(model)
+    assert not any(isinstance(layer, CFConv2D) for layer in frozen.layers)
+    assert not frozen.trainable_weights[: -2 * (len(tiny_config.dense_units) + 1)]
+    images = rng.uniform(0, 255, (5, *shape)).astype(np.float32)
+    np.testing.assert_allclose(frozen(images).numpy(), model(images).numpy(), rtol=1e-6)
+    for layer in frozen.layers:
+        if isinstance(layer, FrozenSpectralConv2D):  # stored already Hermitian-projected
+            projected = hermitian_project(layer.kernel_real, layer.kernel_imag, shape[1])
+            np.testing.assert_array_equal(projected[0].numpy(), layer.kernel_real.numpy())
+            np.testing.assert_array_equal(projected[1].numpy(), layer.kernel_imag.numpy())
+
+
+def test_mlp_freeze_at_training_size_reproduces_the_generated_kernel(tiny_config, rng):
+    """With dense updates the state *is* the MLP output: mlp freezing must equal it."""
+    model = trained_tiny_model(tiny_config.replace(samples=1.0), "cf", (10, 7, 2), 4)
+    frozen = freeze_model(model, source="mlp")
+    for layer in model.layers:
+        if isinstance(layer, CFConv2D):
+            # Equal up to float32 rounding (matmul blocking differs with the chunk size).
+            chunked = layer.generate_kernel(chunk_size=7)
+            np.testing.assert_allclose(
+                chunked[0].numpy(), layer.state_real.numpy(), rtol=1e-6, atol=1e-7
+            )
+            np.testing.assert_allclose(
+                chunked[1].numpy(), layer.state_imag.numpy(), rtol=1e-6, atol=1e-7
+            )
+            expected = hermitian_project(layer.state_real, layer.state_imag, 7)
+            target = frozen.get_layer(layer.name)
+            np.testing.assert_allclose(
+                target.kernel_real.numpy(), expected[0].numpy(), rtol=1e-6, atol=1e-7
+            )
+            np.testing.assert_allclose(
+                target.kernel_imag.numpy(), expected[1].numpy(), rtol=1e-6, atol=1e-7
+            )
+    images = rng.uniform(0, 255, (3, 10, 7, 2)).astype(np.float32)
+    np.testing.assert_allclose(frozen(images).numpy(), model(images).numpy(), rtol=1e-6)
+
+
+def test_mlp_freeze_at_a_new_size_samples_the_same_continuous_kernel(tiny_config, rng):
+    model = trained_tiny_model(tiny_config, "cf", (9, 9, 1), 3)
+    frozen = freeze_model(model, source="mlp", input_size=(21, 16))
+    assert tuple(frozen.inputs[0].shape[1:]) == (21, 16, 1)
+    assert frozen(rng.uniform(0, 255, (2, 21, 16, 1)).astype(np.float32)).shape == (2, 3)
+    layer, target = model.get_layer("cfconv_1"), frozen.get_layer("cfconv_1")
+    assert target.kernel_real.shape == (21, 9, 6, 6)
+    # The MLP evaluated on a normalized grid built independently with numpy.
+    axes = [np.arange(n) / (n - 1) for n in (21, 9, 6, 6)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 4)
+    raw_real = layer.real_generator(tf.constant(grid, tf.float32)).numpy().reshape(21, 9, 6, 6)
+    raw_imag = layer.imag_generator(tf.constant(grid, tf.float32)).numpy().reshape(21, 9, 6, 6)
+    expected = hermitian_project(tf.constant(raw_real), tf.constant(raw_imag), 16)
+    np.testing.assert_allclose(target.kernel_real.numpy(), expected[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(target.kernel_imag.numpy(), expected[1].numpy(), atol=1e-6)
+    # The far corner has coordinates (1, 1, 1, 1) at every size.
+    np.testing.assert_allclose(
+        raw_real[-1, -1, -1, -1], layer.generate_kernel()[0].numpy()[-1, -1, -1, -1], rtol=1e-6
+    )
+
+
+def test_frozen_model_saves_and_loads(tiny_config, tmp_path, rng):
+    frozen = freeze_model(trained_tiny_model(tiny_config, "cf", (8, 9, 1), 2))
+    frozen.save(tmp_path / "frozen.keras")
+    loaded = keras.saving.load_model(tmp_path / "frozen.keras")
+    images = rng.uniform(0, 255, (3, 8, 9, 1)).astype(np.float32)
+    np.testing.assert_array_equal(loaded(images).numpy(), frozen(images).numpy())
+    # Frozen models freeze again to themselves (export accepts both kinds).
+    np.testing.assert_array_equal(freeze_model(loaded)(images).numpy(), frozen(images).numpy())
+
+
+def test_spatial_models_freeze_at_any_size(tiny_config, rng):
+    model = trained_tiny_model(tiny_config, "spatial", (8, 8, 1), 3)
+    frozen = freeze_model(model, input_size=(12, 10))
+    assert frozen(rng.uniform(0, 255, (2, 12, 10, 1)).astype(np.float32)).shape == (2, 3)
+
+
+def test_bad_freeze_requests_are_rejected(tiny_config):
+    model = trained_tiny_model(tiny_config, "cf", (8, 8, 1), 3)
+    with pytest.raises(ValueError, match="unknown kernel source"):
+        freeze_model(model, source="average")
+    with pytest.raises(ValueError, match="freeze at 12x12 with source='mlp'"):
+        freeze_model(model, input_size=(12, 12))
+    with pytest.raises(ValueError, match="input size"):
+        freeze_model(model, source="mlp", input_size=(0, 12))
