@@ -157,6 +157,55 @@ def _cmd_verify(args: argparse.Namespace) -> None:
     print(f"all exports within {TOLERANCE} of the trained model")
 
 
+def _cmd_bench(args: argparse.Namespace) -> None:
+    import datetime
+
+    import keras
+
+    from cfconv_tf.bench.report import machine, write_report
+    from cfconv_tf.bench.timing import peak_matmul_gflops
+
+    quick = args.quick
+    size = args.input_size[0] if args.input_size else (15 if quick else 150)
+    batch = args.batch_size or (4 if quick else 32)
+    repeats = args.repeats or (2 if quick else 7)
+    layers = 2 if quick else 6
+    suites = ("train", "infer") if args.suite == "all" else (args.suite,)
+    bar = keras.utils.Progbar(None, unit_name="row")
+    results = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "peak_gflops": peak_matmul_gflops((1024,) if quick else (1024, 2048, 4096)),
+    }
+    for suite in suites:
+        if suite == "train":
+            from cfconv_tf.bench.train import run_train
+
+            results["train"] = run_train(
+                size,
+                batch,
+                repeats,
+                warmup=1 if quick else 2,
+                conv_layers=layers,
+                time_limit_s=120 if quick else 900,
+                progress=lambda _: bar.add(1),
+            )
+        else:
+            from cfconv_tf.bench.infer import run_infer
+
+            results["infer"] = run_infer(
+                size,
+                batch_sizes=(1, batch),
+                repeats=repeats,
+                conv_layers=layers,
+                peak_gflops=results["peak_gflops"],
+                budget_seconds=10 if quick else 60,
+                progress=lambda _: bar.add(1),
+            )
+    write_report(results, Path(args.out), "cfconv " + " ".join(args.argv))
+    print(Path(args.out, "results.md").read_text())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cfconv", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -218,6 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--onnx", action="append", default=[], help="an ONNX file")
     verify.add_argument("--dataset", help="also compare on this dataset's test images")
     verify.set_defaults(run=_cmd_verify)
+
+    bench = verbs.add_parser("bench", help="time training and inference side by side")
+    bench.add_argument("suite", choices=("train", "infer", "all"))
+    bench.add_argument(
+        "--quick", action="store_true", help="CI-sized: 15x15 inputs, batch 4, 2 conv layers"
+    )
+    bench.add_argument("--input-size", type=_size, help="square input size (default 150)")
+    bench.add_argument("--batch-size", type=_positive, help="default 32 (quick: 8)")
+    bench.add_argument("--repeats", type=_positive, help="timed runs per row")
+    bench.add_argument("--out", default="runs/bench", help="folder for results.json/md/png")
+    bench.set_defaults(run=_cmd_bench)
     return parser
 
 
@@ -232,7 +292,9 @@ def _add_freeze_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         args.run(args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:

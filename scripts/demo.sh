@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job on the offline default (Fashion-MNIST from Debian's package):
-# train the paper's CNN with CF-Convs and with 3x3 convs, then evaluate both.
+# The main job on the offline default (Fashion-MNIST from Debian's package), end to end:
+# train the paper's CNN with CF-Convs and with 3x3 convs -> freeze -> export
+# (SavedModel, ONNX in both lowerings, Triton repository) -> verify that every export
+# computes the trained model -> benchmark a few inferences.
 # Sizes are kept small so the demo finishes in minutes on 2 cores; raise them with
 #   TRAIN_LIMIT=55000 EPOCHS=3 make demo
 set -euo pipefail
@@ -10,7 +12,18 @@ epochs=${EPOCHS:-2}
 cfconv=${CFCONV:-.venv/bin/cfconv}
 
 for model in cf spatial; do
+  run="$out/$model"
   "$cfconv" train --config fashion_cnn --model "$model" --epochs "$epochs" \
-    --train-limit "$train_limit" --out "$out/$model"
+    --train-limit "$train_limit" --out "$run"
+  "$cfconv" freeze "$run" --out "$run/frozen.keras"
+  rm -rf "$out/exports/$model" "$out/repository/$model"
+  "$cfconv" export "$run" --format savedmodel --out "$out/exports/savedmodel" --name "$model"
+  "$cfconv" export "$run" --format onnx --out "$out/exports/onnx-matmul" --name "$model"
+  "$cfconv" export "$run" --format onnx --lowering dft --out "$out/exports/onnx-dft" --name "$model"
+  "$cfconv" export "$run" --format triton --out "$out/repository" --name "$model"
+  "$cfconv" verify "$run" --savedmodel "$out/exports/savedmodel/$model/1" \
+    --onnx "$out/exports/onnx-matmul/$model/1/model.onnx" \
+    --onnx "$out/exports/onnx-dft/$model/1/model.onnx"
 done
-echo "demo runs in $out: test metrics in $out/{cf,spatial}/test_metrics.json"
+"$cfconv" bench infer --quick --out "$out/bench"
+echo "demo done: runs, exports, Triton repository and benchmark under $out"

@@ -1,0 +1,1 @@
+"""``cfconv bench``: training and inference costs measured side by side in one run."""

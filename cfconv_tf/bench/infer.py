@@ -1,0 +1,125 @@
+"""``cfconv bench infer``: frozen CF-Conv vs spatial CNNs in Keras, SavedModel, onnxruntime.
+
+Models (random weights; speed does not depend on them): the frozen CF model, the 3x3
+spatial baseline, and spatial models whose kernels cover the CF kernel's receptive
+field (31x31, and the full input size when it can finish within the time budget).
+Each is timed at batch 1 (latency) and a larger batch (throughput) in every runtime.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from cfconv_tf.bench.flops import model_flops
+from cfconv_tf.bench.timing import median, time_calls
+from cfconv_tf.config import load_model_config
+from cfconv_tf.models import build_model
+from export.freeze import freeze_model
+from export.onnx_model import build_onnx, save_onnx
+from export.parity import keras_runner, onnx_runner, savedmodel_runner
+from export.savedmodel import write_savedmodel
+
+BASELINE = "spatial 3x3"
+
+
+def benchmark_models(
+    size: int, channels: int, classes: int, conv_layers: int = 6
+) -> dict[str, keras.Model]:
+    """The frozen CF model and the spatial models to compare it with."""
+    config = load_model_config("paper_cnn").replace(conv_layers=conv_layers)
+    shape = (size, size, channels)
+    models = {"cf": freeze_model(build_model(config, "cf", shape, classes, seed=0))}
+    receptive = min(31, size if size % 2 else size - 1)
+    for kernel in dict.fromkeys((3, receptive, size)):
+        models[f"spatial {kernel}x{kernel}"] = build_model(
+            config.replace(spatial_kernel_size=kernel), "spatial", shape, classes, seed=0
+        )
+    return models
+
+
+def runtimes(name: str, model: keras.Model, workdir: Path) -> Iterator[tuple[str, Callable, str]]:
+    """``(runtime, runner, spectral implementation for FLOPs)`` for one model."""
+    class_names = [str(index) for index in range(max(int(model.outputs[0].shape[-1]), 2))]
+    yield "keras", keras_runner(model), "fft"
+    folder = workdir / name.replace(" ", "_")
+    write_savedmodel(model, folder / "savedmodel", {})
+    yield "savedmodel", savedmodel_runner(folder / "savedmodel"), "fft"
+    lowerings = ("matmul", "dft") if name == "cf" else ("matmul",)
+    for lowering in lowerings:
+        target = folder / f"onnx_{lowering}"
+        target.mkdir(parents=True)
+        path = save_onnx(build_onnx(model, class_names, lowering), target)
+        label = f"onnxruntime {lowering}" if name == "cf" else "onnxruntime"
+        yield label, onnx_runner(path), ("dft-matmul" if lowering == "matmul" else "fft")
+
+
+def run_infer(
+    size: int,
+    channels: int = 3,
+    classes: int = 2,
+    batch_sizes=(1, 32),
+    repeats: int = 7,
+    conv_layers: int = 6,
+    peak_gflops: float = 50.0,
+    budget_seconds: float = 60.0,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[dict]:
+    """Time every (model, runtime, batch size); one row each."""
+    rows = []
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="cfconv-bench-") as tmp:
+        for name, model in benchmark_models(size, channels, classes, conv_layers).items():
+            for runtime, runner, implementation in runtimes(name, model, Path(tmp)):
+                flops = model_flops(model, implementation)
+                for batch in batch_sizes:
+                    progress(f"infer {name} {runtime} batch {batch}")
+                    row = {
+                        "model": name,
+                        "conv_layers": conv_layers,
+                        "runtime": runtime,
+                        "batch": batch,
+                        "flops_per_image": flops,
+                    }
+                    estimate = flops * batch / (0.5 * peak_gflops * 1e9)
+                    if estimate > budget_seconds:
+                        rows.append({**row, "status": f"skipped: ~{estimate:.0f} s per call"})
+                        continue
+                    images = rng.uniform(0, 255, (batch, size, size, channels)).astype(np.float32)
+                    runs = time_calls(
+                        lambda run=runner, images=images: run(images),
+                        repeats,
+                        warmup=1,
+                        budget_seconds=budget_seconds,
+                    )
+                    seconds = median(runs)
+                    rows.append(
+                        {
+                            **row,
+                            "status": "ok",
+                            "runs_ms": [r * 1e3 for r in runs],
+                            "median_ms": seconds * 1e3,
+                            "images_per_s": batch / seconds,
+                            "achieved_gflops": flops * batch / seconds / 1e9,
+                            "peak_fraction": flops * batch / seconds / 1e9 / peak_gflops,
+                        }
+                    )
+    add_ratios(rows)
+    return rows
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Median time relative to the 3x3 model in the same runtime and batch."""
+    baseline = {
+        (row["runtime"].split()[0], row["batch"]): row["median_ms"]
+        for row in rows
+        if row["model"] == BASELINE and row["status"] == "ok"
+    }
+    for row in rows:
+        reference = baseline.get((row["runtime"].split()[0], row["batch"]))
+        if row["status"] == "ok" and reference:
+            row["ratio_to_3x3"] = row["median_ms"] / reference

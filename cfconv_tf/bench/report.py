@@ -1,0 +1,116 @@
+"""Benchmark results as JSON, a markdown table and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    import onnxruntime
+    import tensorflow as tf
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    cores = int(subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip())
+    return {
+        "cpu": cpu,
+        "nproc": cores,
+        "tensorflow": tf.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(column)) for column in columns) + " |")
+    return "\n".join(lines)
+
+
+TRAIN_COLUMNS = [
+    "model",
+    "samples",
+    "batch",
+    "input_size",
+    "median_ms",
+    "ratio_to_3x3",
+    "peak_rss_mb",
+    "memory_ratio_to_3x3",
+    "status",
+]
+INFER_COLUMNS = [
+    "model",
+    "runtime",
+    "batch",
+    "median_ms",
+    "images_per_s",
+    "ratio_to_3x3",
+    "flops_per_image",
+    "achieved_gflops",
+    "peak_fraction",
+    "status",
+]
+
+
+def _bar_plot(rows: list[dict], label: Callable, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [row for row in rows if row.get("status") == "ok"]
+    figure, axis = plt.subplots(figsize=(9, 0.35 * len(measured) + 1.5))
+    axis.barh([label(row) for row in measured], [row["median_ms"] for row in measured])
+    axis.set_xscale("log")
+    axis.set_xlabel("median ms (log scale)")
+    axis.set_title(title)
+    axis.invert_yaxis()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_report(results: dict, out: Path, command: str) -> None:
+    """Write ``results.json``, ``results.md`` and ``*.png`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"command": command, **results}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    sections = [
+        f"Command: `{command}`",
+        f"Date: {results['date']}",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items()),
+        f"Measured float32 matmul peak: {results['peak_gflops']:.1f} GFLOP/s",
+    ]
+    if "train" in results:
+        sections += ["## Training step", markdown_table(results["train"], TRAIN_COLUMNS)]
+        _bar_plot(results["train"], lambda r: r["model"], "training step", out / "train.png")
+    if "infer" in results:
+        sections += ["## Inference", markdown_table(results["infer"], INFER_COLUMNS)]
+        for batch in sorted({row["batch"] for row in results["infer"]}):
+            _bar_plot(
+                [r for r in results["infer"] if r["batch"] == batch],
+                lambda r: f"{r['model']} / {r['runtime']}",
+                f"inference, batch {batch}",
+                out / f"infer_batch{batch}.png",
+            )
+    (out / "results.md").write_text("\n\n".join(sections) + "\n")

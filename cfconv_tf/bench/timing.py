@@ -1,0 +1,63 @@
+"""Wall-clock timing with warm-up, and the machine's float32 matmul peak."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def time_calls(
+    call: Callable[[], object], repeats: int, warmup: int = 1, budget_seconds: float = 60.0
+) -> list[float]:
+    """Seconds per call for ``repeats`` calls after ``warmup`` calls.
+
+    Stops early (keeping at least one timed call) once ``budget_seconds`` have been
+    spent on timed calls, so a very slow model does not hold the benchmark hostage.
+    """
+    for _ in range(warmup):
+        call()
+    durations: list[float] = []
+    while len(durations) < repeats:
+        start = time.perf_counter()
+        call()
+        durations.append(time.perf_counter() - start)
+        if sum(durations) > budget_seconds:
+            break
+    return durations
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def peak_matmul_gflops(sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int = 3) -> float:
+    """The machine's float32 floor: the best big-matmul rate TF or onnxruntime reach.
+
+    The best median GFLOP/s over square matmuls of ``sizes`` on all cores in each
+    library (the rates differ by size and library by up to 1.5x on this machine).
+    """
+    import numpy as np
+    import onnxruntime as ort
+    import tensorflow as tf
+    from onnx import TensorProto, helper
+
+    best = 0.0
+    for size in sizes:
+        a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+        tf_a = tf.constant(a)
+        tf_matmul = tf.function(lambda tf_a=tf_a: tf.linalg.matmul(tf_a, tf_a))
+        tensor = helper.make_tensor_value_info
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["a", "a"], ["c"])],
+            "peak",
+            [tensor("a", TensorProto.FLOAT, [size, size])],
+            [tensor("c", TensorProto.FLOAT, [size, size])],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        for call in (lambda f=tf_matmul: f().numpy(), lambda s=session, a=a: s.run(None, {"a": a})):
+            best = max(best, 2.0 * size**3 / median(time_calls(call, repeats, warmup=1)) / 1e9)
+    return best

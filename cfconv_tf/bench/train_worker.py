@@ -1,0 +1,60 @@
+"""One training benchmark in a fresh process: ``python -m cfconv_tf.bench.train_worker JSON``.
+
+Runs ``warmup + repeats`` training steps of one model on random data and prints one
+JSON line: seconds per timed step and the process's peak resident memory. Run in a
+subprocess so that each measurement starts clean and an out-of-memory failure (under
+the parent's RLIMIT_AS) takes down only this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def measure(spec: dict) -> dict:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from cfconv_tf.config import load_model_config
+    from cfconv_tf.models import build_model
+    from cfconv_tf.training import compile_model
+
+    keras.utils.set_random_seed(0)
+    config = load_model_config("paper_cnn").replace(
+        samples=spec.get("samples"), conv_layers=spec.get("conv_layers")
+    )
+    shape = (spec["size"], spec["size"], 3)
+    model = build_model(config, spec["variant"], shape, classes=2, seed=0)
+    compile_model(model, 2, learning_rate=1e-3)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (spec["batch"], *shape)).astype(np.float32)
+    labels = rng.integers(0, 2, spec["batch"]).astype(np.int32)
+    data = tf.data.Dataset.from_tensors((images, labels)).repeat()
+
+    durations: list[float] = []
+
+    class StepTimer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            float(logs["loss"])  # wait for the step to finish
+            durations.append(time.perf_counter() - self.start)
+
+    steps = spec["warmup"] + spec["repeats"]
+    model.fit(data, steps_per_epoch=steps, epochs=1, callbacks=[StepTimer()], verbose=0)
+    return {
+        "step_seconds": durations[spec["warmup"] :],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(json.loads(sys.argv[1]))), flush=True)

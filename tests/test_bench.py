@@ -1,0 +1,79 @@
+"""``cfconv bench all --quick``: the files, the rows, and ratios taken from the medians."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from cfconv_tf.bench.flops import spectral_flops
+from cfconv_tf.cli import main
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory) -> tuple:
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["bench", "all", "--quick", "--out", str(out)]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_quick_bench_writes_json_markdown_and_plots(quick_results):
+    out, results = quick_results
+    for name in ("results.md", "train.png", "infer_batch1.png", "infer_batch4.png"):
+        assert (out / name).stat().st_size > 0, name
+    markdown = (out / "results.md").read_text()
+    assert "## Training step" in markdown and "## Inference" in markdown
+    assert results["machine"]["nproc"] >= 1 and results["peak_gflops"] > 0
+    assert results["command"].startswith("cfconv bench")
+
+
+def test_every_training_row_is_measured_and_compared_to_the_3x3_cnn(quick_results):
+    rows = quick_results[1]["train"]
+    assert [row["model"] for row in rows] == [
+        "spatial 3x3",
+        "cf 2^12",
+        "cf 2^15",
+        "cf 2^18",
+        "cf naive (all entries)",
+    ]
+    baseline = rows[0]
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert row["median_ms"] > 0 and row["peak_rss_mb"] > 0
+        assert row["median_ms"] == pytest.approx(statistics.median(row["runs_ms"]))
+        assert row["ratio_to_3x3"] == pytest.approx(row["median_ms"] / baseline["median_ms"])
+
+
+def test_every_inference_row_has_a_median_and_a_ratio_to_its_runtimes_3x3(quick_results):
+    rows = quick_results[1]["infer"]
+    runtimes = {(row["model"], row["runtime"]) for row in rows}
+    assert {
+        ("cf", "onnxruntime matmul"),
+        ("cf", "onnxruntime dft"),
+        ("cf", "savedmodel"),
+        ("cf", "keras"),
+        ("spatial 3x3", "onnxruntime"),
+        ("spatial 15x15", "keras"),
+    } <= runtimes
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert row["median_ms"] > 0 and row["flops_per_image"] > 0
+        base = next(
+            r
+            for r in rows
+            if r["model"] == "spatial 3x3"
+            and r["batch"] == row["batch"]
+            and r["runtime"].split()[0] == row["runtime"].split()[0]
+        )
+        assert row["ratio_to_3x3"] == pytest.approx(row["median_ms"] / base["median_ms"])
+        assert row["images_per_s"] == pytest.approx(row["batch"] / row["median_ms"] * 1e3)
+
+
+def test_spectral_flop_counts_follow_their_formulas():
+    # 150x150, 32->32: the mixing is 8 * 150 * 76 * 32 * 32 FLOPs (47M multiply-adds).
+    fft = spectral_flops(150, 150, 32, 32, "fft")
+    assert 8 * 150 * 76 * 32 * 32 < fft < 8 * 150 * 76 * 32 * 32 * 1.6
+    assert spectral_flops(150, 150, 32, 32, "dft-matmul") > fft  # O(N^2) transforms
+    with pytest.raises(ValueError, match="unknown spectral implementation"):
+        spectral_flops(8, 8, 1, 1, "winograd")
