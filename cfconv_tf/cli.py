@@ -187,7 +187,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
                 repeats,
                 warmup=1 if quick else 2,
                 conv_layers=layers,
-                time_limit_s=120 if quick else 900,
+                time_limit_s=120 if quick else 600,
                 progress=lambda _: bar.add(1),
             )
         else:
@@ -204,6 +204,22 @@ def _cmd_bench(args: argparse.Namespace) -> None:
             )
     write_report(results, Path(args.out), "cfconv " + " ".join(args.argv))
     print(Path(args.out, "results.md").read_text())
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from serving.app import ServerSettings
+    from serving.server import serve
+
+    settings = ServerSettings(
+        model_repo=Path(args.model_repo),
+        backend=args.backend,
+        max_batch_size=args.max_batch_size,
+        max_delay_ms=args.max_delay_ms,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        poll_seconds=args.poll_seconds,
+        threads=args.threads,
+    )
+    serve(settings, args.host, args.port, args.log_level)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -267,6 +283,29 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--onnx", action="append", default=[], help="an ONNX file")
     verify.add_argument("--dataset", help="also compare on this dataset's test images")
     verify.set_defaults(run=_cmd_verify)
+
+    serve = verbs.add_parser("serve", help="serve a model repository over HTTP")
+    serve.add_argument("--model-repo", required=True, help="<repo>/<name>/<version>/ folders")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8500)
+    serve.add_argument("--backend", choices=("onnxruntime", "tf"), default="onnxruntime")
+    serve.add_argument("--max-batch-size", type=_positive, default=32)
+    serve.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=2.0,
+        help="how long a request waits for others to batch with",
+    )
+    serve.add_argument("--max-body-mb", type=float, default=32.0, help="larger bodies get 413")
+    serve.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=2.0,
+        help="how often the repository is scanned for new versions",
+    )
+    serve.add_argument("--threads", type=_positive, help="onnxruntime intra-op threads")
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+    serve.set_defaults(run=_cmd_serve)
 
     bench = verbs.add_parser("bench", help="time training and inference side by side")
     bench.add_argument("suite", choices=("train", "infer", "all"))
