@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup data browser demo test lint clean
+.PHONY: setup data tools demo test lint clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,10 +19,10 @@ setup: $(VENV)/.installed
 data:
 	@test -f $(FASHION) || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
 
-# Headless Chromium and its driver, for the demo page's browser test.
-browser:
-	@test -x /usr/bin/chromedriver || { apt-get update -qq && \
-		apt-get install -y -qq chromium chromium-driver; }
+# Headless Chromium and its driver (demo page test), wrk (serving benchmark).
+tools:
+	@test -x /usr/bin/chromedriver -a -x /usr/bin/wrk || { apt-get update -qq && \
+		apt-get install -y -qq chromium chromium-driver wrk; }
 
 demo: setup data
 	bash scripts/demo.sh $(DEMO_OUT)
@@ -30,7 +30,7 @@ demo: setup data
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: setup data browser lint
+test: setup data tools lint
 	$(VENV)/bin/pytest -q
 
 clean:

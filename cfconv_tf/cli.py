@@ -170,7 +170,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     batch = args.batch_size or (4 if quick else 32)
     repeats = args.repeats or (2 if quick else 7)
     layers = 2 if quick else 6
-    suites = ("train", "infer") if args.suite == "all" else (args.suite,)
+    suites = ("train", "infer", "serve") if args.suite == "all" else (args.suite,)
     bar = keras.utils.Progbar(None, unit_name="row")
     results = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -190,7 +190,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
                 time_limit_s=120 if quick else 600,
                 progress=lambda _: bar.add(1),
             )
-        else:
+        elif suite == "infer":
             from cfconv_tf.bench.infer import run_infer
 
             results["infer"] = run_infer(
@@ -200,6 +200,16 @@ def _cmd_bench(args: argparse.Namespace) -> None:
                 conv_layers=layers,
                 peak_gflops=results["peak_gflops"],
                 budget_seconds=10 if quick else 60,
+                progress=lambda _: bar.add(1),
+            )
+        else:
+            from cfconv_tf.bench.serve import run_serve
+
+            results["serve"] = run_serve(
+                size,
+                conv_layers=layers,
+                clients=(1, 4) if quick else (1, 8, 32),
+                seconds=2 if quick else 10,
                 progress=lambda _: bar.add(1),
             )
     write_report(results, Path(args.out), "cfconv " + " ".join(args.argv))
@@ -308,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_cmd_serve)
 
     bench = verbs.add_parser("bench", help="time training and inference side by side")
-    bench.add_argument("suite", choices=("train", "infer", "all"))
+    bench.add_argument("suite", choices=("train", "infer", "serve", "all"))
     bench.add_argument(
         "--quick", action="store_true", help="CI-sized: 15x15 inputs, batch 4, 2 conv layers"
     )

@@ -33,7 +33,7 @@ class ServerSettings:
     model_repo: Path
     backend: str = "onnxruntime"
     max_batch_size: int = 32
-    max_delay_ms: float = 2.0
+    max_delay_ms: float = 0.0
     max_body_bytes: int = 32 * 2**20
     poll_seconds: float = 2.0
     threads: int | None = None  # onnxruntime intra-op threads (default: all cores)

@@ -1,7 +1,9 @@
 """Dynamic micro-batching: concurrent requests to one model share an inference call.
 
-Requests wait at most ``max_delay`` seconds for company, up to ``max_batch_size``
-images per call; the call runs in an executor thread, off the event loop.
+Requests that queued up while the previous call ran go into the next call together
+(up to ``max_batch_size`` images), so a lone request never waits; with
+``max_delay > 0`` a batch also waits that long for more company. The call runs in an
+executor thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -47,13 +49,16 @@ class MicroBatcher:
             size = len(batch[0][0])
             deadline = loop.time() + self.max_delay
             while size < self.max_batch_size:
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), timeout)
-                except TimeoutError:
-                    break
+                if not self.queue.empty():
+                    item = self.queue.get_nowait()
+                else:
+                    timeout = deadline - loop.time()
+                    if timeout <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self.queue.get(), timeout)
+                    except TimeoutError:
+                        break
                 batch.append(item)
                 size += len(item[0])
             await self._infer(loop, batch)
@@ -78,5 +83,5 @@ class MicroBatcher:
     async def close(self) -> None:
         """Finish what is queued, then stop."""
         while not self.queue.empty():
-            await asyncio.sleep(self.max_delay)
+            await asyncio.sleep(0.001)
         self.task.cancel()

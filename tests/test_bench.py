@@ -20,7 +20,7 @@ def quick_results(tmp_path_factory) -> tuple:
 
 def test_quick_bench_writes_json_markdown_and_plots(quick_results):
     out, results = quick_results
-    for name in ("results.md", "train.png", "infer_batch1.png", "infer_batch4.png"):
+    for name in ("results.md", "train.png", "infer_batch1.png", "infer_batch4.png", "serve.png"):
         assert (out / name).stat().st_size > 0, name
     markdown = (out / "results.md").read_text()
     assert "## Training step" in markdown and "## Inference" in markdown
@@ -68,6 +68,46 @@ def test_every_inference_row_has_a_median_and_a_ratio_to_its_runtimes_3x3(quick_
         )
         assert row["ratio_to_3x3"] == pytest.approx(row["median_ms"] / base["median_ms"])
         assert row["images_per_s"] == pytest.approx(row["batch"] / row["median_ms"] * 1e3)
+
+
+def test_serving_rows_measure_the_server_next_to_onnxruntime(quick_results):
+    rows = quick_results[1]["serve"]
+    baseline = rows[0]
+    assert baseline["runtime"] == "onnxruntime loop" and baseline["requests_per_s"] > 0
+    served = rows[1:]
+    assert {(row["payload"], row["clients"]) for row in served} == {
+        ("json", 1),
+        ("json", 4),
+        ("binary", 1),
+        ("binary", 4),
+    }
+    for row in served:
+        assert row["errors"] == 0 and row["requests_per_s"] > 0
+        assert 0 < row["p50_ms"] <= row["p99_ms"]
+        assert row["fraction_of_onnxruntime"] == pytest.approx(
+            row["requests_per_s"] / baseline["requests_per_s"]
+        )
+
+
+def test_wrk_output_is_parsed_with_units():
+    from cfconv_tf.bench.serve import parse_wrk
+
+    output = """  Latency Distribution
+     50%  812.00us
+     75%    1.20ms
+     90%    2.00ms
+     99%    1.50s
+  4000 requests in 2.00s, 1.00MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 3
+Requests/sec:   2000.50
+"""
+    assert parse_wrk(output) == {
+        "requests_per_s": 2000.5,
+        "p50_ms": 0.812,
+        "p99_ms": 1500.0,
+        "errors": 6,
+    }
 
 
 def test_spectral_flop_counts_follow_their_formulas():

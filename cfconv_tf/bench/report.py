@@ -72,6 +72,18 @@ INFER_COLUMNS = [
 ]
 
 
+SERVE_COLUMNS = [
+    "runtime",
+    "payload",
+    "clients",
+    "requests_per_s",
+    "p50_ms",
+    "p99_ms",
+    "fraction_of_onnxruntime",
+    "errors",
+]
+
+
 def _bar_plot(rows: list[dict], label: Callable, title: str, path: Path) -> None:
     import matplotlib
 
@@ -113,4 +125,18 @@ def write_report(results: dict, out: Path, command: str) -> None:
                 f"inference, batch {batch}",
                 out / f"infer_batch{batch}.png",
             )
+    if "serve" in results:
+        sections += [
+            "## Serving (one image per request)",
+            markdown_table(results["serve"], SERVE_COLUMNS),
+        ]
+        serve_rows = [
+            {**row, "status": "ok", "median_ms": row["p50_ms"]} for row in results["serve"]
+        ]
+        _bar_plot(
+            serve_rows,
+            lambda r: f"{r['runtime']} {r['payload']} x{r['clients']}",
+            "serving p50 latency",
+            out / "serve.png",
+        )
     (out / "results.md").write_text("\n\n".join(sections) + "\n")

@@ -1,0 +1,204 @@
+"""``cfconv bench serve``: ``cfconv serve`` under load next to onnxruntime in a plain loop.
+
+The frozen CF model is exported to a temporary repository and served by a real
+``cfconv serve`` process on 127.0.0.1; ``wrk`` (a C load generator, one thread, so it
+takes as little CPU from the server as possible) posts KServe v2 requests of one image
+each, as JSON and as binary tensors, from N concurrent connections. The baseline is
+onnxruntime called in a loop in this process on the same cores with the same batch
+size. The server's throughput is reported as a fraction of that baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from cfconv_tf.bench.timing import median, time_calls
+from cfconv_tf.config import load_model_config
+from cfconv_tf.models import build_model
+from export.freeze import freeze_model
+from export.onnx_model import build_onnx, save_onnx
+from export.parity import onnx_session
+
+LATENCY_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _payloads(image: np.ndarray) -> dict[str, tuple[bytes, dict[str, str]]]:
+    """KServe v2 request bodies for one image: JSON tensor and binary tensor."""
+    tensor = {"name": "image", "shape": list(image.shape), "datatype": "FP32"}
+    json_body = json.dumps({"inputs": [{**tensor, "data": image.ravel().tolist()}]}).encode()
+    blob = image.astype(np.float32).tobytes()
+    header = json.dumps(
+        {
+            "inputs": [{**tensor, "parameters": {"binary_data_size": len(blob)}}],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    return {
+        "json": (json_body, {"Content-Type": "application/json"}),
+        "binary": (
+            header + blob,
+            {
+                "Content-Type": "application/octet-stream",
+                "Inference-Header-Content-Length": str(len(header)),
+            },
+        ),
+    }
+
+
+def _wrk_script(folder: Path, name: str, body: bytes, headers: dict[str, str]) -> Path:
+    (folder / f"{name}.body").write_bytes(body)
+    lines = [
+        'wrk.method = "POST"',
+        f'local f = io.open("{folder / (name + ".body")}", "rb")',
+        "wrk.body = f:read('*all')",
+        "f:close()",
+    ]
+    lines += [f'wrk.headers["{key}"] = "{value}"' for key, value in headers.items()]
+    script = folder / f"{name}.lua"
+    script.write_text("\n".join(lines) + "\n")
+    return script
+
+
+def parse_wrk(output: str) -> dict[str, float]:
+    """Requests/s, p50/p99 latency (ms) and error count from ``wrk --latency``."""
+
+    def latency(percent: str) -> float:
+        value, unit = re.search(rf"^\s*{percent}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M).groups()
+        return float(value) * LATENCY_UNITS[unit]
+
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "p50_ms": latency("50"),
+        "p99_ms": latency("99"),
+        "errors": errors + (int(non_2xx.group(1)) if non_2xx else 0),
+    }
+
+
+def run_serve(
+    size: int,
+    conv_layers: int = 6,
+    clients: tuple[int, ...] = (1, 8, 32),
+    seconds: float = 10.0,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[dict]:
+    """One row per (payload, clients), plus the onnxruntime-loop baseline."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise FileNotFoundError("bench serve needs wrk: apt-get install -y wrk")
+    config = load_model_config("paper_cnn").replace(conv_layers=conv_layers)
+    model = freeze_model(build_model(config, "cf", (size, size, 3), 2, seed=0))
+    image = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cfconv-bench-serve-") as tmp:
+        folder = Path(tmp) / "repo" / "cf" / "1"
+        folder.mkdir(parents=True)
+        path = save_onnx(build_onnx(model, ["0", "1"]), folder)
+
+        progress("onnxruntime loop")
+        session = onnx_session(path)
+        runs = time_calls(
+            lambda: session.run(None, {"image": image}),
+            repeats=10**6,
+            warmup=3,
+            budget_seconds=seconds,
+        )
+        baseline = {
+            "runtime": "onnxruntime loop",
+            "payload": "-",
+            "clients": 1,
+            "requests_per_s": len(runs) / sum(runs),
+            "p50_ms": median(runs) * 1e3,
+            "p99_ms": float(np.percentile(runs, 99)) * 1e3,
+            "errors": 0,
+        }
+        rows.append(baseline)
+
+        port = _free_port()
+        log = (Path(tmp) / "serve.log").open("w")
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cfconv_tf.cli",
+                "serve",
+                "--model-repo",
+                str(Path(tmp) / "repo"),
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}/v2/models/cf/infer"
+        try:
+            _wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", server)
+            for payload, (body, headers) in _payloads(image).items():
+                script = _wrk_script(Path(tmp), payload, body, headers)
+                for count in clients:
+                    progress(f"serve {payload} x{count}")
+                    done = subprocess.run(
+                        [
+                            wrk,
+                            "-t1",
+                            f"-c{count}",
+                            f"-d{seconds:g}s",
+                            "--latency",
+                            "-s",
+                            str(script),
+                            url,
+                        ],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    )
+                    result = parse_wrk(done.stdout)
+                    rows.append(
+                        {
+                            "runtime": "cfconv serve",
+                            "payload": payload,
+                            "clients": count,
+                            **result,
+                            "fraction_of_onnxruntime": result["requests_per_s"]
+                            / baseline["requests_per_s"],
+                        }
+                    )
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    return rows
+
+
+def _wait_ready(url: str, server: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError("cfconv serve exited during start-up")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError("cfconv serve did not become ready")
