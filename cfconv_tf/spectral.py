@@ -45,24 +45,93 @@ def hermitian_project(kr: tf.Tensor, ki: tf.Tensor, width: int) -> tuple[tf.Tens
     )
 
 
-def spectral_conv2d(x: tf.Tensor, kr: tf.Tensor, ki: tf.Tensor) -> tf.Tensor:
+def _to_frequency_major(real: tf.Tensor, imag: tf.Tensor) -> tf.Tensor:
+    """``[B, C, H, Wf]`` real and imaginary parts -> ``[H*Wf, B, 2C]`` (real, then imag)."""
+    batch, channels, height, half_width = real.shape
+    stacked = tf.concat([real, imag], axis=1)  # [B, 2C, H, Wf]
+    return tf.reshape(tf.transpose(stacked, [2, 3, 0, 1]), [height * half_width, -1, 2 * channels])
+
+
+def _from_frequency_major(values: tf.Tensor, height: int, half_width: int) -> tf.Tensor:
+    """``[H*Wf, B, 2C]`` (real, then imag) -> complex ``[B, C, H, Wf]``."""
+    channels = values.shape[-1] // 2
+    values = tf.transpose(tf.reshape(values, [height, half_width, -1, 2 * channels]), [2, 3, 0, 1])
+    return tf.complex(values[:, :channels], values[:, channels:])
+
+
+def _block_kernel(kr: tf.Tensor, ki: tf.Tensor) -> tf.Tensor:
+    """``[H, Wf, Cin, Cout]`` parts -> real block form ``[H*Wf, 2Cin, 2Cout]``.
+
+    ``[[Kr, Ki], [-Ki, Kr]]``, so that ``[Xr, Xi] @ block = [Re(XK), Im(XK)]``: the
+    complex channel mixing at every frequency becomes one real batched matmul.
+    """
+    height, half_width, cin, cout = kr.shape
+    top = tf.concat([kr, ki], axis=3)
+    bottom = tf.concat([-ki, kr], axis=3)
+    return tf.reshape(tf.concat([top, bottom], axis=2), [height * half_width, 2 * cin, 2 * cout])
+
+
+def _irfft_weights(height: int, width: int) -> tf.Tensor:
+    """``c_w / (H W)`` per half-spectrum column, ``[Wf]``: the adjoint of irfft2.
+
+    The inverse real transform counts interior columns twice (once for their mirror)
+    and the DC (and, for even W, Nyquist) column once.
+    """
+    half_width = width // 2 + 1
+    weights = [1.0] + [2.0] * (half_width - 1)
+    if width % 2 == 0:
+        weights[-1] = 1.0
+    return tf.constant(weights, tf.float32) / float(height * width)
+
+
+@tf.custom_gradient
+def spectral_conv2d(x: tf.Tensor, kr: tf.Tensor, ki: tf.Tensor):
     """Circular 2D convolution of ``x`` with a kernel given by its half spectrum.
 
-    ``y[b, :, :, o] = irfft2( sum_i rfft2(x[b, :, :, i]) * K[:, :, i, o] )``.
+    ``y[b, :, :, o] = irfft2( sum_i rfft2(x[b, :, :, i]) * K[:, :, i, o] )``. The channel
+    mixing runs as one real batched matmul per call over all ``H * Wf`` frequencies
+    (block form of the complex product), not as four complex einsums.
+
+    The gradient is written out rather than left to autodiff: with a Hermitian-consistent
+    kernel the layer is a real circular convolution, so the input gradient is the
+    circular correlation ``irfft2(sum_o conj(K) * rfft2(dy))``, one transform pair like the
+    forward pass (TF's generic rfft2d gradient adds an irfft2d and two dense DFT matmuls).
+    The kernel gradient is ``sum_b conj(X) * G`` with ``G`` the adjoint of irfft2 applied to
+    ``dy``, exactly what autodiff gives (tests compare both).
 
     Args:
         x: float32 input, shape ``[B, H, W, Cin]``.
-        kr, ki: real and imaginary part of ``K``, shape ``[H, W//2+1, Cin, Cout]``.
-            They are used as given; call :func:`hermitian_project` first for the
-            layer's canonical function.
+        kr, ki: real and imaginary part of ``K``, shape ``[H, W//2+1, Cin, Cout]``, with
+            Hermitian DC (and Nyquist) columns: pass them through
+            :func:`hermitian_project` first (the input gradient assumes it).
 
     Returns:
         float32 output, shape ``[B, H, W, Cout]``.
     """
     height, width = x.shape[1], x.shape[2]
+    half_width = width // 2 + 1
+    block = _block_kernel(kr, ki)
     spectrum = tf.signal.rfft2d(tf.transpose(x, [0, 3, 1, 2]))  # [B, Cin, H, Wf]
-    xr, xi = tf.math.real(spectrum), tf.math.imag(spectrum)
-    yr = tf.einsum("bihw,hwio->bohw", xr, kr) - tf.einsum("bihw,hwio->bohw", xi, ki)
-    yi = tf.einsum("bihw,hwio->bohw", xr, ki) + tf.einsum("bihw,hwio->bohw", xi, kr)
-    y = tf.signal.irfft2d(tf.complex(yr, yi), fft_length=[height, width])
-    return tf.transpose(y, [0, 2, 3, 1])
+    x_major = _to_frequency_major(tf.math.real(spectrum), tf.math.imag(spectrum))
+    y_spectrum = _from_frequency_major(tf.matmul(x_major, block), height, half_width)
+    y = tf.signal.irfft2d(y_spectrum, fft_length=[height, width])
+    y = tf.transpose(y, [0, 2, 3, 1])
+
+    def gradient(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        dy_spectrum = tf.signal.rfft2d(tf.transpose(dy, [0, 3, 1, 2]))  # [B, Cout, H, Wf]
+        dy_major = _to_frequency_major(tf.math.real(dy_spectrum), tf.math.imag(dy_spectrum))
+        # Input: correlation with the kernel, [dYr, dYi] @ block^T = [Re, Im] of conj(K) dY.
+        dx_spectrum = _from_frequency_major(
+            tf.matmul(dy_major, block, transpose_b=True), height, half_width
+        )
+        dx = tf.transpose(tf.signal.irfft2d(dx_spectrum, fft_length=[height, width]), [0, 2, 3, 1])
+        # Kernel: [Xr, Xi]^T @ [Gr, Gi] per frequency, G = dY weighted as irfft2's adjoint.
+        column_weights = tf.tile(_irfft_weights(height, width), [height])[:, None, None]
+        d_block = tf.matmul(x_major, dy_major * column_weights, transpose_a=True)
+        cin = kr.shape[2]
+        shape = kr.shape
+        dkr = d_block[:, :cin, : shape[3]] + d_block[:, cin:, shape[3] :]
+        dki = d_block[:, :cin, shape[3] :] - d_block[:, cin:, : shape[3]]
+        return dx, tf.reshape(dkr, shape), tf.reshape(dki, shape)
+
+    return y, gradient
