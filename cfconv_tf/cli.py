@@ -303,8 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-delay-ms",
         type=float,
-        default=2.0,
-        help="how long a request waits for others to batch with",
+        default=0.0,
+        help="extra wait for company per batch (requests queued meanwhile batch anyway)",
     )
     serve.add_argument("--max-body-mb", type=float, default=32.0, help="larger bodies get 413")
     serve.add_argument(
