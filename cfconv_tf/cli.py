@@ -170,7 +170,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     batch = args.batch_size or (4 if quick else 32)
     repeats = args.repeats or (2 if quick else 7)
     layers = 2 if quick else 6
-    suites = ("train", "infer", "serve") if args.suite == "all" else (args.suite,)
+    suites = ("layer", "train", "infer", "serve") if args.suite == "all" else (args.suite,)
     bar = keras.utils.Progbar(None, unit_name="row")
     results = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -178,7 +178,17 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         "peak_gflops": peak_matmul_gflops((1024,) if quick else (1024, 2048, 4096)),
     }
     for suite in suites:
-        if suite == "train":
+        if suite == "layer":
+            from cfconv_tf.bench.stages import run_layer_stages
+
+            results["layer"] = run_layer_stages(
+                size,
+                batch,
+                samples=(16, 0.5) if quick else (2**12, 2**18),
+                repeats=repeats,
+                progress=lambda _: bar.add(1),
+            )
+        elif suite == "train":
             from cfconv_tf.bench.train import run_train
 
             results["train"] = run_train(
@@ -318,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_cmd_serve)
 
     bench = verbs.add_parser("bench", help="time training and inference side by side")
-    bench.add_argument("suite", choices=("train", "infer", "serve", "all"))
+    bench.add_argument("suite", choices=("layer", "train", "infer", "serve", "all"))
     bench.add_argument(
         "--quick", action="store_true", help="CI-sized: 15x15 inputs, batch 4, 2 conv layers"
     )

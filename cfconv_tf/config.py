@@ -13,6 +13,10 @@ from cfconv_tf.sampling import validate_samples
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
+# Spectral-state initializations a configuration may name (see CFConv2D).
+STATE_INITIALIZERS = ("cfconv_uniform", "generator")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The paper's CNN family: conv stack, global average pooling, dense head.
@@ -31,6 +35,8 @@ class ModelConfig:
     samples: int | float = 2**18
     hidden_units: tuple[int, ...] = PAPER_HIDDEN_UNITS
     update_rate: float = 1.0
+    state_initializer: str = "cfconv_uniform"
+    kernel_scale: float | str = 1.0
     spatial_kernel_size: int = 3
     learning_rate: float = 1e-3
     batch_size: int = 32
@@ -50,6 +56,16 @@ class ModelConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{self.name}: {field} must be a positive integer, got {value!r}")
         validate_samples(self.samples)
+        if self.state_initializer not in STATE_INITIALIZERS:
+            raise ValueError(
+                f"{self.name}: state_initializer must be one of {STATE_INITIALIZERS}, "
+                f"got {self.state_initializer!r}"
+            )
+        scale = self.kernel_scale
+        if scale != "auto" and (
+            isinstance(scale, bool) or not isinstance(scale, int | float) or scale <= 0
+        ):
+            raise ValueError(f"{self.name}: kernel_scale must be > 0 or 'auto', got {scale!r}")
         if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) <= 0):
             raise ValueError(
                 f"{self.name}: input_size must be [height, width], got {self.input_size}"

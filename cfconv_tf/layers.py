@@ -43,8 +43,17 @@ class CFConv2D(keras.layers.Layer):
         hidden_units: hidden widths of each generator MLP (paper's by default).
         update_rate: ``g`` in (0, 1] of the write ``K + g (MLP - K)``.
         activation: applied in the spatial domain after the inverse transform.
-        state_initializer: initializer of both state variables.
-        seed: seed of the position sampler.
+        state_initializer: initializer of both state variables: ``"cfconv_uniform"``
+            (uniform in [-1, 1], the paper's), ``"generator"`` (the MLPs' own scaled
+            output at every position, so state and generator agree from the start),
+            or any Keras initializer.
+        kernel_scale: factor on the MLPs' outputs wherever they become kernel values
+            (training writes, ``generate_kernel``): ``1.0`` is the paper's; ``"auto"``
+            fixes it at build so that the freshly initialized generators give a
+            kernel of mean power ``E|K|^2 = 2 / Cin``, the spectral counterpart of He
+            initialization (a spectral layer with i.i.d. entries scales the variance
+            of a ReLU network's activations by ``Cin E|K|^2 / 2``).
+        seed: seed of the position sampler (and of the ``"auto"`` scale's probe).
     """
 
     def __init__(
@@ -55,6 +64,7 @@ class CFConv2D(keras.layers.Layer):
         update_rate: float = 1.0,
         activation=None,
         state_initializer="cfconv_uniform",
+        kernel_scale: float | str = 1.0,
         seed: int | None = None,
         **kwargs,
     ) -> None:
@@ -68,8 +78,20 @@ class CFConv2D(keras.layers.Layer):
         self.hidden_units = tuple(int(units) for units in hidden_units)
         self.update_rate = float(update_rate)
         self.activation = keras.activations.get(activation)
+        if kernel_scale != "auto" and not (
+            isinstance(kernel_scale, int | float)
+            and not isinstance(kernel_scale, bool)
+            and kernel_scale > 0
+        ):
+            raise ValueError(
+                f"kernel_scale must be a positive number or 'auto', got {kernel_scale!r}"
+            )
+        self.kernel_scale = kernel_scale if kernel_scale == "auto" else float(kernel_scale)
+        self.state_from_generator = state_initializer == "generator"
         if state_initializer == "cfconv_uniform":
             state_initializer = keras.initializers.RandomUniform(-1.0, 1.0, seed=seed)
+        elif self.state_from_generator:
+            state_initializer = "zeros"
         self.state_initializer = keras.initializers.get(state_initializer)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -105,7 +127,34 @@ class CFConv2D(keras.layers.Layer):
         )
         self.real_generator.build((None, 4))
         self.imag_generator.build((None, 4))
+        self.generator_scale = self.add_weight(
+            name="generator_scale", shape=(), initializer="ones", trainable=False
+        )
+        if self.kernel_scale == "auto":
+            self.generator_scale.assign(self._he_scale())
+        else:
+            self.generator_scale.assign(self.kernel_scale)
+        if self.state_from_generator:
+            kernel_real, kernel_imag = self.generate_kernel()
+            self.state_real.assign(kernel_real)
+            self.state_imag.assign(kernel_imag)
         self.input_spec = keras.InputSpec(ndim=4, axes={-1: int(channels)})
+
+    def _he_scale(self, probes: int = 2**14) -> float:
+        """The factor that gives the unscaled generators' kernel ``E|K|^2 = 2 / Cin``.
+
+        Estimated from both MLPs at ``probes`` positions drawn with the layer's seed.
+        """
+        count = min(probes, self.kernel_size)
+        positions = tf.random.stateless_uniform(
+            [count], seed=(self.seed or 0, 1), maxval=self.kernel_size, dtype=tf.int64
+        )
+        coordinates = normalized_coordinates(positions, self.kernel_shape)
+        power = tf.reduce_mean(
+            tf.square(self.real_generator(coordinates))
+            + tf.square(self.imag_generator(coordinates))
+        )
+        return float(tf.sqrt(2.0 / self.kernel_shape[2] / tf.maximum(power, 1e-30)))
 
     @property
     def kernel_size(self) -> int:
@@ -122,14 +171,14 @@ class CFConv2D(keras.layers.Layer):
                 f"the new size instead (the MLPs re-sample the kernel there)."
             )
         if training:
-            kernel_real, kernel_imag = self._sparse_update()
+            kernel_real, kernel_imag = self.sparse_update()
         else:
             kernel_real = tf.convert_to_tensor(self.state_real)
             kernel_imag = tf.convert_to_tensor(self.state_imag)
         kernel_real, kernel_imag = hermitian_project(kernel_real, kernel_imag, self.input_size[1])
         return self.activation(spectral_conv2d(inputs, kernel_real, kernel_imag))
 
-    def _sparse_update(self) -> tuple[tf.Tensor, tf.Tensor]:
+    def sparse_update(self) -> tuple[tf.Tensor, tf.Tensor]:
         """Write freshly generated values at sampled positions; return the new kernel.
 
         Returns ``(kernel_real, kernel_imag)``, each ``[H, Wf, Cin, Cout]``; the
@@ -149,7 +198,7 @@ class CFConv2D(keras.layers.Layer):
             (self.state_imag, self.imag_generator),
         ):
             flat_state = tf.reshape(tf.convert_to_tensor(state), [-1])
-            values = generator(coordinates)
+            values = generator(coordinates) * self.generator_scale
             if carries_gradient is not None:
                 values = tf.where(carries_gradient, values, tf.stop_gradient(values))
             if self.update_rate != 1.0:
@@ -180,8 +229,8 @@ class CFConv2D(keras.layers.Layer):
         for start in range(0, total, chunk_size):
             positions = tf.range(start, min(start + chunk_size, total), dtype=tf.int64)
             coordinates = normalized_coordinates(positions, kernel_shape)
-            parts[0].append(self.real_generator(coordinates))
-            parts[1].append(self.imag_generator(coordinates))
+            parts[0].append(self.real_generator(coordinates) * self.generator_scale)
+            parts[1].append(self.imag_generator(coordinates) * self.generator_scale)
         return tuple(
             tf.stop_gradient(tf.reshape(tf.concat(values, 0), kernel_shape)) for values in parts
         )
@@ -198,7 +247,10 @@ class CFConv2D(keras.layers.Layer):
                 "hidden_units": list(self.hidden_units),
                 "update_rate": self.update_rate,
                 "activation": keras.activations.serialize(self.activation),
-                "state_initializer": keras.initializers.serialize(self.state_initializer),
+                "state_initializer": "generator"
+                if self.state_from_generator
+                else keras.initializers.serialize(self.state_initializer),
+                "kernel_scale": self.kernel_scale,
                 "seed": self.seed,
             }
         )

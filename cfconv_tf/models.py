@@ -42,6 +42,8 @@ def build_model(
                 samples=config.samples,
                 hidden_units=config.hidden_units,
                 update_rate=config.update_rate,
+                state_initializer=config.state_initializer,
+                kernel_scale=config.kernel_scale,
                 activation="relu",
                 seed=None if seed is None else seed + index,
                 name=f"cfconv_{index}",

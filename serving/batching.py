@@ -25,7 +25,7 @@ class MicroBatcher:
         predict: Predict,
         executor: Executor,
         max_batch_size: int = 32,
-        max_delay: float = 0.002,
+        max_delay: float = 0.0,
         observe_batch: Callable[[int], None] = lambda size: None,
     ) -> None:
         self.predict = predict

@@ -20,7 +20,8 @@ def quick_results(tmp_path_factory) -> tuple:
 
 def test_quick_bench_writes_json_markdown_and_plots(quick_results):
     out, results = quick_results
-    for name in ("results.md", "train.png", "infer_batch1.png", "infer_batch4.png", "serve.png"):
+    files = ("results.md", "layer.png", "train.png", "infer_batch1.png", "infer_batch4.png")
+    for name in (*files, "serve.png"):
         assert (out / name).stat().st_size > 0, name
     markdown = (out / "results.md").read_text()
     assert "## Training step" in markdown and "## Inference" in markdown
@@ -68,6 +69,21 @@ def test_every_inference_row_has_a_median_and_a_ratio_to_its_runtimes_3x3(quick_
         )
         assert row["ratio_to_3x3"] == pytest.approx(row["median_ms"] / base["median_ms"])
         assert row["images_per_s"] == pytest.approx(row["batch"] / row["median_ms"] * 1e3)
+
+
+def test_layer_stages_cover_every_stage_with_ratios_from_medians(quick_results):
+    rows = quick_results[1]["layer"]
+    stages = [row["stage"] for row in rows]
+    assert stages[0] == "conv2d 3x3 fwd+bwd"
+    # 15x15 -> Wf = 8; 32 channels: 15 * 8 * 32 * 32 entries, half of them for 0.5.
+    for count in (16, 15 * 8 * 32 * 32 // 2):
+        assert f"sparse update fwd+bwd, {count} samples" in stages
+        assert f"cf layer fwd+bwd, {count} samples" in stages
+    assert {"rfft2d", "irfft2d", "spectral conv fwd", "spectral conv fwd+bwd"} <= set(stages)
+    for row in rows:
+        assert row["median_ms"] == pytest.approx(statistics.median(row["runs_ms"]))
+        assert row["median_ms"] > 0
+        assert row["ratio_to_3x3"] == pytest.approx(row["median_ms"] / rows[0]["median_ms"])
 
 
 def test_serving_rows_measure_the_server_next_to_onnxruntime(quick_results):

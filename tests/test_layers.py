@@ -155,8 +155,15 @@ def test_gradient_reaches_the_mlps_only_through_the_sampled_values(rng):
             )
 
 
-def test_config_round_trip_gives_same_outputs(rng):
-    layer = make_layer(update_rate=0.5, activation="relu")
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"update_rate": 0.5, "activation": "relu"},
+        {"kernel_scale": "auto", "state_initializer": "generator"},
+    ],
+)
+def test_config_round_trip_gives_same_outputs(options, rng):
+    layer = make_layer(**options)
     x = rng.standard_normal(INPUT_SHAPE).astype(np.float32)
     layer(x, training=True)
     config = layer.get_config()
@@ -240,3 +247,32 @@ def test_bad_shapes_are_rejected(rng):
         CFConv2D(0)
     with pytest.raises(ValueError, match="update_rate"):
         CFConv2D(4, update_rate=0.0)
+
+
+def test_auto_kernel_scale_gives_he_power_and_scales_every_write(rng):
+    layer = make_layer(kernel_scale="auto", samples=1.0, hidden_units=(32, 32))
+    kernel_real, kernel_imag = layer.generate_kernel()
+    power = float(tf.reduce_mean(kernel_real**2 + kernel_imag**2))
+    assert power == pytest.approx(2.0 / INPUT_SHAPE[3], rel=0.15)
+    scale = float(layer.generator_scale)
+    assert scale != pytest.approx(1.0)
+    # A dense training step writes the scaled MLP output at every position.
+    layer(rng.standard_normal(INPUT_SHAPE).astype(np.float32), training=True)
+    everywhere = np.arange(layer.kernel_size)
+    for written, raw in zip(state(layer), generated_values(layer, everywhere), strict=True):
+        np.testing.assert_allclose(written.reshape(-1), scale * raw, rtol=1e-5, atol=1e-7)
+
+
+def test_generator_initialization_starts_the_state_at_the_generated_kernel():
+    layer = make_layer(state_initializer="generator", kernel_scale=3.0)
+    kernel = layer.generate_kernel()
+    for variable, expected in zip(state(layer), kernel, strict=True):
+        np.testing.assert_array_equal(variable, expected.numpy())
+    raw = generated_values(layer, np.arange(layer.kernel_size))[0]
+    np.testing.assert_allclose(kernel[0].numpy().reshape(-1), 3.0 * raw, rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [0, -1.0, True, "big"])
+def test_bad_kernel_scales_are_rejected(scale):
+    with pytest.raises(ValueError, match="kernel_scale"):
+        CFConv2D(4, kernel_scale=scale)

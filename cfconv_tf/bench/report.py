@@ -72,6 +72,8 @@ INFER_COLUMNS = [
 ]
 
 
+LAYER_COLUMNS = ["stage", "input_size", "batch", "channels", "median_ms", "ratio_to_3x3"]
+
 SERVE_COLUMNS = [
     "runtime",
     "payload",
@@ -113,6 +115,17 @@ def write_report(results: dict, out: Path, command: str) -> None:
         "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items()),
         f"Measured float32 matmul peak: {results['peak_gflops']:.1f} GFLOP/s",
     ]
+    if "layer" in results:
+        sections += [
+            "## One layer's training step, stage by stage",
+            markdown_table(results["layer"], LAYER_COLUMNS),
+        ]
+        _bar_plot(
+            [{**row, "status": "ok"} for row in results["layer"]],
+            lambda r: r["stage"],
+            "one layer, stage by stage",
+            out / "layer.png",
+        )
     if "train" in results:
         sections += ["## Training step", markdown_table(results["train"], TRAIN_COLUMNS)]
         _bar_plot(results["train"], lambda r: r["model"], "training step", out / "train.png")

@@ -165,6 +165,10 @@ def run_serve(
                             f"-c{count}",
                             f"-d{seconds:g}s",
                             "--latency",
+                            # wrk's default 2 s socket timeout counts slow answers
+                            # (32 clients queue for seconds at 150x150) as errors.
+                            "--timeout",
+                            "120s",
                             "-s",
                             str(script),
                             url,
