@@ -18,6 +18,11 @@ def hermitian_project(kr: tf.Tensor, ki: tf.Tensor, width: int) -> tuple[tf.Tens
     explicitly makes the layer one well-defined function that every FFT
     implementation (TF, numpy, the ONNX lowerings) computes identically.
 
+    ``P`` is linear and self-adjoint, so its gradient is ``P`` applied to the incoming
+    gradient; it is given as such (autodiff of the slices, gather and concat below
+    materializes about ten full-size kernels and cost ~90 ms per 150x150 32->32 layer
+    and step).
+
     Args:
         kr, ki: real and imaginary kernel parts, shape ``[H, W//2+1, ...]``.
         width: the spatial width ``W`` of the signal (needed for the parity of W).
@@ -25,6 +30,19 @@ def hermitian_project(kr: tf.Tensor, ki: tf.Tensor, width: int) -> tuple[tf.Tens
     Returns:
         The projected ``(kr, ki)``, same shapes.
     """
+
+    @tf.custom_gradient
+    def project(kr: tf.Tensor, ki: tf.Tensor):
+        def gradient(d_real: tf.Tensor, d_imag: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return _project_columns(d_real, d_imag, width)
+
+        return _project_columns(kr, ki, width), gradient
+
+    return project(tf.convert_to_tensor(kr), tf.convert_to_tensor(ki))
+
+
+def _project_columns(kr: tf.Tensor, ki: tf.Tensor, width: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """``P`` of :func:`hermitian_project`, written with slices, a gather and a concat."""
     height, half_width = kr.shape[0], kr.shape[1]
     mirror = [(-h) % height for h in range(height)]
 

@@ -116,3 +116,22 @@ def test_written_out_gradient_equals_autodiff(shape, rng):
         np.testing.assert_allclose(
             got.numpy(), want, rtol=1e-4, atol=1e-5 * np.abs(want).max(), err_msg=name
         )
+
+
+@pytest.mark.parametrize("height,width", [(7, 7), (8, 8), (6, 9), (9, 6), (5, 2)])
+def test_projection_gradient_equals_autodiff_of_its_slices(height, width, rng):
+    from cfconv_tf.spectral import _project_columns
+
+    kr, ki, wr, wi = (
+        tf.constant(rng.standard_normal((height, width // 2 + 1, 2, 3)), tf.float32)
+        for _ in range(4)
+    )
+    grads = []
+    for project in (hermitian_project, _project_columns):
+        with tf.GradientTape() as tape:
+            tape.watch([kr, ki])
+            pr, pi = project(kr, ki, width)
+            loss = tf.reduce_sum(wr * pr + wi * pi)
+        grads.append(tape.gradient(loss, [kr, ki]))
+    for got, want in zip(*grads, strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-6)
