@@ -63,18 +63,23 @@ def _project_columns(kr: tf.Tensor, ki: tf.Tensor, width: int) -> tuple[tf.Tenso
     )
 
 
-def _to_frequency_major(real: tf.Tensor, imag: tf.Tensor) -> tf.Tensor:
-    """``[B, C, H, Wf]`` real and imaginary parts -> ``[H*Wf, B, 2C]`` (real, then imag)."""
-    batch, channels, height, half_width = real.shape
-    stacked = tf.concat([real, imag], axis=1)  # [B, 2C, H, Wf]
-    return tf.reshape(tf.transpose(stacked, [2, 3, 0, 1]), [height * half_width, -1, 2 * channels])
+def _to_frequency_major(spectrum: tf.Tensor) -> tf.Tensor:
+    """Complex ``[B, C, H, Wf]`` -> real ``[H*Wf, B, 2C]`` (C real parts, then C imaginary).
+
+    A bitcast views complex64 as float32 pairs for free, so the layout change is one
+    transpose (splitting real and imaginary parts first would copy the tensor three
+    more times).
+    """
+    batch, channels, height, half_width = spectrum.shape
+    pairs = tf.bitcast(spectrum, tf.float32)  # [B, C, H, Wf, 2]
+    return tf.reshape(tf.transpose(pairs, [2, 3, 0, 4, 1]), [height * half_width, -1, 2 * channels])
 
 
 def _from_frequency_major(values: tf.Tensor, height: int, half_width: int) -> tf.Tensor:
-    """``[H*Wf, B, 2C]`` (real, then imag) -> complex ``[B, C, H, Wf]``."""
+    """Real ``[H*Wf, B, 2C]`` (C real parts, then C imaginary) -> complex ``[B, C, H, Wf]``."""
     channels = values.shape[-1] // 2
-    values = tf.transpose(tf.reshape(values, [height, half_width, -1, 2 * channels]), [2, 3, 0, 1])
-    return tf.complex(values[:, :channels], values[:, channels:])
+    pairs = tf.reshape(values, [height, half_width, -1, 2, channels])
+    return tf.bitcast(tf.transpose(pairs, [2, 4, 0, 1, 3]), tf.complex64)
 
 
 def _block_kernel(kr: tf.Tensor, ki: tf.Tensor) -> tf.Tensor:
@@ -130,14 +135,14 @@ def spectral_conv2d(x: tf.Tensor, kr: tf.Tensor, ki: tf.Tensor):
     half_width = width // 2 + 1
     block = _block_kernel(kr, ki)
     spectrum = tf.signal.rfft2d(tf.transpose(x, [0, 3, 1, 2]))  # [B, Cin, H, Wf]
-    x_major = _to_frequency_major(tf.math.real(spectrum), tf.math.imag(spectrum))
+    x_major = _to_frequency_major(spectrum)
     y_spectrum = _from_frequency_major(tf.matmul(x_major, block), height, half_width)
     y = tf.signal.irfft2d(y_spectrum, fft_length=[height, width])
     y = tf.transpose(y, [0, 2, 3, 1])
 
     def gradient(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         dy_spectrum = tf.signal.rfft2d(tf.transpose(dy, [0, 3, 1, 2]))  # [B, Cout, H, Wf]
-        dy_major = _to_frequency_major(tf.math.real(dy_spectrum), tf.math.imag(dy_spectrum))
+        dy_major = _to_frequency_major(dy_spectrum)
         # Input: correlation with the kernel, [dYr, dYi] @ block^T = [Re, Im] of conj(K) dY.
         dx_spectrum = _from_frequency_major(
             tf.matmul(dy_major, block, transpose_b=True), height, half_width
