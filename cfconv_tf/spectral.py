@@ -64,7 +64,7 @@ def _project_columns(kr: tf.Tensor, ki: tf.Tensor, width: int) -> tuple[tf.Tenso
 
 
 def _to_frequency_major(spectrum: tf.Tensor) -> tf.Tensor:
-    """Complex ``[B, C, H, Wf]`` -> real ``[H*Wf, B, 2C]`` (C real parts, then C imaginary).
+    """Complex ``[B, C, H, Wf]`` -> real ``[H*Wf, 2B, C]``: the B real rows, then the B imaginary.
 
     A bitcast views complex64 as float32 pairs for free, so the layout change is one
     transpose (splitting real and imaginary parts first would copy the tensor three
@@ -72,26 +72,37 @@ def _to_frequency_major(spectrum: tf.Tensor) -> tf.Tensor:
     """
     batch, channels, height, half_width = spectrum.shape
     pairs = tf.bitcast(spectrum, tf.float32)  # [B, C, H, Wf, 2]
-    return tf.reshape(tf.transpose(pairs, [2, 3, 0, 4, 1]), [height * half_width, -1, 2 * channels])
+    return tf.reshape(tf.transpose(pairs, [2, 3, 4, 0, 1]), [height * half_width, -1, channels])
 
 
-def _from_frequency_major(values: tf.Tensor, height: int, half_width: int) -> tf.Tensor:
-    """Real ``[H*Wf, B, 2C]`` (C real parts, then C imaginary) -> complex ``[B, C, H, Wf]``."""
-    channels = values.shape[-1] // 2
-    pairs = tf.reshape(values, [height, half_width, -1, 2, channels])
-    return tf.bitcast(tf.transpose(pairs, [2, 4, 0, 1, 3]), tf.complex64)
+def _from_frequency_major(real: tf.Tensor, imag: tf.Tensor, height: int) -> tf.Tensor:
+    """Real and imaginary parts ``[H*Wf, B, C]`` -> complex ``[B, C, H, Wf]``."""
+    frequencies, channels = real.shape[0], real.shape[-1]
+    pairs = tf.reshape(tf.stack([real, imag]), [2, height, frequencies // height, -1, channels])
+    return tf.bitcast(tf.transpose(pairs, [3, 4, 1, 2, 0]), tf.complex64)
 
 
-def _block_kernel(kr: tf.Tensor, ki: tf.Tensor) -> tf.Tensor:
-    """``[H, Wf, Cin, Cout]`` parts -> real block form ``[H*Wf, 2Cin, 2Cout]``.
+def _complex_mix(
+    stacked: tf.Tensor, kr: tf.Tensor, ki: tf.Tensor, adjoint: bool = False
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per frequency, ``X K`` (or ``Y conj(K)^T`` with ``adjoint``) as two real batched matmuls.
 
-    ``[[Kr, Ki], [-Ki, Kr]]``, so that ``[Xr, Xi] @ block = [Re(XK), Im(XK)]``: the
-    complex channel mixing at every frequency becomes one real batched matmul.
+    Args:
+        stacked: ``[F, 2B, Cin]`` real rows then imaginary rows (``[F, 2B, Cout]`` for the
+            adjoint), as :func:`_to_frequency_major` lays them out.
+        kr, ki: ``[F, Cin, Cout]``, used in place (no block matrix is built, so nothing
+            kernel-sized is allocated per call).
+
+    Returns:
+        ``(real, imag)``, each ``[F, B, Cout]`` (``[F, B, Cin]`` for the adjoint).
     """
-    height, half_width, cin, cout = kr.shape
-    top = tf.concat([kr, ki], axis=3)
-    bottom = tf.concat([-ki, kr], axis=3)
-    return tf.reshape(tf.concat([top, bottom], axis=2), [height * half_width, 2 * cin, 2 * cout])
+    by_real = tf.matmul(stacked, kr, transpose_b=adjoint)  # [Ur Kr; Ui Kr]
+    by_imag = tf.matmul(stacked, ki, transpose_b=adjoint)  # [Ur Ki; Ui Ki]
+    real_kr, imag_kr = tf.split(by_real, 2, axis=1)
+    real_ki, imag_ki = tf.split(by_imag, 2, axis=1)
+    if adjoint:  # conj(K): (Ur + j Ui)(Kr - j Ki)
+        return real_kr + imag_ki, imag_kr - real_ki
+    return real_kr - imag_ki, real_ki + imag_kr
 
 
 def _irfft_weights(height: int, width: int) -> tf.Tensor:
@@ -112,8 +123,9 @@ def spectral_conv2d(x: tf.Tensor, kr: tf.Tensor, ki: tf.Tensor):
     """Circular 2D convolution of ``x`` with a kernel given by its half spectrum.
 
     ``y[b, :, :, o] = irfft2( sum_i rfft2(x[b, :, :, i]) * K[:, :, i, o] )``. The channel
-    mixing runs as one real batched matmul per call over all ``H * Wf`` frequencies
-    (block form of the complex product), not as four complex einsums.
+    mixing runs as two real batched matmuls over all ``H * Wf`` frequencies, with real
+    and imaginary rows stacked along the batch (see :func:`_complex_mix`), not as four
+    complex einsums.
 
     The gradient is written out rather than left to autodiff: with a Hermitian-consistent
     kernel the layer is a real circular convolution, so the input gradient is the
@@ -133,28 +145,30 @@ def spectral_conv2d(x: tf.Tensor, kr: tf.Tensor, ki: tf.Tensor):
     """
     height, width = x.shape[1], x.shape[2]
     half_width = width // 2 + 1
-    block = _block_kernel(kr, ki)
+    cin, cout = kr.shape[2], kr.shape[3]
+    kernel_real = tf.reshape(kr, [height * half_width, cin, cout])
+    kernel_imag = tf.reshape(ki, [height * half_width, cin, cout])
     spectrum = tf.signal.rfft2d(tf.transpose(x, [0, 3, 1, 2]))  # [B, Cin, H, Wf]
-    x_major = _to_frequency_major(spectrum)
-    y_spectrum = _from_frequency_major(tf.matmul(x_major, block), height, half_width)
+    x_major = _to_frequency_major(spectrum)  # [F, 2B, Cin]
+    y_spectrum = _from_frequency_major(*_complex_mix(x_major, kernel_real, kernel_imag), height)
     y = tf.signal.irfft2d(y_spectrum, fft_length=[height, width])
     y = tf.transpose(y, [0, 2, 3, 1])
 
     def gradient(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         dy_spectrum = tf.signal.rfft2d(tf.transpose(dy, [0, 3, 1, 2]))  # [B, Cout, H, Wf]
-        dy_major = _to_frequency_major(dy_spectrum)
-        # Input: correlation with the kernel, [dYr, dYi] @ block^T = [Re, Im] of conj(K) dY.
+        dy_major = _to_frequency_major(dy_spectrum)  # [F, 2B, Cout]
+        # Input: correlation with the kernel, sum_o conj(K) dY, then the same irfft2.
         dx_spectrum = _from_frequency_major(
-            tf.matmul(dy_major, block, transpose_b=True), height, half_width
+            *_complex_mix(dy_major, kernel_real, kernel_imag, adjoint=True), height
         )
         dx = tf.transpose(tf.signal.irfft2d(dx_spectrum, fft_length=[height, width]), [0, 2, 3, 1])
-        # Kernel: [Xr, Xi]^T @ [Gr, Gi] per frequency, G = dY weighted as irfft2's adjoint.
+        # Kernel: sum_b conj(X) G per frequency, G = dY weighted as irfft2's adjoint:
+        # dKr = Xr^T Gr + Xi^T Gi, dKi = Xr^T Gi - Xi^T Gr (contracting the 2B rows).
         column_weights = tf.tile(_irfft_weights(height, width), [height])[:, None, None]
-        d_block = tf.matmul(x_major, dy_major * column_weights, transpose_a=True)
-        cin = kr.shape[2]
-        shape = kr.shape
-        dkr = d_block[:, :cin, : shape[3]] + d_block[:, cin:, shape[3] :]
-        dki = d_block[:, :cin, shape[3] :] - d_block[:, cin:, : shape[3]]
-        return dx, tf.reshape(dkr, shape), tf.reshape(dki, shape)
+        weighted = dy_major * column_weights  # [Gr; Gi]
+        g_real, g_imag = tf.split(weighted, 2, axis=1)
+        dkr = tf.matmul(x_major, weighted, transpose_a=True)
+        dki = tf.matmul(x_major, tf.concat([g_imag, -g_real], axis=1), transpose_a=True)
+        return dx, tf.reshape(dkr, kr.shape), tf.reshape(dki, kr.shape)
 
     return y, gradient
