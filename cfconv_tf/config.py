@@ -34,6 +34,7 @@ class ModelConfig:
     classes: int = 2
     samples: int | float = 2**18
     hidden_units: tuple[int, ...] = PAPER_HIDDEN_UNITS
+    fourier_bands: int = 0
     update_rate: float = 1.0
     state_initializer: str = "cfconv_uniform"
     kernel_scale: float | str = 1.0
@@ -56,6 +57,10 @@ class ModelConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{self.name}: {field} must be a positive integer, got {value!r}")
         validate_samples(self.samples)
+        if isinstance(self.fourier_bands, bool) or not isinstance(self.fourier_bands, int):
+            raise ValueError(f"{self.name}: fourier_bands must be an integer >= 0")
+        if self.fourier_bands < 0:
+            raise ValueError(f"{self.name}: fourier_bands must be an integer >= 0")
         if self.state_initializer not in STATE_INITIALIZERS:
             raise ValueError(
                 f"{self.name}: state_initializer must be one of {STATE_INITIALIZERS}, "

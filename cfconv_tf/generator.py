@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import keras
@@ -37,11 +38,25 @@ class CoordinateMLP(keras.layers.Layer):
     ``4 -> hidden_units[0] -> ... -> hidden_units[-1] -> 1`` with ReLU between the
     linear layers and a linear output, as the paper's ``R_theta`` / ``I_theta``.
 
+    With ``fourier_bands = L > 0`` (not in the paper) each coordinate ``u`` is also fed
+    as ``sin(2^k pi u), cos(2^k pi u)`` for ``k < L`` (the positional encoding of NeRF):
+    a ReLU MLP on raw coordinates can only draw smooth functions, so neighbouring
+    channels would get nearly the same kernel.
+
     Call: coordinates ``[n, 4]`` float32 -> values ``[n]`` float32.
     """
 
-    def __init__(self, hidden_units: Sequence[int] = PAPER_HIDDEN_UNITS, **kwargs) -> None:
+    def __init__(
+        self, hidden_units: Sequence[int] = PAPER_HIDDEN_UNITS, fourier_bands: int = 0, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
+        if (
+            isinstance(fourier_bands, bool)
+            or not isinstance(fourier_bands, int)
+            or fourier_bands < 0
+        ):
+            raise ValueError(f"fourier_bands must be an integer >= 0, got {fourier_bands!r}")
+        self.fourier_bands = fourier_bands
         self.hidden_units = tuple(int(units) for units in hidden_units)
         if not self.hidden_units or min(self.hidden_units) <= 0:
             raise ValueError(
@@ -55,13 +70,17 @@ class CoordinateMLP(keras.layers.Layer):
             for index, units in enumerate(self.hidden_units)
         ]
         self.dense_layers.append(keras.layers.Dense(1, name="output"))
-        shape = tuple(input_shape)
+        shape = tuple(input_shape)[:-1] + (4 + 8 * self.fourier_bands,)
         for layer in self.dense_layers:
             layer.build(shape)
             shape = shape[:-1] + (layer.units,)
 
     def call(self, coordinates: tf.Tensor) -> tf.Tensor:
         hidden = coordinates
+        if self.fourier_bands:
+            frequencies = tf.constant([math.pi * 2.0**k for k in range(self.fourier_bands)])
+            angles = tf.reshape(coordinates[:, :, None] * frequencies, [-1, 4 * self.fourier_bands])
+            hidden = tf.concat([coordinates, tf.sin(angles), tf.cos(angles)], axis=-1)
         for layer in self.dense_layers:
             hidden = layer(hidden)
         return tf.squeeze(hidden, axis=-1)
@@ -71,5 +90,7 @@ class CoordinateMLP(keras.layers.Layer):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update({"hidden_units": list(self.hidden_units)})
+        config.update(
+            {"hidden_units": list(self.hidden_units), "fourier_bands": self.fourier_bands}
+        )
         return config

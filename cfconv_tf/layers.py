@@ -41,6 +41,8 @@ class CFConv2D(keras.layers.Layer):
             kernel size) or a fraction in (0, 1]; the whole kernel means the dense,
             "naive" update.
         hidden_units: hidden widths of each generator MLP (paper's by default).
+        fourier_bands: Fourier-feature bands of the generators' input (0 = the paper's
+            raw coordinates; see :class:`CoordinateMLP`).
         update_rate: ``g`` in (0, 1] of the write ``K + g (MLP - K)``.
         activation: applied in the spatial domain after the inverse transform.
         state_initializer: initializer of both state variables: ``"cfconv_uniform"``
@@ -61,6 +63,7 @@ class CFConv2D(keras.layers.Layer):
         filters: int,
         samples: int | float = 4096,
         hidden_units: Sequence[int] = PAPER_HIDDEN_UNITS,
+        fourier_bands: int = 0,
         update_rate: float = 1.0,
         activation=None,
         state_initializer="cfconv_uniform",
@@ -95,8 +98,9 @@ class CFConv2D(keras.layers.Layer):
         self.state_initializer = keras.initializers.get(state_initializer)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.real_generator = CoordinateMLP(self.hidden_units, name="real_generator")
-        self.imag_generator = CoordinateMLP(self.hidden_units, name="imag_generator")
+        self.fourier_bands = fourier_bands
+        self.real_generator = CoordinateMLP(self.hidden_units, fourier_bands, name="real_generator")
+        self.imag_generator = CoordinateMLP(self.hidden_units, fourier_bands, name="imag_generator")
 
     def build(self, input_shape) -> None:
         if len(input_shape) != 4:
@@ -245,6 +249,7 @@ class CFConv2D(keras.layers.Layer):
                 "filters": self.filters,
                 "samples": self.samples,
                 "hidden_units": list(self.hidden_units),
+                "fourier_bands": self.fourier_bands,
                 "update_rate": self.update_rate,
                 "activation": keras.activations.serialize(self.activation),
                 "state_initializer": "generator"

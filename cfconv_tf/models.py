@@ -41,6 +41,7 @@ def build_model(
                 config.filters,
                 samples=config.samples,
                 hidden_units=config.hidden_units,
+                fourier_bands=config.fourier_bands,
                 update_rate=config.update_rate,
                 state_initializer=config.state_initializer,
                 kernel_scale=config.kernel_scale,

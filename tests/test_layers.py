@@ -160,6 +160,7 @@ def test_gradient_reaches_the_mlps_only_through_the_sampled_values(rng):
     [
         {"update_rate": 0.5, "activation": "relu"},
         {"kernel_scale": "auto", "state_initializer": "generator"},
+        {"fourier_bands": 3, "kernel_scale": 0.5},
     ],
 )
 def test_config_round_trip_gives_same_outputs(options, rng):
@@ -276,3 +277,28 @@ def test_generator_initialization_starts_the_state_at_the_generated_kernel():
 def test_bad_kernel_scales_are_rejected(scale):
     with pytest.raises(ValueError, match="kernel_scale"):
         CFConv2D(4, kernel_scale=scale)
+
+
+def test_fourier_features_feed_sines_and_cosines_of_every_coordinate():
+    from cfconv_tf.generator import CoordinateMLP
+
+    mlp = CoordinateMLP((8,), fourier_bands=2)
+    mlp.build((None, 4))
+    assert mlp.dense_layers[0].kernel.shape == (4 + 8 * 2, 8)
+    coordinates = tf.constant([[0.0, 0.25, 0.5, 1.0]])
+    # Zero every first-layer weight except the one reading sin(2 pi u_1) (band 1 of
+    # coordinate 1: after the 4 raw inputs, sines are ordered coordinate-major).
+    kernel = np.zeros((20, 8), np.float32)
+    kernel[4 + 1 * 2 + 1, 0] = 1.0
+    mlp.dense_layers[0].kernel.assign(kernel)
+    mlp.dense_layers[0].bias.assign(np.zeros(8, np.float32))
+    mlp.dense_layers[1].kernel.assign(np.eye(8, 1, dtype=np.float32))
+    mlp.dense_layers[1].bias.assign(np.zeros(1, np.float32))
+    expected = max(np.sin(2 * np.pi * 0.25), 0.0)
+    np.testing.assert_allclose(mlp(coordinates).numpy(), [expected], atol=1e-6)
+
+
+@pytest.mark.parametrize("bands", [-1, 1.5, True])
+def test_bad_fourier_bands_are_rejected(bands):
+    with pytest.raises(ValueError, match="fourier_bands"):
+        CFConv2D(4, fourier_bands=bands)
