@@ -46,13 +46,23 @@ def draw_positions(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Draw ``count`` flat positions uniformly in ``[0, total)``, with replacement.
 
+    The draws come out sorted (scatter locality, and repeats are neighbours) without a
+    sort: the normalized partial sums of ``count + 1`` exponential gaps are distributed
+    as the order statistics of ``count`` uniforms, and flooring them onto the grid gives
+    the sorted i.i.d. integer draws. O(count), where TF's sort took ~17 ms for 2^18.
+
     Returns:
-        ``positions``: int64, shape ``[count]``, sorted ascending (scatter locality);
+        ``positions``: int64, shape ``[count]``, sorted ascending;
         ``is_first``: bool, shape ``[count]``, True at the first copy of each distinct
         position. Repeated copies write the same value, but only the first may carry a
         gradient, or the generator would see that position's gradient twice.
     """
-    positions = keras.random.randint((count,), 0, total, dtype="int64", seed=seed_generator)
-    positions = tf.sort(positions)
+    uniform = keras.random.uniform(
+        (count + 1,), minval=0.0, maxval=1.0, dtype="float64", seed=seed_generator
+    )
+    gaps = -tf.math.log1p(-uniform)  # exponential(1); 1 - u > 0 for u in [0, 1)
+    sums = tf.cumsum(gaps)
+    positions = tf.cast(tf.floor(sums[:-1] / sums[-1] * total), tf.int64)
+    positions = tf.minimum(positions, total - 1)
     is_first = tf.concat([[True], positions[1:] != positions[:-1]], axis=0)
     return positions, is_first

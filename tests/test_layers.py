@@ -302,3 +302,21 @@ def test_fourier_features_feed_sines_and_cosines_of_every_coordinate():
 def test_bad_fourier_bands_are_rejected(bands):
     with pytest.raises(ValueError, match="fourier_bands"):
         CFConv2D(4, fourier_bands=bands)
+
+
+@pytest.mark.parametrize("total", [7, 10, 1000])
+def test_drawn_positions_are_sorted_uniform_and_mark_first_copies(total, rng):
+    seed = keras.random.SeedGenerator(int(rng.integers(2**31)))
+    draws = []
+    for _ in range(40):
+        positions, is_first = (t.numpy() for t in draw_positions(2**14, total, seed))
+        assert positions.min() >= 0 and positions.max() < total
+        assert np.all(np.diff(positions) >= 0)
+        np.testing.assert_array_equal(is_first, np.r_[True, positions[1:] != positions[:-1]])
+        draws.append(positions)
+    counts = np.bincount(np.concatenate(draws), minlength=total)
+    expected = counts.sum() / total
+    chi_square = float(((counts - expected) ** 2 / expected).sum())
+    dof = total - 1
+    # Uniform draws give chi^2 ~ dof +- sqrt(2 dof); 6 standard deviations never flake.
+    assert chi_square < dof + 6 * np.sqrt(2 * dof)
