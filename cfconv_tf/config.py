@@ -7,7 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from cfconv_tf.generator import PAPER_HIDDEN_UNITS
+from cfconv_tf.generator import PAPER_HIDDEN_UNITS, validate_fourier_bands
+from cfconv_tf.layers import validate_kernel_scale
 from cfconv_tf.sampling import validate_samples
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -57,20 +58,16 @@ class ModelConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{self.name}: {field} must be a positive integer, got {value!r}")
         validate_samples(self.samples)
-        if isinstance(self.fourier_bands, bool) or not isinstance(self.fourier_bands, int):
-            raise ValueError(f"{self.name}: fourier_bands must be an integer >= 0")
-        if self.fourier_bands < 0:
-            raise ValueError(f"{self.name}: fourier_bands must be an integer >= 0")
+        try:
+            validate_fourier_bands(self.fourier_bands)
+            validate_kernel_scale(self.kernel_scale)
+        except ValueError as error:
+            raise ValueError(f"{self.name}: {error}") from error
         if self.state_initializer not in STATE_INITIALIZERS:
             raise ValueError(
                 f"{self.name}: state_initializer must be one of {STATE_INITIALIZERS}, "
                 f"got {self.state_initializer!r}"
             )
-        scale = self.kernel_scale
-        if scale != "auto" and (
-            isinstance(scale, bool) or not isinstance(scale, int | float) or scale <= 0
-        ):
-            raise ValueError(f"{self.name}: kernel_scale must be > 0 or 'auto', got {scale!r}")
         if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) <= 0):
             raise ValueError(
                 f"{self.name}: input_size must be [height, width], got {self.input_size}"

@@ -31,6 +31,13 @@ def normalized_coordinates(positions: tf.Tensor, kernel_shape: Sequence[int]) ->
     return tf.cast(indices, tf.float32) * scale
 
 
+def validate_fourier_bands(bands: int) -> int:
+    """Check a ``fourier_bands`` setting: an integer >= 0 (0 = raw coordinates)."""
+    if isinstance(bands, bool) or not isinstance(bands, int) or bands < 0:
+        raise ValueError(f"fourier_bands must be an integer >= 0, got {bands!r}")
+    return bands
+
+
 @keras.saving.register_keras_serializable(package="cfconv_tf")
 class CoordinateMLP(keras.layers.Layer):
     """An MLP from normalized kernel coordinates to one kernel value.
@@ -50,13 +57,7 @@ class CoordinateMLP(keras.layers.Layer):
         self, hidden_units: Sequence[int] = PAPER_HIDDEN_UNITS, fourier_bands: int = 0, **kwargs
     ) -> None:
         super().__init__(**kwargs)
-        if (
-            isinstance(fourier_bands, bool)
-            or not isinstance(fourier_bands, int)
-            or fourier_bands < 0
-        ):
-            raise ValueError(f"fourier_bands must be an integer >= 0, got {fourier_bands!r}")
-        self.fourier_bands = fourier_bands
+        self.fourier_bands = validate_fourier_bands(fourier_bands)
         self.hidden_units = tuple(int(units) for units in hidden_units)
         if not self.hidden_units or min(self.hidden_units) <= 0:
             raise ValueError(

@@ -12,6 +12,15 @@ from cfconv_tf.sampling import draw_positions, resolve_sample_count, validate_sa
 from cfconv_tf.spectral import hermitian_project, spectral_conv2d
 
 
+def validate_kernel_scale(scale: float | str) -> float | str:
+    """Check a ``kernel_scale`` setting: a positive number (as float) or ``"auto"``."""
+    if scale == "auto":
+        return scale
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or scale <= 0:
+        raise ValueError(f"kernel_scale must be a positive number or 'auto', got {scale!r}")
+    return float(scale)
+
+
 @keras.saving.register_keras_serializable(package="cfconv_tf")
 class CFConv2D(keras.layers.Layer):
     """2D convolution whose kernel lives in the Fourier domain and is drawn by two MLPs.
@@ -81,15 +90,7 @@ class CFConv2D(keras.layers.Layer):
         self.hidden_units = tuple(int(units) for units in hidden_units)
         self.update_rate = float(update_rate)
         self.activation = keras.activations.get(activation)
-        if kernel_scale != "auto" and not (
-            isinstance(kernel_scale, int | float)
-            and not isinstance(kernel_scale, bool)
-            and kernel_scale > 0
-        ):
-            raise ValueError(
-                f"kernel_scale must be a positive number or 'auto', got {kernel_scale!r}"
-            )
-        self.kernel_scale = kernel_scale if kernel_scale == "auto" else float(kernel_scale)
+        self.kernel_scale = validate_kernel_scale(kernel_scale)
         self.state_from_generator = state_initializer == "generator"
         if state_initializer == "cfconv_uniform":
             state_initializer = keras.initializers.RandomUniform(-1.0, 1.0, seed=seed)

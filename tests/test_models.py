@@ -64,3 +64,13 @@ def test_bad_model_requests_are_rejected(tiny_config, tmp_path):
         load_model_config(bad)
     with pytest.raises(ValueError, match="samples"):
         ModelConfig(name="x", samples=-1)
+    for line, message in [
+        ("state_initializer: ones", "state_initializer must be one of"),
+        ("kernel_scale: -2", "bad: kernel_scale must be a positive number or 'auto'"),
+        ("kernel_scale: big", "kernel_scale must be a positive number or 'auto'"),
+        ("fourier_bands: 1.5", "bad: fourier_bands must be an integer >= 0"),
+        ("fourier_bands: -1", "fourier_bands must be an integer >= 0"),
+    ]:
+        bad.write_text(line + "\n")
+        with pytest.raises(ValueError, match=message):
+            load_model_config(bad)

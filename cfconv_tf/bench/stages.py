@@ -47,10 +47,10 @@ def _stages(
     conv.build(x.shape)
     stages = [(BASELINE, _gradient_step(lambda: conv(x), [x, *conv.trainable_variables]))]
 
-    layer = CFConv2D(channels, samples=samples[0], seed=0)
-    layer.build(x.shape)
+    kernel_shape = (size, size // 2 + 1, channels, channels)
     kernel = hermitian_project(
-        tf.convert_to_tensor(layer.state_real), tf.convert_to_tensor(layer.state_imag), size
+        *(tf.random.stateless_uniform(kernel_shape, (0, part), -1.0, 1.0) for part in (1, 2)),
+        size,
     )
     stages += [
         ("rfft2d", tf.function(lambda: tf.signal.rfft2d(channels_first))),
