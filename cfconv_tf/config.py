@@ -8,14 +8,10 @@ from pathlib import Path
 import yaml
 
 from cfconv_tf.generator import PAPER_HIDDEN_UNITS, validate_fourier_bands
-from cfconv_tf.layers import validate_kernel_scale
+from cfconv_tf.layers import NAMED_STATE_INITIALIZERS, validate_kernel_scale
 from cfconv_tf.sampling import validate_samples
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-
-
-# Spectral-state initializations a configuration may name (see CFConv2D).
-STATE_INITIALIZERS = ("cfconv_uniform", "generator")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +59,9 @@ class ModelConfig:
             validate_kernel_scale(self.kernel_scale)
         except ValueError as error:
             raise ValueError(f"{self.name}: {error}") from error
-        if self.state_initializer not in STATE_INITIALIZERS:
+        if self.state_initializer not in NAMED_STATE_INITIALIZERS:
             raise ValueError(
-                f"{self.name}: state_initializer must be one of {STATE_INITIALIZERS}, "
+                f"{self.name}: state_initializer must be one of {NAMED_STATE_INITIALIZERS}, "
                 f"got {self.state_initializer!r}"
             )
         if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) <= 0):

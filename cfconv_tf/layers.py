@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import keras
@@ -10,6 +11,8 @@ import tensorflow as tf
 from cfconv_tf.generator import PAPER_HIDDEN_UNITS, CoordinateMLP, normalized_coordinates
 from cfconv_tf.sampling import draw_positions, resolve_sample_count, validate_samples
 from cfconv_tf.spectral import hermitian_project, spectral_conv2d
+
+NAMED_STATE_INITIALIZERS = ("cfconv_uniform", "generator")
 
 
 def validate_kernel_scale(scale: float | str) -> float | str:
@@ -64,7 +67,10 @@ class CFConv2D(keras.layers.Layer):
             kernel of mean power ``E|K|^2 = 2 / Cin``, the spectral counterpart of He
             initialization (a spectral layer with i.i.d. entries scales the variance
             of a ReLU network's activations by ``Cin E|K|^2 / 2``).
-        seed: seed of the position sampler (and of the ``"auto"`` scale's probe).
+        seed: seed of the position sampler (and of the ``"auto"`` scale's probe);
+            ``None`` picks one from Python's ``random`` (seeded by
+            ``keras.utils.set_random_seed``). Step ``t`` draws with the stateless seed
+            ``(seed, t)``, kept in the non-trainable ``sampler_state`` weight.
     """
 
     def __init__(
@@ -91,14 +97,12 @@ class CFConv2D(keras.layers.Layer):
         self.update_rate = float(update_rate)
         self.activation = keras.activations.get(activation)
         self.kernel_scale = validate_kernel_scale(kernel_scale)
-        self.state_from_generator = state_initializer == "generator"
-        if state_initializer == "cfconv_uniform":
-            state_initializer = keras.initializers.RandomUniform(-1.0, 1.0, seed=seed)
-        elif self.state_from_generator:
-            state_initializer = "zeros"
-        self.state_initializer = keras.initializers.get(state_initializer)
+        if state_initializer in NAMED_STATE_INITIALIZERS:
+            self.state_initializer = state_initializer
+        else:
+            self.state_initializer = keras.initializers.get(state_initializer)
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.sampler_seed = seed if seed is not None else random.randint(1, 2**31 - 1)
         self.fourier_bands = fourier_bands
         self.real_generator = CoordinateMLP(self.hidden_units, fourier_bands, name="real_generator")
         self.imag_generator = CoordinateMLP(self.hidden_units, fourier_bands, name="imag_generator")
@@ -118,32 +122,60 @@ class CFConv2D(keras.layers.Layer):
         self.input_size = (int(height), int(width))
         self.kernel_shape = (int(height), int(width) // 2 + 1, int(channels), self.filters)
         self.sample_count = resolve_sample_count(self.samples, self.kernel_size)
-        self.state_real = self.add_weight(
-            name="state_real",
-            shape=self.kernel_shape,
-            initializer=self.state_initializer,
-            trainable=False,
+        # Under tf.distribute every replica computes the same update (same positions,
+        # same mirrored MLP weights); "only_first_replica" makes the first replica's
+        # write the one every copy receives, so the copies cannot drift apart.
+        self.state_real, self.state_imag = (
+            self.add_weight(
+                name=name,
+                shape=self.kernel_shape,
+                initializer=self._state_part_initializer(stream),
+                trainable=False,
+                aggregation="only_first_replica",
+            )
+            for stream, name in enumerate(("state_real", "state_imag"))
         )
-        self.state_imag = self.add_weight(
-            name="state_imag",
-            shape=self.kernel_shape,
-            initializer=self.state_initializer,
+        self.sampler_state = self.add_weight(
+            name="sampler_state",
+            shape=(2,),
+            dtype="int64",
+            initializer=lambda shape, dtype: tf.constant([self.sampler_seed, 0], dtype),
             trainable=False,
+            aggregation="only_first_replica",
         )
         self.real_generator.build((None, 4))
         self.imag_generator.build((None, 4))
         self.generator_scale = self.add_weight(
-            name="generator_scale", shape=(), initializer="ones", trainable=False
+            name="generator_scale",
+            shape=(),
+            initializer="ones",
+            trainable=False,
+            aggregation="only_first_replica",
         )
         if self.kernel_scale == "auto":
             self.generator_scale.assign(self._he_scale())
         else:
             self.generator_scale.assign(self.kernel_scale)
-        if self.state_from_generator:
+        if self.state_initializer == "generator":
             kernel_real, kernel_imag = self.generate_kernel()
             self.state_real.assign(kernel_real)
             self.state_imag.assign(kernel_imag)
         self.input_spec = keras.InputSpec(ndim=4, axes={-1: int(channels)})
+
+    def _state_part_initializer(self, stream: int):
+        """The initializer of one state variable (``stream`` 0: real, 1: imaginary).
+
+        ``"cfconv_uniform"`` draws each part from its own stateless stream of the
+        layer's seed, so the real and imaginary parts are independent (one seeded
+        Keras initializer would give both the same values).
+        """
+        if self.state_initializer == "cfconv_uniform":
+            return lambda shape, dtype: tf.random.stateless_uniform(
+                shape, seed=(self.sampler_seed, 2 + stream), minval=-1.0, maxval=1.0, dtype=dtype
+            )
+        if self.state_initializer == "generator":
+            return "zeros"  # overwritten from the generators at the end of build()
+        return self.state_initializer
 
     def _he_scale(self, probes: int = 2**14) -> float:
         """The factor that gives the unscaled generators' kernel ``E|K|^2 = 2 / Cin``.
@@ -194,7 +226,7 @@ class CFConv2D(keras.layers.Layer):
             carries_gradient = None
         else:
             positions, carries_gradient = draw_positions(
-                self.sample_count, self.kernel_size, self.seed_generator
+                self.sample_count, self.kernel_size, self.next_sampler_seed()
             )
         coordinates = normalized_coordinates(positions, self.kernel_shape)
         new_kernels = []
@@ -214,6 +246,17 @@ class CFConv2D(keras.layers.Layer):
             state.assign(tf.stop_gradient(kernel))
             new_kernels.append(kernel)
         return new_kernels[0], new_kernels[1]
+
+    def next_sampler_seed(self) -> tf.Tensor:
+        """The seed of this training step's draw, ``[layer seed, draws so far]``.
+
+        Returns it (int64 ``[2]``) and counts the draw. The counter is part of the
+        layer's weights, so a resumed run continues the same sequence of draws, and
+        all replicas of a distributed run (which hold the same counter) draw alike.
+        """
+        seed = tf.convert_to_tensor(self.sampler_state)
+        self.sampler_state.assign(seed + tf.constant([0, 1], tf.int64))
+        return seed
 
     def generate_kernel(
         self, input_size: tuple[int, int] | None = None, chunk_size: int = 2**16
@@ -253,8 +296,8 @@ class CFConv2D(keras.layers.Layer):
                 "fourier_bands": self.fourier_bands,
                 "update_rate": self.update_rate,
                 "activation": keras.activations.serialize(self.activation),
-                "state_initializer": "generator"
-                if self.state_from_generator
+                "state_initializer": self.state_initializer
+                if isinstance(self.state_initializer, str)
                 else keras.initializers.serialize(self.state_initializer),
                 "kernel_scale": self.kernel_scale,
                 "seed": self.seed,

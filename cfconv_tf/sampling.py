@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numbers
 
-import keras
 import tensorflow as tf
 
 
@@ -41,10 +40,11 @@ def resolve_sample_count(samples: int | float, total: int) -> int:
     return max(1, min(total, round(samples * total)))
 
 
-def draw_positions(
-    count: int, total: int, seed_generator: keras.random.SeedGenerator
-) -> tuple[tf.Tensor, tf.Tensor]:
+def draw_positions(count: int, total: int, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Draw ``count`` flat positions uniformly in ``[0, total)``, with replacement.
+
+    Stateless: the draw is a pure function of ``seed`` (int64, shape ``[2]``), so every
+    replica of a distributed run that holds the same seed draws the same positions.
 
     The draws come out sorted (scatter locality, and repeats are neighbours) without a
     sort: the normalized partial sums of ``count + 1`` exponential gaps are distributed
@@ -57,9 +57,7 @@ def draw_positions(
         position. Repeated copies write the same value, but only the first may carry a
         gradient, or the generator would see that position's gradient twice.
     """
-    uniform = keras.random.uniform(
-        (count + 1,), minval=0.0, maxval=1.0, dtype="float64", seed=seed_generator
-    )
+    uniform = tf.random.stateless_uniform([count + 1], seed=seed, dtype=tf.float64)
     gaps = -tf.math.log1p(-uniform)  # exponential(1); 1 - u > 0 for u in [0, 1)
     sums = tf.cumsum(gaps)
     positions = tf.cast(tf.floor(sums[:-1] / sums[-1] * total), tf.int64)

@@ -25,8 +25,9 @@ def test_paper_configuration_has_the_papers_parameter_counts():
     # Paper, Table 1: 59K (CF-Conv) and 60K (3x3 CNN) trainable parameters.
     assert 55_000 <= counts["cf"]["trainable"] <= 61_000
     assert 59_000 <= counts["spatial"]["trainable"] <= 61_000
-    # The spectral state (real and imaginary) plus one generator scale per CF layer.
-    assert counts["cf"]["non_trainable"] == 2 * 150 * 76 * (3 * 32 + 5 * 32 * 32) + 6
+    # The spectral state (real and imaginary), plus per CF layer one generator scale
+    # and the sampler's (seed, step) pair.
+    assert counts["cf"]["non_trainable"] == 2 * 150 * 76 * (3 * 32 + 5 * 32 * 32) + 6 * 3
     assert counts["spatial"]["non_trainable"] == 0
 
 
