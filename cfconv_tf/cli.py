@@ -11,6 +11,12 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out
 
+from cfconv_tf.distribution import (  # noqa: E402
+    DEFAULT_COLLECTIVE_TIMEOUT,
+    STRATEGIES,
+    PeerFailure,
+    make_strategy,
+)
 from cfconv_tf.sampling import validate_samples  # noqa: E402
 from export.pipeline import FORMATS  # noqa: E402
 
@@ -83,6 +89,8 @@ def _configured(args: argparse.Namespace):
 def _cmd_train(args: argparse.Namespace) -> None:
     from cfconv_tf.training import RunSettings, train
 
+    strategy = make_strategy(args.strategy, args.cpu_replicas, args.collective_timeout)
+
     settings = RunSettings(
         config=_configured(args),
         variant=args.model,
@@ -93,7 +101,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         steps_per_epoch=args.steps_per_epoch,
     )
     out = args.out or f"runs/{settings.config.name}_{args.model}"
-    train(settings, out, save_every=args.save_every)
+    train(settings, out, save_every=args.save_every, strategy=strategy)
     print(f"run written to {out}")
 
 
@@ -267,6 +275,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--out", help="run directory (default runs/<config>_<model>); rerun to resume"
     )
+    train.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="none",
+        help="tf.distribute strategy; multiworker reads the cluster from TF_CONFIG",
+    )
+    train.add_argument(
+        "--cpu-replicas",
+        type=_positive,
+        help="mirrored on a CPU-only host: split the CPU into N devices (one replica each)",
+    )
+    train.add_argument(
+        "--collective-timeout",
+        type=float,
+        default=DEFAULT_COLLECTIVE_TIMEOUT,
+        help="multiworker: seconds to wait for the other workers before failing",
+    )
     train.set_defaults(run=_cmd_train)
 
     summary = verbs.add_parser("summary", help="print both variants' parameter counts")
@@ -359,6 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"cfconv {args.verb}: error: {error}", file=sys.stderr)
         return 2
+    except PeerFailure as error:
+        print(f"cfconv {args.verb}: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

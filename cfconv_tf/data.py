@@ -100,29 +100,50 @@ def load_dataset(
     return _convert(splits, input_size, channels)
 
 
-def batched(
-    dataset: tf.data.Dataset,
-    batch_size: int,
-    shuffle_seed: int | None = None,
-    augment: bool = False,
-) -> tf.data.Dataset:
-    """Batch a split for ``fit``/``evaluate``: shuffle and RandAugment if asked.
+def batched(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    """Batch a split in its own order, for ``evaluate`` and ``predict``."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
-    RandAugment (up to 3 operations per image, as the paper's KerasCV pipeline) is
-    meant for the training split only.
+
+def training_stream(
+    dataset: tf.data.Dataset, batch_size: int, seed: int, augment: bool = False
+) -> tf.data.Dataset:
+    """An endless stream of shuffled training batches that depends only on ``seed``.
+
+    Each pass over the split is reshuffled; batches run on across passes. Every
+    iterator over the stream yields the same batches: the shuffle is built inside
+    ``flat_map``, so each iterator gets its own shuffle seeded afresh. (A plain seeded
+    ``shuffle`` gives each new iterator a new order, and Keras opens one iterator more
+    under a ``tf.distribute`` strategy than without, which would feed a distributed run
+    other batches than a single-device one.) RandAugment (up to 3 operations per
+    image, as the paper's KerasCV pipeline) is applied when asked.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(4096, seed=shuffle_seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
+
+    def passes(_) -> tf.data.Dataset:
+        return dataset.shuffle(4096, seed=seed, reshuffle_each_iteration=True).repeat()
+
+    stream = tf.data.Dataset.from_tensors(0).flat_map(passes).batch(batch_size)
     if augment:
-        augmenter = keras.layers.RandAugment(value_range=(0, 255), num_ops=3, seed=shuffle_seed)
-        dataset = dataset.map(
+        augmenter = keras.layers.RandAugment(value_range=(0, 255), num_ops=3, seed=seed)
+        stream = stream.map(
             lambda images, labels: (augmenter(images, training=True), labels),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return stream.prefetch(tf.data.AUTOTUNE)
+
+
+def batches_per_pass(dataset: tf.data.Dataset, batch_size: int) -> int:
+    """``ceil(examples / batch_size)``: the steps of one epoch over ``dataset``."""
+    examples = int(dataset.cardinality())
+    if examples < 0:  # unknown (a filtered or generated source): count once
+        examples = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+    if examples == 0:
+        raise ValueError("the training split is empty")
+    return -(-examples // batch_size)
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:

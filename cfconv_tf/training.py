@@ -9,6 +9,10 @@ A run directory holds everything of one run:
 - ``checkpoints/last.keras``  the whole model after each epoch;
 - ``history.csv``     per-epoch metrics; ``tensorboard/`` TensorBoard logs;
 - ``model.keras``     the trained model; ``test_metrics.json`` its test score.
+
+Under a multi-worker strategy the chief writes these; worker ``i`` writes the same
+files under ``worker-<i>/`` (see :mod:`cfconv_tf.distribution`). The strategy is not
+part of the run's settings: a run backed up under one strategy resumes under another.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import json
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
 from cfconv_tf.config import ModelConfig
-from cfconv_tf.data import batched, load_dataset
+from cfconv_tf.data import batched, batches_per_pass, load_dataset, training_stream
+from cfconv_tf.distribution import describe, peer_failures_reported, worker_dir
 from cfconv_tf.models import build_model, parameter_counts
 
 
@@ -74,17 +80,21 @@ def train(
     save_every: int | None = None,
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
     verbose: int | str = "auto",
+    strategy: tf.distribute.Strategy | None = None,
 ) -> dict:
     """Train (or resume) a run; evaluate on the test split.
 
     Args:
         save_every: back up every N steps (default: once per epoch).
         extra_callbacks: more Keras callbacks (e.g. to stop early in tests).
+        strategy: a ``tf.distribute`` strategy (default: TF's current one); the
+            configured batch size is the global batch, split across replicas.
 
     Returns:
-        ``{"test": {metric: value}, "parameters": {...}, "epochs_done": int}``.
+        ``{"test": {metric: value}, "parameters": {...}, "class_names": [...]}``.
     """
-    run_dir = Path(run_dir)
+    strategy = strategy or tf.distribute.get_strategy()
+    run_dir = worker_dir(Path(run_dir), strategy)
     _check_run_dir(run_dir, settings)
     config = settings.config
     keras.utils.set_random_seed(settings.seed)
@@ -95,21 +105,21 @@ def train(
         seed=settings.seed,
         train_limit=settings.train_limit,
     )
-    model = build_model(
-        config, settings.variant, splits.image_shape, splits.classes, seed=settings.seed
-    )
-    compile_model(model, splits.classes, config.learning_rate)
+    with strategy.scope():
+        model = build_model(
+            config, settings.variant, splits.image_shape, splits.classes, seed=settings.seed
+        )
+        compile_model(model, splits.classes, config.learning_rate)
     parameters = parameter_counts(model)
     print(
         f"{model.name}: {parameters['trainable']:,} trainable parameters, "
-        f"{parameters['non_trainable']:,} spectral-state entries"
+        f"{parameters['non_trainable']:,} spectral-state entries; {describe(strategy)}"
     )
 
-    train_data = batched(
-        splits.train, config.batch_size, shuffle_seed=settings.seed, augment=settings.augment
+    train_data = training_stream(
+        splits.train, config.batch_size, seed=settings.seed, augment=settings.augment
     )
-    if settings.steps_per_epoch is not None:
-        train_data = train_data.repeat()
+    steps_per_epoch = settings.steps_per_epoch or batches_per_pass(splits.train, config.batch_size)
     callbacks = [
         keras.callbacks.BackupAndRestore(
             run_dir / "backup",
@@ -122,17 +132,18 @@ def train(
         keras.callbacks.TensorBoard(run_dir / "tensorboard"),
         *(extra_callbacks or []),
     ]
-    model.fit(
-        train_data,
-        validation_data=batched(splits.validation, config.batch_size),
-        epochs=config.epochs,
-        steps_per_epoch=settings.steps_per_epoch,
-        callbacks=callbacks,
-        shuffle=False,  # the tf.data pipeline shuffles, seeded
-        verbose=verbose,
-    )
-    model.save(run_dir / "model.keras")
-    test = model.evaluate(batched(splits.test, config.batch_size), return_dict=True, verbose=0)
+    with peer_failures_reported(strategy):
+        model.fit(
+            train_data,
+            validation_data=batched(splits.validation, config.batch_size),
+            epochs=config.epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            shuffle=False,  # the tf.data pipeline shuffles, seeded
+            verbose=verbose,
+        )
+        model.save(run_dir / "model.keras")
+        test = model.evaluate(batched(splits.test, config.batch_size), return_dict=True, verbose=0)
     result = {"test": test, "parameters": parameters, "class_names": list(splits.class_names)}
     (run_dir / "test_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     print("test: " + ", ".join(f"{name} {value:.4f}" for name, value in test.items()))

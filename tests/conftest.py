@@ -8,10 +8,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pathlib import Path  # noqa: E402
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from cfconv_tf.config import ModelConfig  # noqa: E402
+from cfconv_tf.distribution import split_cpu  # noqa: E402
+
+# Two logical CPU devices, so MirroredStrategy has two replicas to keep in step
+# (test_distribution.py). Must happen before TensorFlow starts; every other test keeps
+# running on /CPU:0 as before.
+split_cpu(2)
 
 
 @pytest.fixture
@@ -75,3 +82,34 @@ def trained_tiny_model(
     for _ in range(3):
         model(images, training=True)
     return model
+
+
+class StopAfter(keras.callbacks.Callback):
+    """Simulates a killed process: raises after ``steps`` training steps."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps, self.seen = steps, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.steps:
+            raise KeyboardInterrupt("killed")
+
+
+class Snapshots(keras.callbacks.Callback):
+    """Records the model's weights (spectral state included) at chosen moments."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at_start, self.epochs, self.after_step = None, [], {}
+
+    def on_train_begin(self, logs=None):
+        self.at_start = [w.numpy().copy() for w in self.model.weights]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        key = (self.epochs[-1], batch)
+        self.after_step[key] = [w.numpy().copy() for w in self.model.weights]

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cfconv_tf.data import FASHION_MNIST_ENV, batched, load_dataset
+from cfconv_tf.data import (
+    FASHION_MNIST_ENV,
+    batched,
+    batches_per_pass,
+    load_dataset,
+    training_stream,
+)
 
 
 def test_fashion_mnist_splits_are_real_and_disjoint():
@@ -35,10 +41,24 @@ def test_resize_and_gray_to_rgb_give_the_papers_shape():
 
 def test_randaugment_changes_training_images_only_when_asked():
     splits = load_dataset("fashion_mnist", train_limit=16)
-    plain, _ = next(iter(batched(splits.train, 16)))
-    augmented, _ = next(iter(batched(splits.train, 16, augment=True, shuffle_seed=1)))
+    plain, _ = next(iter(training_stream(splits.train, 16, seed=1)))
+    augmented, _ = next(iter(training_stream(splits.train, 16, seed=1, augment=True)))
     assert augmented.shape == plain.shape
     assert not np.allclose(np.sort(plain.numpy().ravel()), np.sort(augmented.numpy().ravel()))
+
+
+def test_training_stream_is_the_same_for_every_iterator_and_reshuffles_each_pass():
+    examples = tf.data.Dataset.range(10).map(lambda i: (tf.cast(i, tf.float32), i))
+    stream = training_stream(examples, 4, seed=3)
+    first, second = ([int(x) for _, y in stream.take(10) for x in y] for _ in range(2))
+    assert first == second  # 40 labels = 4 passes, batches running across passes
+    passes = [first[k : k + 10] for k in range(0, 40, 10)]
+    assert all(sorted(one) == list(range(10)) for one in passes)
+    assert len({tuple(one) for one in passes}) == 4
+    other_seed = [int(x) for _, y in training_stream(examples, 4, seed=4).take(10) for x in y]
+    assert other_seed != first
+    assert batches_per_pass(examples, 4) == 3
+    assert batches_per_pass(examples.filter(lambda x, _: x < 5), 4) == 2
 
 
 def write_images(root, classes: dict[str, int], rng) -> None:

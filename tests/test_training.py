@@ -7,6 +7,7 @@ import json
 import keras
 import numpy as np
 import pytest
+from conftest import Snapshots, StopAfter
 
 from cfconv_tf.cli import main
 from cfconv_tf.layers import CFConv2D
@@ -26,37 +27,6 @@ def test_a_few_dozen_steps_lower_the_loss_on_real_images(tiny_config, fashion_ba
     # Chance level is ln(10) = 2.30. The paper's CF-Conv learns slowly (SPEC sec. 3);
     # measured over seeds 1-3: cf 2.30 -> 2.05..2.06, spatial 2.30 -> 1.75..2.01.
     assert after < before - 0.1, (before, after)
-
-
-class StopAfter(keras.callbacks.Callback):
-    """Simulates a killed process: raises after ``steps`` training steps."""
-
-    def __init__(self, steps: int) -> None:
-        super().__init__()
-        self.steps, self.seen = steps, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seen += 1
-        if self.seen == self.steps:
-            raise KeyboardInterrupt("killed")
-
-
-class Snapshots(keras.callbacks.Callback):
-    """Records the model's weights (spectral state included) at chosen moments."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.at_start, self.epochs, self.after_step = None, [], {}
-
-    def on_train_begin(self, logs=None):
-        self.at_start = [w.numpy().copy() for w in self.model.weights]
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epochs.append(epoch)
-
-    def on_train_batch_end(self, batch, logs=None):
-        key = (self.epochs[-1], batch)
-        self.after_step[key] = [w.numpy().copy() for w in self.model.weights]
 
 
 def test_killed_run_resumes_from_its_checkpoint_with_the_same_state(tiny_config, tmp_path):
