@@ -17,6 +17,7 @@ from cfconv_tf.distribution import (  # noqa: E402
     PeerFailure,
     make_strategy,
 )
+from cfconv_tf.layers import KERNEL_SOURCES  # noqa: E402
 from cfconv_tf.sampling import validate_samples  # noqa: E402
 from export.pipeline import FORMATS  # noqa: E402
 
@@ -58,26 +59,65 @@ def _positive(text: str) -> int:
     return value
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
+def _sample_list(text: str) -> list[int | float]:
+    """Comma-separated sample settings, e.g. ``2^12,2^15,0.5``."""
+    return [_samples(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"seeds must look like 0,1,2, got {text!r}") from error
+
+
+def _add_model_options(parser: argparse.ArgumentParser, sample_list: bool = False) -> None:
     parser.add_argument(
         "--config",
         default="fashion_cnn",
         help="model configuration: a name under models/ or a YAML path",
     )
-    parser.add_argument(
-        "--samples", type=_samples, help="positions per CF layer and step: count, 2^k, or fraction"
-    )
+    if sample_list:
+        parser.add_argument(
+            "--samples",
+            dest="sample_list",
+            type=_sample_list,
+            required=True,
+            help="CF-Conv arms: comma-separated counts, 2^k or fractions",
+        )
+    else:
+        parser.add_argument(
+            "--samples",
+            type=_samples,
+            help="positions per CF layer and step: count, 2^k, or fraction",
+        )
     parser.add_argument("--input-size", type=_size, help="resize inputs to HxW")
     parser.add_argument(
         "--channels", type=int, choices=(1, 3), help="convert images to 1 or 3 channels"
     )
 
 
+def _add_budget_options(parser: argparse.ArgumentParser) -> None:
+    """The data and training budget of a run."""
+    parser.add_argument(
+        "--dataset",
+        default="fashion_mnist",
+        help="fashion_mnist, cats_vs_dogs, tfds:<name> or folder:<path>",
+    )
+    parser.add_argument("--epochs", type=_positive)
+    parser.add_argument("--batch-size", type=_positive)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument(
+        "--train-limit", type=_positive, help="use only the first N training images"
+    )
+    parser.add_argument("--steps-per-epoch", type=_positive)
+
+
 def _configured(args: argparse.Namespace):
     from cfconv_tf.config import load_model_config
 
     return load_model_config(args.config).replace(
-        samples=args.samples,
+        samples=getattr(args, "samples", None),
         input_size=args.input_size,
         channels=args.channels,
         epochs=getattr(args, "epochs", None),
@@ -103,6 +143,23 @@ def _cmd_train(args: argparse.Namespace) -> None:
     out = args.out or f"runs/{settings.config.name}_{args.model}"
     train(settings, out, save_every=args.save_every, strategy=strategy)
     print(f"run written to {out}")
+
+
+def _cmd_experiment(args: argparse.Namespace) -> None:
+    from cfconv_tf.experiment import experiment_arms, run_experiment
+
+    arms = experiment_arms(args.sample_list, args.scale_to_paper, spatial=not args.no_spatial)
+    rows = run_experiment(
+        _configured(args),
+        arms,
+        args.seeds,
+        args.out,
+        command="cfconv " + " ".join(args.argv),
+        dataset=args.dataset,
+        train_limit=args.train_limit,
+        steps_per_epoch=args.steps_per_epoch,
+    )
+    print(f"{len(rows)} arms summarized in {args.out}/results.md and accuracy.png")
 
 
 def _cmd_summary(args: argparse.Namespace) -> None:
@@ -257,18 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = verbs.add_parser("train", help="train a CF-Conv or spatial CNN")
     _add_model_options(train)
     train.add_argument("--model", choices=("cf", "spatial"), default="cf")
-    train.add_argument(
-        "--dataset",
-        default="fashion_mnist",
-        help="fashion_mnist, cats_vs_dogs, tfds:<name> or folder:<path>",
-    )
-    train.add_argument("--epochs", type=_positive)
-    train.add_argument("--batch-size", type=_positive)
-    train.add_argument("--learning-rate", type=float)
+    _add_budget_options(train)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--augment", action="store_true", help="RandAugment the training split")
-    train.add_argument("--train-limit", type=_positive, help="use only the first N training images")
-    train.add_argument("--steps-per-epoch", type=_positive)
     train.add_argument(
         "--save-every", type=_positive, help="back up every N steps (default: each epoch)"
     )
@@ -293,6 +341,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="multiworker: seconds to wait for the other workers before failing",
     )
     train.set_defaults(run=_cmd_train)
+
+    experiment = verbs.add_parser(
+        "experiment", help="3x3 baseline vs CF-Conv at several sample counts, over seeds"
+    )
+    _add_model_options(experiment, sample_list=True)
+    _add_budget_options(experiment)
+    experiment.add_argument(
+        "--scale-to-paper",
+        action="store_true",
+        help="read --samples as the paper's counts at 150x150 and use the same fractions",
+    )
+    experiment.add_argument("--seeds", type=_seed_list, default=[0, 1, 2])
+    experiment.add_argument(
+        "--no-spatial", action="store_true", help="leave out the 3x3 baseline arm"
+    )
+    experiment.add_argument("--out", default="runs/experiment", help="experiment directory")
+    experiment.set_defaults(run=_cmd_experiment)
 
     summary = verbs.add_parser("summary", help="print both variants' parameter counts")
     _add_model_options(summary)
@@ -368,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_freeze_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source",
-        choices=("state", "mlp"),
+        choices=KERNEL_SOURCES,
         default="state",
         help="kernel from the stored spectral state or re-generated by the MLPs",
     )

@@ -13,6 +13,7 @@ from cfconv_tf.sampling import draw_positions, resolve_sample_count, validate_sa
 from cfconv_tf.spectral import hermitian_project, spectral_conv2d
 
 NAMED_STATE_INITIALIZERS = ("cfconv_uniform", "generator")
+KERNEL_SOURCES = ("state", "mlp")  # where an inference kernel comes from
 
 
 def validate_kernel_scale(scale: float | str) -> float | str:
@@ -282,6 +283,35 @@ class CFConv2D(keras.layers.Layer):
         return tuple(
             tf.stop_gradient(tf.reshape(tf.concat(values, 0), kernel_shape)) for values in parts
         )
+
+    def inference_kernel(
+        self, source: str = "state", input_size: tuple[int, int] | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """The kernel an inference model of this layer uses, Hermitian-projected.
+
+        Args:
+            source: ``"state"`` (the stored state: what the layer computes at
+                inference) or ``"mlp"`` (the MLPs at every position, any input size).
+            input_size: ``(H, W)``; only ``"mlp"`` can give a size other than the
+                trained one.
+
+        Returns:
+            ``(kernel_real, kernel_imag)``, each ``[H, W//2+1, Cin, Cout]``.
+        """
+        size = tuple(input_size or self.input_size)
+        if source not in KERNEL_SOURCES:
+            raise ValueError(f"unknown kernel source {source!r}; choose one of {KERNEL_SOURCES}")
+        if source == "state":
+            if size != self.input_size:
+                raise ValueError(
+                    f"the stored spectral state is defined on the {self.input_size[0]}x"
+                    f"{self.input_size[1]} grid it was trained at; freeze at "
+                    f"{size[0]}x{size[1]} with source='mlp'"
+                )
+            kernel = (tf.convert_to_tensor(self.state_real), tf.convert_to_tensor(self.state_imag))
+        else:
+            kernel = self.generate_kernel(size)
+        return hermitian_project(*kernel, size[1])
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)[:-1] + (self.filters,)

@@ -16,10 +16,7 @@ import keras
 import numpy as np
 
 from cfconv_tf.frozen import FrozenSpectralConv2D
-from cfconv_tf.layers import CFConv2D
-from cfconv_tf.spectral import hermitian_project
-
-SOURCES = ("state", "mlp")
+from cfconv_tf.layers import KERNEL_SOURCES, CFConv2D
 
 
 def load_trained_model(path: str | Path) -> keras.Model:
@@ -56,18 +53,12 @@ def freeze_model(
     Raises:
         ValueError: unknown source, or an input size the kernels cannot take.
     """
-    if source not in SOURCES:
-        raise ValueError(f"unknown kernel source {source!r}; choose one of {SOURCES}")
+    if source not in KERNEL_SOURCES:
+        raise ValueError(f"unknown kernel source {source!r}; choose one of {KERNEL_SOURCES}")
     height, width, channels = model_input_size(model)
     new_size = tuple(int(size) for size in (input_size or (height, width)))
     if len(new_size) != 2 or min(new_size) <= 0:
         raise ValueError(f"input size must be (height, width) > 0, got {input_size}")
-    has_cf = any(isinstance(layer, CFConv2D) for layer in model.layers)
-    if has_cf and source == "state" and new_size != (height, width):
-        raise ValueError(
-            f"the stored spectral state is defined on the {height}x{width} grid it was "
-            f"trained at; freeze at {new_size[0]}x{new_size[1]} with source='mlp'"
-        )
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         if isinstance(layer, CFConv2D):
@@ -79,12 +70,8 @@ def freeze_model(
     for layer in model.layers:
         target = frozen.get_layer(layer.name)
         if isinstance(layer, CFConv2D):
-            if source == "state":
-                kernel = (layer.state_real, layer.state_imag)
-            else:
-                kernel = layer.generate_kernel(new_size)
-            kernel_real, kernel_imag = hermitian_project(*kernel, new_size[1])
-            target.set_weights([np.asarray(kernel_real), np.asarray(kernel_imag)])
+            kernel = layer.inference_kernel(source, new_size)
+            target.set_weights([np.asarray(part) for part in kernel])
         elif layer.weights:
             target.set_weights(layer.get_weights())
     return frozen

@@ -1,0 +1,291 @@
+"""``cfconv experiment``: the 3x3 baseline against CF-Convs at several sample counts.
+
+Every arm (the spatial model, or the CF-Conv model at one sample count) is trained with
+:func:`cfconv_tf.training.train` on the same data, budget and seeds, each run in its own
+run directory ``<out>/<config>/<arm>/seed-<k>/`` (so a killed experiment resumes: finished runs
+are kept, an interrupted one resumes from its backup). The report summarizes every run
+found under ``<out>``, so several invocations (e.g. the paper's counts and the same
+fractions of the kernel) add up to one table:
+
+- ``results.json``: every run and the per-arm summary;
+- ``results.md``: test accuracy (mean, standard deviation, min, max over seeds) and
+  training time per arm, with the commands;
+- ``accuracy.png``: test accuracy against sample count and against training time.
+
+Sample counts can be given as the paper's counts at 150x150 (``--scale-to-paper``):
+they are converted to the same fraction of the kernel entries, ``count / (150 * 76 *
+32 * 32)``, so a 28x28 model samples as densely as the paper's did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import keras
+
+from cfconv_tf.config import ModelConfig
+from cfconv_tf.training import RunSettings, train
+
+PAPER_KERNEL_ENTRIES = 150 * (150 // 2 + 1) * 32 * 32  # one 32->32 layer at 150x150
+RUN_FILE = "experiment_run.json"
+COMMANDS_FILE = "commands.txt"
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One setting of the experiment: the spatial model, or CF-Conv at ``samples``."""
+
+    label: str
+    variant: str
+    samples: int | float | None = None
+    paper_count: int | None = None  # the paper's count this fraction stands for
+
+
+def paper_fraction(count: int) -> float:
+    """The fraction of a 150x150 32->32 layer's entries that ``count`` samples are."""
+    return count / PAPER_KERNEL_ENTRIES
+
+
+def _count_label(count: int) -> str:
+    exponent = math.log2(count)
+    return f"2^{int(exponent)}" if exponent.is_integer() else str(count)
+
+
+def experiment_arms(
+    samples: list[int | float], scale_to_paper: bool, spatial: bool = True
+) -> list[Arm]:
+    """The arms for ``samples`` (counts or fractions), plus the spatial baseline."""
+    arms = [Arm("spatial-3x3", "spatial")] if spatial else []
+    for value in samples:
+        if scale_to_paper:
+            if not isinstance(value, int):
+                raise ValueError(f"--scale-to-paper takes the paper's counts, got {value!r}")
+            fraction = paper_fraction(value)
+            arms.append(Arm(f"cf-{_count_label(value)}-paper-fraction", "cf", fraction, value))
+        elif isinstance(value, int):
+            arms.append(Arm(f"cf-{_count_label(value)}", "cf", value))
+        else:
+            arms.append(Arm(f"cf-fraction-{value:g}", "cf", value))
+    return arms
+
+
+class FitTimer(keras.callbacks.Callback):
+    """Wall time of ``fit`` (training steps and validation, not the test evaluation)."""
+
+    def on_train_begin(self, logs=None):
+        self.started = time.perf_counter()
+
+    def on_train_end(self, logs=None):
+        self.seconds = time.perf_counter() - self.started
+
+
+def run_arm(
+    arm: Arm,
+    config: ModelConfig,
+    seed: int,
+    out: Path,
+    dataset: str,
+    train_limit: int | None,
+    steps_per_epoch: int | None,
+) -> dict:
+    """Train one (arm, seed) run, or read it back if it finished before."""
+    run_dir = out / config.name / arm.label / f"seed-{seed}"
+    record_file = run_dir / RUN_FILE
+    if record_file.exists():
+        return json.loads(record_file.read_text())
+    settings = RunSettings(
+        config=config.replace(samples=arm.samples),
+        variant=arm.variant,
+        dataset=dataset,
+        seed=seed,
+        train_limit=train_limit,
+        steps_per_epoch=steps_per_epoch,
+    )
+    timer = FitTimer()
+    result = train(settings, run_dir, extra_callbacks=[timer], verbose=0)
+    accuracy_key = next(key for key in result["test"] if key.endswith("accuracy"))
+    record = {
+        **dataclasses.asdict(arm),
+        "config": config.name,
+        "seed": seed,
+        "test_accuracy": result["test"][accuracy_key],
+        "test_loss": result["test"]["loss"],
+        "fit_seconds": timer.seconds,
+        "trainable_parameters": result["parameters"]["trainable"],
+    }
+    record_file.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def collect_runs(out: Path) -> list[dict]:
+    """Every finished run under ``out``."""
+    return [json.loads(path.read_text()) for path in sorted(out.glob(f"*/*/seed-*/{RUN_FILE}"))]
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """Per (config, arm): seeds, accuracy mean/std/min/max, mean fit time; sorted."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["config"], run["label"]), []).append(run)
+    rows = []
+    for (config, label), members in groups.items():
+        accuracies = [member["test_accuracy"] for member in members]
+        first = members[0]
+        rows.append(
+            {
+                "config": config,
+                "arm": label,
+                "variant": first["variant"],
+                "samples": first["samples"],
+                "paper_count": first["paper_count"],
+                "seeds": sorted(member["seed"] for member in members),
+                "accuracy_mean": statistics.fmean(accuracies),
+                "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+                "accuracy_min": min(accuracies),
+                "accuracy_max": max(accuracies),
+                "fit_seconds_mean": statistics.fmean(m["fit_seconds"] for m in members),
+            }
+        )
+    return sorted(rows, key=_row_order)
+
+
+def _row_order(row: dict) -> tuple:
+    """Spatial first; then per config: the paper's fractions, counts, fractions."""
+    if row["variant"] == "spatial":
+        return (0, row["config"], 0, 0.0)
+    if row["paper_count"] is not None:
+        return (1, row["config"], 0, float(row["paper_count"]))
+    return (1, row["config"], 1 if isinstance(row["samples"], int) else 2, float(row["samples"]))
+
+
+def _samples_text(row: dict) -> str:
+    if row["samples"] is None:
+        return "-"
+    if row["paper_count"] is not None:
+        return f"{row['samples'] * 100:.3g} % (the paper's {_count_label(row['paper_count'])})"
+    if isinstance(row["samples"], int):
+        return _count_label(row["samples"])
+    return f"{row['samples'] * 100:.3g} %"
+
+
+def markdown(rows: list[dict], commands: list[str]) -> str:
+    """The results table (accuracies in percent) and the commands that produced it."""
+    lines = ["Commands:", "", "```", *commands, "```", ""]
+    lines += [
+        "| config | model | samples per layer and step | seeds | test accuracy "
+        "mean ± std | min - max | fit time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        model = "3x3 CNN" if row["variant"] == "spatial" else "CF-Conv"
+        lines.append(
+            f"| {row['config']} | {model} | {_samples_text(row)} | "
+            f"{','.join(map(str, row['seeds']))} | "
+            f"{100 * row['accuracy_mean']:.1f} ± {100 * row['accuracy_std']:.1f} % | "
+            f"{100 * row['accuracy_min']:.1f} - {100 * row['accuracy_max']:.1f} % | "
+            f"{row['fit_seconds_mean']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], runs: list[dict], path: Path) -> None:
+    """Test accuracy against samples per step (log) and against fit time, per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (by_samples, by_time) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for row in rows:
+        members = [r for r in runs if r["label"] == row["arm"] and r["config"] == row["config"]]
+        name = f"{row['config']}: {row['arm']}"
+        accuracies = [100 * member["test_accuracy"] for member in members]
+        by_time.scatter([m["fit_seconds"] for m in members], accuracies, label=name, s=18)
+        if row["variant"] == "spatial":
+            by_samples.axhspan(
+                100 * row["accuracy_min"], 100 * row["accuracy_max"], alpha=0.2, color="grey"
+            )
+            by_samples.axhline(100 * row["accuracy_mean"], color="grey", label=name)
+    cf_configs = sorted({row["config"] for row in rows if row["variant"] == "cf"})
+    for config in cf_configs:
+        for scaled in (True, False):
+            cf_rows = [
+                row
+                for row in rows
+                if row["variant"] == "cf"
+                and row["config"] == config
+                and (row["paper_count"] is not None) == scaled
+            ]
+            if not cf_rows:
+                continue
+            x = [row["paper_count"] if scaled else row["samples"] for row in cf_rows]
+            by_samples.errorbar(
+                x,
+                [100 * row["accuracy_mean"] for row in cf_rows],
+                yerr=[100 * row["accuracy_std"] for row in cf_rows],
+                marker="o",
+                capsize=3,
+                label=f"{config}: CF-Conv, "
+                + ("paper's fraction of the kernel" if scaled else "count / fraction as given"),
+            )
+    by_samples.set_xscale("log", base=2)
+    by_samples.set_xlabel("samples per layer and step (the paper's count for its fractions)")
+    by_samples.set_ylabel("test accuracy (%)")
+    by_samples.set_title("accuracy against sampled positions (mean ± std over seeds)")
+    by_samples.legend(fontsize=7)
+    by_time.set_xscale("log")
+    by_time.set_xlabel("fit time per run (s, log)")
+    by_time.set_ylabel("test accuracy (%)")
+    by_time.set_title("accuracy against training time (each run)")
+    by_time.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_report(out: Path, command: str) -> list[dict]:
+    """Summarize every run under ``out`` into results.json/.md and accuracy.png."""
+    commands_file = out / COMMANDS_FILE
+    commands = commands_file.read_text().splitlines() if commands_file.exists() else []
+    if command not in commands:
+        commands.append(command)
+        commands_file.write_text("\n".join(commands) + "\n")
+    runs = collect_runs(out)
+    rows = summarize(runs)
+    (out / "results.json").write_text(
+        json.dumps({"commands": commands, "summary": rows, "runs": runs}, indent=2) + "\n"
+    )
+    (out / "results.md").write_text(markdown(rows, commands))
+    plot(rows, runs, out / "accuracy.png")
+    return rows
+
+
+def run_experiment(
+    config: ModelConfig,
+    arms: list[Arm],
+    seeds: list[int],
+    out: str | Path,
+    command: str,
+    dataset: str = "fashion_mnist",
+    train_limit: int | None = None,
+    steps_per_epoch: int | None = None,
+) -> list[dict]:
+    """Train every (arm, seed) not yet done, then write the report; returns its rows."""
+    if not seeds:
+        raise ValueError("an experiment needs at least one seed")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for arm in arms:
+        for seed in seeds:
+            record = run_arm(arm, config, seed, out, dataset, train_limit, steps_per_epoch)
+            print(
+                f"{arm.label} seed {seed}: test accuracy {100 * record['test_accuracy']:.1f} %, "
+                f"fit {record['fit_seconds']:.0f} s",
+                flush=True,
+            )
+    return write_report(out, command)

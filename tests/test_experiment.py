@@ -1,0 +1,82 @@
+"""cfconv experiment: arms, seeds, resumable runs, the summary table and the plot."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+
+from cfconv_tf.cli import main
+from cfconv_tf.experiment import (
+    PAPER_KERNEL_ENTRIES,
+    experiment_arms,
+    markdown,
+    summarize,
+)
+
+
+def test_paper_counts_become_the_same_fraction_of_the_kernel():
+    arms = experiment_arms([2**12, 2**18], scale_to_paper=True)
+    assert [arm.label for arm in arms] == [
+        "spatial-3x3",
+        "cf-2^12-paper-fraction",
+        "cf-2^18-paper-fraction",
+    ]
+    assert PAPER_KERNEL_ENTRIES == 11_673_600
+    assert arms[2].samples == pytest.approx(0.02246, rel=1e-3)  # fashion_cnn.yaml's value
+    assert arms[1].paper_count == 4096
+    plain = experiment_arms([4096, 0.5], scale_to_paper=False, spatial=False)
+    assert [(a.label, a.samples) for a in plain] == [("cf-2^12", 4096), ("cf-fraction-0.5", 0.5)]
+    with pytest.raises(ValueError, match="paper's counts"):
+        experiment_arms([0.5], scale_to_paper=True)
+
+
+def test_summary_gives_mean_spread_and_extremes_per_arm():
+    runs = [
+        {"config": "c", "label": "cf-2^12", "variant": "cf", "samples": 4096, "paper_count": None,
+         "seed": seed, "test_accuracy": accuracy, "fit_seconds": 10.0 * (seed + 1)}
+        for seed, accuracy in enumerate([0.5, 0.6, 0.7])
+    ] + [
+        {"config": "c", "label": "spatial-3x3", "variant": "spatial", "samples": None,
+         "paper_count": None, "seed": 0, "test_accuracy": 0.8, "fit_seconds": 1.0}
+    ]  # fmt: skip
+    rows = summarize(runs)
+    assert [row["arm"] for row in rows] == ["spatial-3x3", "cf-2^12"]
+    cf = rows[1]
+    assert cf["seeds"] == [0, 1, 2]
+    assert cf["accuracy_mean"] == pytest.approx(0.6)
+    assert cf["accuracy_std"] == pytest.approx(0.1)
+    assert (cf["accuracy_min"], cf["accuracy_max"]) == (0.5, 0.7)
+    assert cf["fit_seconds_mean"] == pytest.approx(20.0)
+    table = markdown(rows, ["cfconv experiment ..."])
+    assert "| c | CF-Conv | 2^12 | 0,1,2 | 60.0 ± 10.0 % | 50.0 - 70.0 % | 20 |" in table
+
+
+def test_cli_experiment_trains_every_arm_and_seed_and_resumes(tiny_config, tmp_path, capsys):
+    config_file = tmp_path / "tiny.yaml"
+    raw = dataclasses.asdict(tiny_config)
+    config_file.write_text(yaml.safe_dump({k: v for k, v in raw.items() if v is not None}))
+    out = tmp_path / "experiment"
+    argv = ["experiment", "--config", str(config_file), "--samples", "2^6,0.5"]
+    argv += ["--seeds", "0,1", "--steps-per-epoch", "2", "--train-limit", "64"]
+    argv += ["--batch-size", "16", "--out", str(out)]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == 6  # 3 arms x 2 seeds
+    assert {row["arm"] for row in results["summary"]} == {
+        "spatial-3x3",
+        "cf-2^6",
+        "cf-fraction-0.5",
+    }
+    for run in results["runs"]:
+        assert 0.0 <= run["test_accuracy"] <= 1.0 and run["fit_seconds"] > 0
+    assert (out / "accuracy.png").stat().st_size > 10_000
+    assert "cfconv experiment --config" in (out / "results.md").read_text()
+    # A second call finds every run done: nothing is trained again.
+    first = (out / "tiny" / "cf-2^6" / "seed-0" / "experiment_run.json").stat().st_mtime
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert (out / "tiny" / "cf-2^6" / "seed-0" / "experiment_run.json").stat().st_mtime == first
+    assert "trainable parameters" not in capsys.readouterr().out
