@@ -162,6 +162,22 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     print(f"{len(rows)} arms summarized in {args.out}/results.md and accuracy.png")
 
 
+def _cmd_inspect(args: argparse.Namespace) -> None:
+    from cfconv_tf.inspection import inspect_model
+    from export.freeze import load_trained_model
+
+    report = inspect_model(
+        load_trained_model(args.model), args.out, args.source, args.pairs, args.energy
+    )
+    for name, layer in report.items():
+        size = layer["effective_size"]
+        print(
+            f"{name}: effective kernel size median {size['median']:g} "
+            f"(min {size['min']}, max {size['max']}) of {layer['spatial_shape'][:2]}"
+        )
+    print(f"PNGs and kernels.json written to {args.out}")
+
+
 def _cmd_summary(args: argparse.Namespace) -> None:
     from cfconv_tf.models import VARIANTS, build_model, parameter_counts
 
@@ -358,6 +374,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     experiment.add_argument("--out", default="runs/experiment", help="experiment directory")
     experiment.set_defaults(run=_cmd_experiment)
+
+    inspect = verbs.add_parser(
+        "inspect", help="PNGs of learned spectra, spatial kernels and effective kernel sizes"
+    )
+    inspect.add_argument("model", help="a .keras model (trained or frozen) or a run directory")
+    inspect.add_argument("--out", required=True, help="folder for the PNGs and kernels.json")
+    inspect.add_argument(
+        "--source",
+        choices=KERNEL_SOURCES,
+        default="state",
+        help="trained layers: the stored state or the MLPs' kernel",
+    )
+    inspect.add_argument("--pairs", type=_positive, default=4, help="channel pairs per layer")
+    inspect.add_argument(
+        "--energy", type=float, default=0.9, help="energy share of the effective kernel size"
+    )
+    inspect.set_defaults(run=_cmd_inspect)
 
     summary = verbs.add_parser("summary", help="print both variants' parameter counts")
     _add_model_options(summary)
