@@ -2,7 +2,8 @@
 # The main job on the offline default (Fashion-MNIST from Debian's package), end to end:
 # train the paper's CNN with CF-Convs and with 3x3 convs -> freeze -> export
 # (SavedModel, ONNX in both lowerings, Triton repository) -> verify that every export
-# computes the trained model -> benchmark a few inferences.
+# computes the trained model -> benchmark a few inferences; the CF model's learned
+# kernels are drawn by `cfconv inspect`.
 # Sizes are kept small so the demo finishes in minutes on 2 cores; raise them with
 #   TRAIN_LIMIT=55000 EPOCHS=3 make demo
 set -euo pipefail
@@ -28,5 +29,6 @@ for model in cf spatial; do
     --onnx "$out/exports/onnx-matmul/$model/1/model.onnx" \
     --onnx "$out/exports/onnx-dft/$model/1/model.onnx"
 done
+"$cfconv" inspect "$out/cf" --out "$out/inspect"
 "$cfconv" bench infer --quick --out "$out/bench"
-echo "demo done: runs, exports, Triton repository and benchmark under $out"
+echo "demo done: runs, exports, Triton repository, kernel pictures and benchmark under $out"
