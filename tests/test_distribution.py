@@ -32,21 +32,29 @@ WORKER_EXIT_TIMEOUT = 120  # s: how long a surviving worker may take to give up
 
 
 class ReplicaValues(keras.callbacks.Callback):
-    """At the end of training: every weight's value on every replica, and the losses."""
+    """Every weight's value on every replica (after each step and at the end), and losses."""
 
     def __init__(self) -> None:
         super().__init__()
         self.replicas: dict[str, list[np.ndarray]] = {}
         self.losses: list[float] = []
+        self.steps_with_divergent_state = 0
+
+    def _values(self) -> dict[str, list[np.ndarray]]:
+        strategy = self.model.distribute_strategy
+        return {
+            weight.path: [np.array(v) for v in strategy.experimental_local_results(weight.value)]
+            for weight in self.model.weights
+        }
 
     def on_train_batch_end(self, batch, logs=None):
         self.losses.append(float(logs["loss"]))
+        states = [v for name, v in self._values().items() if "state" in name]
+        if any(not np.array_equal(copies[0], copy) for copies in states for copy in copies):
+            self.steps_with_divergent_state += 1
 
     def on_train_end(self, logs=None):
-        strategy = self.model.distribute_strategy
-        for weight in self.model.weights:
-            values = strategy.experimental_local_results(weight.value)
-            self.replicas[weight.path] = [np.array(value) for value in values]
+        self.replicas = self._values()
 
 
 def mirrored() -> tf.distribute.Strategy:
@@ -76,6 +84,7 @@ def test_mirrored_replicas_share_one_state_and_match_a_single_device_run(tiny_co
     )
     states = [name for name in distributed.replicas if "state_" in name]
     assert len(states) == 2 * tiny_config.conv_layers
+    assert distributed.steps_with_divergent_state == 0  # checked after every step
     for name, values in distributed.replicas.items():
         assert len(values) == 2, name
         np.testing.assert_array_equal(values[0], values[1], err_msg=name)
