@@ -7,7 +7,11 @@ from pathlib import Path
 
 import yaml
 
-from cfconv_tf.generator import PAPER_HIDDEN_UNITS, validate_fourier_bands
+from cfconv_tf.generator import (
+    PAPER_HIDDEN_UNITS,
+    validate_fourier_bands,
+    validate_hidden_initializer,
+)
 from cfconv_tf.layers import NAMED_STATE_INITIALIZERS, validate_kernel_scale
 from cfconv_tf.sampling import validate_samples
 
@@ -32,6 +36,7 @@ class ModelConfig:
     samples: int | float = 2**18
     hidden_units: tuple[int, ...] = PAPER_HIDDEN_UNITS
     fourier_bands: int = 0
+    generator_initializer: str = "glorot_uniform"
     update_rate: float = 1.0
     state_initializer: str = "cfconv_uniform"
     kernel_scale: float | str = 1.0
@@ -56,6 +61,7 @@ class ModelConfig:
         validate_samples(self.samples)
         try:
             validate_fourier_bands(self.fourier_bands)
+            validate_hidden_initializer(self.generator_initializer)
             validate_kernel_scale(self.kernel_scale)
         except ValueError as error:
             raise ValueError(f"{self.name}: {error}") from error

@@ -56,6 +56,9 @@ class CFConv2D(keras.layers.Layer):
         hidden_units: hidden widths of each generator MLP (paper's by default).
         fourier_bands: Fourier-feature bands of the generators' input (0 = the paper's
             raw coordinates; see :class:`CoordinateMLP`).
+        generator_initializer: the generators' hidden-layer weight initializer,
+            ``"glorot_uniform"`` (Keras' default) or ``"he_normal"`` (see
+            :class:`CoordinateMLP`).
         update_rate: ``g`` in (0, 1] of the write ``K + g (MLP - K)``.
         activation: applied in the spatial domain after the inverse transform.
         state_initializer: initializer of both state variables: ``"cfconv_uniform"``
@@ -80,6 +83,7 @@ class CFConv2D(keras.layers.Layer):
         samples: int | float = 4096,
         hidden_units: Sequence[int] = PAPER_HIDDEN_UNITS,
         fourier_bands: int = 0,
+        generator_initializer: str = "glorot_uniform",
         update_rate: float = 1.0,
         activation=None,
         state_initializer="cfconv_uniform",
@@ -105,8 +109,11 @@ class CFConv2D(keras.layers.Layer):
         self.seed = seed
         self.sampler_seed = seed if seed is not None else random.randint(1, 2**31 - 1)
         self.fourier_bands = fourier_bands
-        self.real_generator = CoordinateMLP(self.hidden_units, fourier_bands, name="real_generator")
-        self.imag_generator = CoordinateMLP(self.hidden_units, fourier_bands, name="imag_generator")
+        self.generator_initializer = generator_initializer
+        self.real_generator, self.imag_generator = (
+            CoordinateMLP(self.hidden_units, fourier_bands, generator_initializer, name=name)
+            for name in ("real_generator", "imag_generator")
+        )
 
     def build(self, input_shape) -> None:
         if len(input_shape) != 4:
@@ -324,6 +331,7 @@ class CFConv2D(keras.layers.Layer):
                 "samples": self.samples,
                 "hidden_units": list(self.hidden_units),
                 "fourier_bands": self.fourier_bands,
+                "generator_initializer": self.generator_initializer,
                 "update_rate": self.update_rate,
                 "activation": keras.activations.serialize(self.activation),
                 "state_initializer": self.state_initializer

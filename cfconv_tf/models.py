@@ -42,6 +42,7 @@ def build_model(
                 samples=config.samples,
                 hidden_units=config.hidden_units,
                 fourier_bands=config.fourier_bands,
+                generator_initializer=config.generator_initializer,
                 update_rate=config.update_rate,
                 state_initializer=config.state_initializer,
                 kernel_scale=config.kernel_scale,

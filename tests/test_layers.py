@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cfconv_tf.generator import normalized_coordinates
+from cfconv_tf.generator import CoordinateMLP, normalized_coordinates
 from cfconv_tf.layers import CFConv2D
 from cfconv_tf.sampling import draw_positions
 from cfconv_tf.spectral import hermitian_project, spectral_conv2d
@@ -160,6 +160,7 @@ def test_gradient_reaches_the_mlps_only_through_the_sampled_values(rng):
         {"update_rate": 0.5, "activation": "relu"},
         {"kernel_scale": "auto", "state_initializer": "generator"},
         {"fourier_bands": 3, "kernel_scale": 0.5},
+        {"generator_initializer": "he_normal", "kernel_scale": "auto"},
     ],
 )
 def test_config_round_trip_gives_same_outputs(options, rng):
@@ -303,7 +304,6 @@ def test_bad_kernel_scales_are_rejected(scale):
 
 
 def test_fourier_features_feed_sines_and_cosines_of_every_coordinate():
-    from cfconv_tf.generator import CoordinateMLP
 
     mlp = CoordinateMLP((8,), fourier_bands=2)
     mlp.build((None, 4))
@@ -319,6 +319,23 @@ def test_fourier_features_feed_sines_and_cosines_of_every_coordinate():
     mlp.dense_layers[1].bias.assign(np.zeros(1, np.float32))
     expected = max(np.sin(2 * np.pi * 0.25), 0.0)
     np.testing.assert_allclose(mlp(coordinates).numpy(), [expected], atol=1e-6)
+
+
+def test_he_initialized_generators_keep_their_output_scale(rng):
+    """Glorot init shrinks the paper's 10-layer ReLU MLP's output; He init does not."""
+    coordinates = tf.constant(rng.uniform(0, 1, (4096, 4)).astype(np.float32))
+    stds = {}
+    for initializer in ("glorot_uniform", "he_normal"):
+        values = []
+        for seed in range(4):
+            keras.utils.set_random_seed(seed)
+            mlp = CoordinateMLP(hidden_initializer=initializer)
+            mlp.build((None, 4))
+            values.append(float(np.std(mlp(coordinates).numpy())))
+        stds[initializer] = np.mean(values)
+    assert stds["he_normal"] > 5 * stds["glorot_uniform"], stds
+    with pytest.raises(ValueError, match="hidden_initializer"):
+        CoordinateMLP(hidden_initializer="zeros")
 
 
 @pytest.mark.parametrize("bands", [-1, 1.5, True])

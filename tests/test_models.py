@@ -71,6 +71,7 @@ def test_bad_model_requests_are_rejected(tiny_config, tmp_path):
         ("kernel_scale: big", "kernel_scale must be a positive number or 'auto'"),
         ("fourier_bands: 1.5", "bad: fourier_bands must be an integer >= 0"),
         ("fourier_bands: -1", "fourier_bands must be an integer >= 0"),
+        ("generator_initializer: ones", "bad: hidden_initializer must be one of"),
     ]:
         bad.write_text(line + "\n")
         with pytest.raises(ValueError, match=message):
