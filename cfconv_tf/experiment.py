@@ -158,9 +158,8 @@ def _row_order(row: dict) -> tuple:
     """Spatial first; then per config: the paper's fractions, counts, fractions."""
     if row["variant"] == "spatial":
         return (0, row["config"], 0, 0.0)
-    if row["paper_count"] is not None:
-        return (1, row["config"], 0, float(row["paper_count"]))
-    return (1, row["config"], 1 if isinstance(row["samples"], int) else 2, float(row["samples"]))
+    kind = _kind(row)
+    return (1, row["config"], ("paper", "count", "fraction").index(kind), _paper_scale_count(row))
 
 
 def _samples_text(row: dict) -> str:
@@ -201,6 +200,7 @@ def plot(rows: list[dict], runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (by_samples, by_time) = plt.subplots(1, 2, figsize=(12, 4.5))
+    by_time.set_prop_cycle(color=plt.cm.tab20.colors)  # one colour per arm
     for row in rows:
         members = [r for r in runs if r["label"] == row["arm"] and r["config"] == row["config"]]
         name = f"{row['config']}: {row['arm']}"
@@ -211,30 +211,29 @@ def plot(rows: list[dict], runs: list[dict], path: Path) -> None:
                 100 * row["accuracy_min"], 100 * row["accuracy_max"], alpha=0.2, color="grey"
             )
             by_samples.axhline(100 * row["accuracy_mean"], color="grey", label=name)
-    cf_configs = sorted({row["config"] for row in rows if row["variant"] == "cf"})
-    for config in cf_configs:
-        for scaled in (True, False):
+    kinds = {
+        "paper": "the paper's fraction of the kernel",
+        "count": "count per layer as given",
+        "fraction": "fraction as given",
+    }
+    for config in sorted({row["config"] for row in rows if row["variant"] == "cf"}):
+        for kind, description in kinds.items():
             cf_rows = [
                 row
                 for row in rows
-                if row["variant"] == "cf"
-                and row["config"] == config
-                and (row["paper_count"] is not None) == scaled
+                if row["variant"] == "cf" and row["config"] == config and _kind(row) == kind
             ]
-            if not cf_rows:
-                continue
-            x = [row["paper_count"] if scaled else row["samples"] for row in cf_rows]
-            by_samples.errorbar(
-                x,
-                [100 * row["accuracy_mean"] for row in cf_rows],
-                yerr=[100 * row["accuracy_std"] for row in cf_rows],
-                marker="o",
-                capsize=3,
-                label=f"{config}: CF-Conv, "
-                + ("paper's fraction of the kernel" if scaled else "count / fraction as given"),
-            )
+            if cf_rows:
+                by_samples.errorbar(
+                    [_paper_scale_count(row) for row in cf_rows],
+                    [100 * row["accuracy_mean"] for row in cf_rows],
+                    yerr=[100 * row["accuracy_std"] for row in cf_rows],
+                    marker="o",
+                    capsize=3,
+                    label=f"{config}: CF-Conv, {description}",
+                )
     by_samples.set_xscale("log", base=2)
-    by_samples.set_xlabel("samples per layer and step (the paper's count for its fractions)")
+    by_samples.set_xlabel("samples per layer and step (fractions: as many of a 150x150 layer)")
     by_samples.set_ylabel("test accuracy (%)")
     by_samples.set_title("accuracy against sampled positions (mean ± std over seeds)")
     by_samples.legend(fontsize=7)
@@ -246,6 +245,20 @@ def plot(rows: list[dict], runs: list[dict], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def _kind(row: dict) -> str:
+    """How a CF arm's samples were given: the paper's fraction, a count, a fraction."""
+    if row["paper_count"] is not None:
+        return "paper"
+    return "count" if isinstance(row["samples"], int) else "fraction"
+
+
+def _paper_scale_count(row: dict) -> float:
+    """x of a CF arm: its count, or for a fraction the count it is of a 150x150 layer."""
+    if _kind(row) == "count":
+        return float(row["samples"])
+    return row["samples"] * PAPER_KERNEL_ENTRIES
 
 
 def write_report(out: Path, command: str) -> list[dict]:
