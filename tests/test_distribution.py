@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -208,7 +209,9 @@ def test_killing_a_worker_fails_the_other_with_a_clear_message(tiny_config, tmp_
         stop(workers)
     log = (tmp_path / "worker0.log").read_text()
     assert code == 1, log[-3000:]
-    assert "lost contact with worker 1" in log
+    # The peer is named when the error says which task failed (a reset connection);
+    # a collective that timed out only knows that someone is missing.
+    assert re.search(r"lost contact with (worker 1|another worker)", log), log[-3000:]
     assert "Restart every worker with the same command" in log
     assert "Traceback" not in log
 
