@@ -61,7 +61,10 @@ def _positive(text: str) -> int:
 
 def _sample_list(text: str) -> list[int | float]:
     """Comma-separated sample settings, e.g. ``2^12,2^15,0.5``."""
-    return [_samples(part.strip()) for part in text.split(",") if part.strip()]
+    values = [_samples(part.strip()) for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one sample setting, e.g. 2^12,2^15")
+    return values
 
 
 def _seed_list(text: str) -> list[int]:
@@ -173,7 +176,13 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
         size = layer["effective_size"]
         print(
             f"{name}: effective kernel size median {size['median']:g} "
-            f"(min {size['min']}, max {size['max']}) of {layer['spatial_shape'][:2]}"
+            f"(min {size['min']}, max {size['max']}) of {layer['spatial_shape'][:2]}; "
+            f"kernel RMS {layer['kernel_rms']:.3g} (He {layer['he_rms']:.3g})"
+            + (
+                f", generator scale {layer['generator_scale']:.3g}"
+                if "generator_scale" in layer
+                else ""
+            )
         )
     print(f"PNGs and kernels.json written to {args.out}")
 

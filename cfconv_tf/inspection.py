@@ -9,7 +9,9 @@ For every CF-Conv layer (trained :class:`~cfconv_tf.layers.CFConv2D` or frozen
 - ``effective_kernel_size.png``: per layer, the distribution of effective kernel sizes
   over all channel pairs (the smallest centred window holding ``energy`` of a kernel's
   energy; a 3x3 convolution's kernels have size <= 3);
-- ``kernels.json``: the same numbers (per layer: shape, size statistics, histogram).
+- ``kernels.json``: the same numbers (per layer: shape, size statistics, histogram),
+  the kernel's RMS magnitude next to He's ``sqrt(2 / Cin)``, and for trained layers the
+  factor on the generators' outputs (``generator_scale``).
 """
 
 from __future__ import annotations
@@ -27,19 +29,17 @@ from cfconv_tf.layers import CFConv2D
 
 def spectral_layers(
     model: keras.Model, source: str = "state"
-) -> list[tuple[str, np.ndarray, np.ndarray, int]]:
-    """``(name, kernel_real, kernel_imag, width)`` of every spectral layer, in order."""
+) -> list[tuple[keras.layers.Layer, np.ndarray, np.ndarray]]:
+    """``(layer, kernel_real, kernel_imag)`` of every spectral layer, in order."""
     layers = []
     for layer in model.layers:
         if isinstance(layer, CFConv2D):
             kernel_real, kernel_imag = layer.inference_kernel(source)
-            width = layer.input_size[1]
         elif isinstance(layer, FrozenSpectralConv2D):
             kernel_real, kernel_imag = layer.kernel_real, layer.kernel_imag
-            width = layer.input_size[1]
         else:
             continue
-        layers.append((layer.name, np.asarray(kernel_real), np.asarray(kernel_imag), width))
+        layers.append((layer, np.asarray(kernel_real), np.asarray(kernel_imag)))
     if not layers:
         raise ValueError(f"model {model.name!r} has no CF-Conv layers to inspect")
     return layers
@@ -122,8 +122,9 @@ def inspect_model(
     """Write the PNGs and ``kernels.json`` described in the module docstring.
 
     Returns:
-        ``{layer name: {"shape", "effective_size": {median, mean, min, max,
-        histogram}}}`` as written to ``kernels.json``.
+        ``{layer name: {"spatial_shape", "kernel_rms", "he_rms", "effective_size":
+        {median, mean, min, max, histogram}[, "generator_scale"]}}`` as written to
+        ``kernels.json``.
     """
     import matplotlib
 
@@ -131,15 +132,20 @@ def inspect_model(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report, names, all_sizes = {}, [], []
-    for name, kernel_real, kernel_imag, width in spectral_layers(model, source):
-        spatial = spatial_kernels(kernel_real, kernel_imag, width)
+    for layer, kernel_real, kernel_imag in spectral_layers(model, source):
+        name = layer.name
+        spatial = spatial_kernels(kernel_real, kernel_imag, layer.input_size[1])
         sizes = effective_kernel_sizes(spatial, energy)
         spectrum = kernel_real + 1j * kernel_imag
         chosen = _channel_pairs(*spatial.shape[2:], pairs)
         _plot_layer(name, spectrum, spatial, sizes, chosen, out / f"{name}.png")
         values, counts = np.unique(sizes, return_counts=True)
+        cin = kernel_real.shape[2]
         report[name] = {
             "spatial_shape": list(spatial.shape),
+            # RMS of |K| against He's sqrt(2 / Cin): how far training moved the scale.
+            "kernel_rms": float(np.sqrt(np.mean(kernel_real**2 + kernel_imag**2))),
+            "he_rms": float(np.sqrt(2.0 / cin)),
             "effective_size": {
                 "energy": energy,
                 "median": float(np.median(sizes)),
@@ -149,6 +155,8 @@ def inspect_model(
                 "histogram": {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)},
             },
         }
+        if isinstance(layer, CFConv2D):
+            report[name]["generator_scale"] = float(layer.generator_scale.numpy())
         names.append(name)
         all_sizes.append(sizes)
     _plot_sizes(names, all_sizes, energy, out / "effective_kernel_size.png")

@@ -24,6 +24,7 @@ import tensorflow as tf
 import yaml
 from conftest import Snapshots, StopAfter
 
+from cfconv_tf.cli import main
 from cfconv_tf.distribution import make_strategy
 from cfconv_tf.layers import CFConv2D
 from cfconv_tf.training import RunSettings, train
@@ -240,3 +241,18 @@ def test_bad_strategy_requests_are_rejected():
         make_strategy("none", cpu_replicas=2)
     with pytest.raises(ValueError, match="once TensorFlow has started"):
         make_strategy("mirrored", cpu_replicas=3)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--strategy", "multiworker"], "TF_CONFIG environment variable, which is not set"),
+        (["--cpu-replicas", "2"], "only apply to --strategy mirrored"),
+        (["--strategy", "multiworker", "--collective-timeout", "0"], "must be positive"),
+    ],
+)
+def test_cli_train_reports_bad_strategy_requests(monkeypatch, tmp_path, capsys, extra, message):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert main(["train", "--out", str(tmp_path / "run"), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

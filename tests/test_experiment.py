@@ -80,3 +80,27 @@ def test_cli_experiment_trains_every_arm_and_seed_and_resumes(tiny_config, tmp_p
     assert main(argv) == 0
     assert (out / "tiny" / "cf-2^6" / "seed-0" / "experiment_run.json").stat().st_mtime == first
     assert "trainable parameters" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--samples", "0.5", "--scale-to-paper"], "--scale-to-paper takes the paper's counts"),
+        (["--samples", "2^12", "--seeds", ""], "at least one seed"),
+    ],
+)
+def test_cli_experiment_reports_bad_requests(extra, message, tmp_path, capsys):
+    argv = ["experiment", "--out", str(tmp_path / "exp"), *extra]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.glob("exp/*/*/seed-*"))  # nothing was trained
+
+
+@pytest.mark.parametrize(
+    "extra", [["--samples", "0"], ["--samples", "2^12", "--seeds", "0,x"], ["--samples", ""]]
+)
+def test_cli_experiment_rejects_bad_option_values(extra, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["experiment", *extra])
+    assert exit_info.value.code == 2
+    assert "error" in capsys.readouterr().err

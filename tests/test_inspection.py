@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -86,10 +87,29 @@ def test_cli_inspect_writes_pictures_and_sizes_for_trained_and_frozen(trained_ru
         assert sum(size["histogram"].values()) == np.prod(layer["spatial_shape"][2:])
     assert (out / "effective_kernel_size.png").stat().st_size > 10_000
 
+    model = keras.saving.load_model(trained_runs["cf"] / "model.keras")
+    for name, layer in report.items():
+        cf = model.get_layer(name)
+        kernel = [t.numpy() for t in cf.inference_kernel()]
+        assert layer["kernel_rms"] == pytest.approx(
+            np.sqrt(np.mean(kernel[0] ** 2 + kernel[1] ** 2)), rel=1e-5
+        )
+        assert layer["he_rms"] == pytest.approx(np.sqrt(2 / cf.kernel_shape[2]))
+        assert layer["generator_scale"] == pytest.approx(float(cf.generator_scale.numpy()))
+
     frozen = tmp_path / "frozen.keras"
     assert main(["freeze", str(trained_runs["cf"]), "--out", str(frozen)]) == 0
     assert main(["inspect", str(frozen), "--out", str(tmp_path / "frozen")]) == 0
+    # A frozen layer has the same kernel, and no generators to report a scale of.
+    for layer in report.values():
+        del layer["generator_scale"]
     assert json.loads((tmp_path / "frozen" / "kernels.json").read_text()) == report
+
+
+def test_cli_inspect_rejects_a_bad_energy_share(trained_runs, tmp_path, capsys):
+    argv = ["inspect", str(trained_runs["cf"]), "--out", str(tmp_path), "--energy", "1.5"]
+    assert main(argv) == 2
+    assert "energy share must lie in (0, 1]" in capsys.readouterr().err
 
 
 def test_cli_inspect_refuses_models_without_spectral_layers(trained_runs, tmp_path, capsys):
