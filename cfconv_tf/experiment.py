@@ -163,13 +163,17 @@ def _row_order(row: dict) -> tuple:
 
 
 def _samples_text(row: dict) -> str:
-    if row["samples"] is None:
+    if row["variant"] == "spatial":
         return "-"
-    if row["paper_count"] is not None:
-        return f"{row['samples'] * 100:.3g} % (the paper's {_count_label(row['paper_count'])})"
-    if isinstance(row["samples"], int):
+    kind = _kind(row)
+    if kind == "count":
         return _count_label(row["samples"])
-    return f"{row['samples'] * 100:.3g} %"
+    percent = f"{row['samples'] * 100:.3g} %"
+    return (
+        f"{percent} (the paper's {_count_label(row['paper_count'])})"
+        if kind == "paper"
+        else percent
+    )
 
 
 def markdown(rows: list[dict], commands: list[str]) -> str:

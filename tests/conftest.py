@@ -6,11 +6,13 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import dataclasses  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 from cfconv_tf.config import ModelConfig  # noqa: E402
 from cfconv_tf.distribution import split_cpu  # noqa: E402
@@ -69,6 +71,13 @@ def trained_runs(tmp_path_factory, tiny_config) -> dict[str, Path]:
         train(settings, run_dir, verbose=0)
         runs[variant] = run_dir
     return runs
+
+
+def write_config_yaml(config: ModelConfig, path: Path) -> Path:
+    """``config`` as a YAML file the CLI's ``--config`` reads (name = file stem)."""
+    raw = dataclasses.asdict(config)
+    path.write_text(yaml.safe_dump({key: value for key, value in raw.items() if value is not None}))
+    return path
 
 
 def trained_tiny_model(

@@ -7,7 +7,6 @@ MultiWorkerMirroredStrategy runs as two real ``cfconv train`` worker processes o
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -21,8 +20,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import yaml
-from conftest import Snapshots, StopAfter
+from conftest import Snapshots, StopAfter, write_config_yaml
 
 from cfconv_tf.cli import main
 from cfconv_tf.distribution import make_strategy
@@ -150,9 +148,7 @@ def free_ports(count: int) -> list[int]:
 
 def start_workers(tmp_path: Path, config, extra_args: list[str]) -> list[subprocess.Popen]:
     """Two ``cfconv train --strategy multiworker`` processes, logs in tmp_path."""
-    config_file = tmp_path / "tiny.yaml"
-    raw = dataclasses.asdict(config)
-    config_file.write_text(yaml.safe_dump({k: v for k, v in raw.items() if v is not None}))
+    config_file = write_config_yaml(config, tmp_path / "tiny.yaml")
     cluster = [f"127.0.0.1:{port}" for port in free_ports(2)]
     workers = []
     for index in range(2):

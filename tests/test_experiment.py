@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
-import yaml
+from conftest import write_config_yaml
 
 from cfconv_tf.cli import main
 from cfconv_tf.experiment import (
@@ -55,9 +54,7 @@ def test_summary_gives_mean_spread_and_extremes_per_arm():
 
 
 def test_cli_experiment_trains_every_arm_and_seed_and_resumes(tiny_config, tmp_path, capsys):
-    config_file = tmp_path / "tiny.yaml"
-    raw = dataclasses.asdict(tiny_config)
-    config_file.write_text(yaml.safe_dump({k: v for k, v in raw.items() if v is not None}))
+    config_file = write_config_yaml(tiny_config, tmp_path / "tiny.yaml")
     out = tmp_path / "experiment"
     argv = ["experiment", "--config", str(config_file), "--samples", "2^6,0.5"]
     argv += ["--seeds", "0,1", "--steps-per-epoch", "2", "--train-limit", "64"]
