@@ -19,6 +19,7 @@ from cfconv_tf.distribution import (  # noqa: E402
 )
 from cfconv_tf.layers import KERNEL_SOURCES  # noqa: E402
 from cfconv_tf.sampling import validate_samples  # noqa: E402
+from export.onnx_spectral import LOWERINGS  # noqa: E402
 from export.pipeline import FORMATS  # noqa: E402
 
 
@@ -421,9 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--version", type=_positive, help="default: newest + 1")
     export.add_argument(
         "--lowering",
-        choices=("matmul", "dft"),
-        default="matmul",
-        help="ONNX transforms: constant DFT matrices (opset 17) or DFT ops (20)",
+        choices=sorted(LOWERINGS),
+        default="factorized",
+        help="ONNX transforms: factorized DFT stages as small MatMuls (opset 17), dense DFT "
+        "matrices (17) or DFT ops (20)",
     )
     export.add_argument("--opset", type=_positive)
     _add_freeze_options(export)

@@ -1,11 +1,13 @@
 """A frozen Keras classifier -> an ONNX model, written node by node.
 
 The graph takes ``image`` ``[N, H, W, C]`` float32 pixels (as the Keras model and the
-SavedModel do), works in NCHW inside, and returns ``probabilities`` ``[N, classes]``
-and ``class_index`` ``[N]`` int64. Supported layers are those of the paper's network
-family: Rescaling, FrozenSpectralConv2D, Conv2D (stride 1), ReLU/Activation,
-GlobalAveragePooling2D and Dense; anything else is a clear error, never a silently
-wrong graph (tf2onnx cannot convert RFFT2D/IRFFT2D, so no converter is used).
+SavedModel do), moves activations into whichever layout the next layer reads (NCHW for
+Conv2D, the lowering's own for spectral layers; elementwise layers keep theirs), and
+returns ``probabilities`` ``[N, classes]`` and ``class_index`` ``[N]`` int64. Supported
+layers are those of the paper's network family: Rescaling (scalar), FrozenSpectralConv2D,
+Conv2D (stride 1), ReLU/Activation, GlobalAveragePooling2D and Dense; anything else is a
+clear error, never a silently wrong graph (tf2onnx cannot convert RFFT2D/IRFFT2D, so
+no converter is used).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from onnx import TensorProto, helper
 from cfconv_tf.frozen import FrozenSpectralConv2D
 from cfconv_tf.layers import CFConv2D
 from export.onnx_builder import GraphBuilder
-from export.onnx_spectral import LOWERINGS, spectral_conv
+from export.onnx_spectral import LAYOUTS, LOWERINGS, spectral_conv
 
 ACTIVATIONS = {"relu": "Relu", "sigmoid": "Sigmoid", "softmax": "Softmax"}
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of weights above which they go to a side file
@@ -53,40 +55,67 @@ def _conv2d(g: GraphBuilder, x: str, layer: keras.layers.Conv2D) -> str:
     return g.op("Conv", inputs, kernel_shape=[kh, kw], pads=pads)
 
 
-def _layer(g: GraphBuilder, x: str, layer: keras.layers.Layer, lowering: str) -> str:
-    """Lower one layer; ``x`` is NCHW for image tensors, [N, F] after pooling."""
+def _to_layout(g: GraphBuilder, x: str, have: str, want: str) -> str:
+    """Transpose an image tensor between layouts named by their axes, e.g. ``"NCHW"``."""
+    return x if have == want else g.transpose(x, [have.index(axis) for axis in want])
+
+
+def _global_average(
+    g: GraphBuilder, x: str, layout: str, height: int, width: int, channels: int
+) -> str:
+    """Mean over H and W -> ``[N, C]``; other layouts than NCHW as ``1 / (H W)`` MatMul in WHNC."""
+    if layout == "NCHW":
+        return g.op("Flatten", [g.op("GlobalAveragePool", [x])])
+    spatial_first = g.reshape(_to_layout(g, x, layout, "WHNC"), [height * width, -1])
+    means = np.full((1, height * width), 1.0 / (height * width), np.float32)
+    pooled = g.op("MatMul", [g.constant(means, "mean", f"mean{height}x{width}"), spatial_first])
+    return g.reshape(pooled, [-1, channels])
+
+
+def _layer(
+    g: GraphBuilder, x: str, layout: str, layer: keras.layers.Layer, lowering: str
+) -> tuple[str, str]:
+    """Lower one layer: ``(tensor, layout)`` in, ``(tensor, layout)`` out.
+
+    Image tensors are in the named layout; after pooling the layout is ``"NF"``.
+    """
     if isinstance(layer, keras.layers.InputLayer):
-        return x
+        return x, layout
     if isinstance(layer, CFConv2D):
         raise ValueError(f"{layer.name} is a trainable CF-Conv layer: freeze the model first")
     if isinstance(layer, keras.layers.Rescaling):
+        if np.ndim(layer.scale) or np.ndim(layer.offset):
+            raise ValueError(f"{layer.name}: only a scalar scale and offset are exported")
         x = g.op("Mul", [x, g.constant(np.array(layer.scale, np.float32), "scale")])
-        if np.any(np.asarray(layer.offset) != 0):
+        if layer.offset != 0:
             x = g.op("Add", [x, g.constant(np.array(layer.offset, np.float32), "offset")])
-        return x
+        return x, layout
     if isinstance(layer, FrozenSpectralConv2D):
+        want = LAYOUTS[lowering]
         y = spectral_conv(
             g,
             lowering,
-            x,
+            _to_layout(g, x, layout, want),
             np.asarray(layer.kernel_real),
             np.asarray(layer.kernel_imag),
             layer.input_size[1],
         )
-        return _activation(g, y, layer.activation, layer.name)
+        return _activation(g, y, layer.activation, layer.name), want
     if isinstance(layer, keras.layers.Conv2D) and type(layer) is keras.layers.Conv2D:
-        return _activation(g, _conv2d(g, x, layer), layer.activation, layer.name)
+        y = _conv2d(g, _to_layout(g, x, layout, "NCHW"), layer)
+        return _activation(g, y, layer.activation, layer.name), "NCHW"
     if isinstance(layer, keras.layers.GlobalAveragePooling2D) and not layer.keepdims:
-        return g.op("Flatten", [g.op("GlobalAveragePool", [x])])
+        height, width, channels = (int(size) for size in layer.input.shape[1:])
+        return _global_average(g, x, layout, height, width, channels), "NF"
     if isinstance(layer, keras.layers.Dense):
         y = g.op("MatMul", [x, g.constant(np.asarray(layer.kernel), f"{layer.name}_kernel")])
         if layer.use_bias:
             y = g.op("Add", [y, g.constant(np.asarray(layer.bias), f"{layer.name}_bias")])
-        return _activation(g, y, layer.activation, layer.name)
+        return _activation(g, y, layer.activation, layer.name), layout
     if isinstance(layer, keras.layers.ReLU):
-        return g.op("Relu", [x])
+        return g.op("Relu", [x]), layout
     if isinstance(layer, keras.layers.Activation):
-        return _activation(g, x, layer.activation, layer.name)
+        return _activation(g, x, layer.activation, layer.name), layout
     raise ValueError(f"{layer.name}: layer type {type(layer).__name__} has no ONNX lowering")
 
 
@@ -105,14 +134,15 @@ def _chain(model: keras.Model) -> list[keras.layers.Layer]:
 def build_onnx(
     model: keras.Model,
     class_names: list[str],
-    lowering: str = "matmul",
+    lowering: str = "factorized",
     opset: int | None = None,
     metadata: dict[str, str] | None = None,
 ) -> onnx.ModelProto:
     """Lower a frozen classifier to an ONNX model (not yet checked or saved).
 
     Args:
-        lowering: ``"matmul"`` (opset 17, default) or ``"dft"`` (opset 20).
+        lowering: ``"factorized"`` (opset 17, default), ``"matmul"`` (opset 17) or ``"dft"``
+            (opset 20); see :mod:`export.onnx_spectral`.
         opset: at least the lowering's minimum.
         metadata: extra ``metadata_props`` (class names and input size are added).
     """
@@ -123,9 +153,11 @@ def build_onnx(
         raise ValueError(f"the {lowering} lowering needs opset >= {LOWERINGS[lowering]}")
     height, width, channels = (int(size) for size in model.inputs[0].shape[1:])
     g = GraphBuilder()
-    x = g.transpose("image", [0, 3, 1, 2])
+    x, layout = "image", "NHWC"
     for layer in _chain(model):
-        x = _layer(g, x, layer, lowering)
+        x, layout = _layer(g, x, layout, layer, lowering)
+    if layout != "NF":
+        raise ValueError(f"{model.name}: the model must end in pooling and Dense layers")
     final = model.layers[-1]
     if getattr(final, "units", None) == 1:  # sigmoid head: P(class 1) -> [P0, P1]
         one = g.constant(np.ones((1, 1), np.float32), "one", key="one")

@@ -1,23 +1,29 @@
 """ONNX lowerings of one spectral convolution: rfft2 -> multiply-accumulate -> irfft2.
 
-Both lowerings take an NCHW float tensor ``[N, Cin, H, W]`` and return
-``[N, Cout, H, W]``; neither uses complex tensors. They share the channel mixing,
-done per frequency as real batched MatMuls:
-``Yr = Xr Kr - Xi Ki``, ``Yi = Xr Ki + Xi Kr`` over ``[H*Wf, N, C]`` operands.
+No lowering uses complex tensors; each mixes channels per frequency as real batched
+MatMuls, ``Yr = Xr Kr - Xi Ki``, ``Yi = Xr Ki + Xi Kr``. Each reads and writes one
+activation layout (``LAYOUTS``), so consecutive layers of the same lowering need no
+transposes between them:
 
-- ``matmul``: the transforms as real MatMuls with constant DFT matrices (opset 17,
-  any runtime and execution provider).
-- ``dft``: the ONNX ``DFT`` operator (opset 20, RFFT/IRFFT via ``onesided``), for
-  runtimes that implement it well.
+- ``factorized`` (default, opset 17, ``WHNC`` = ``[W, H, N, C]``): the transforms as
+  two short DFT stages per axis (:mod:`export.factorized_dft`), each one MatMul with a
+  small constant matrix; the spectrum stays in the factorized (digit-reversed) order
+  and the kernel is stored in that order.
+- ``matmul`` (opset 17, ``NCHW``): the transforms as dense real DFT matrices, O(N^2)
+  per axis.
+- ``dft`` (opset 20, ``NCHW``): the ONNX ``DFT`` operator (RFFT/IRFFT via
+  ``onesided``), for runtimes that implement it well.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from export.factorized_dft import FactorizedDFT
 from export.onnx_builder import GraphBuilder
 
-LOWERINGS = {"matmul": 17, "dft": 20}  # lowering -> minimum opset
+LOWERINGS = {"factorized": 17, "matmul": 17, "dft": 20}  # lowering -> minimum opset
+LAYOUTS = {"factorized": "WHNC", "matmul": "NCHW", "dft": "NCHW"}  # activation layout
 
 
 def _angles(rows: int, cols: int, length: int) -> np.ndarray:
@@ -86,6 +92,76 @@ def spectral_conv_matmul(
     )
 
 
+def spectral_conv_factorized(
+    g: GraphBuilder,
+    x: str,
+    kernel_real: np.ndarray,
+    kernel_imag: np.ndarray,
+    width: int,
+    plan: FactorizedDFT | None = None,
+) -> str:
+    """Factorized transforms on ``WHNC`` activations ``[W, H, N, Cin]`` -> ``[W, H, N, Cout]``.
+
+    Every stage contracts the axis right after the slow ones, so it is a plain
+    (broadcast) MatMul ``M @ t`` with the batch and channels in the trailing columns;
+    the reshapes between stages are free. The channel mixing's four real products are
+    not combined elementwise: the first inverse stage reads ``[X Kr | X Ki]`` side by
+    side with the matching columns of its matrix (one Concat instead of slices,
+    a Sub, an Add and a Concat over the whole spectrum).
+
+    ``plan`` defaults to the cheapest splits (:meth:`FactorizedDFT.for_size`).
+    """
+    height, _, cin, cout = kernel_real.shape
+    plan = plan or FactorizedDFT.for_size(height, width, cout)
+    if (plan.height, plan.width) != (height, width):
+        raise ValueError(f"a {plan.height}x{plan.width} plan for a {height}x{width} layer")
+    size = f"{height}x{width}"
+    columns, kept = plan.width_columns, plan.kept_first
+    hfirst, hsecond = plan.height_first, plan.height_second
+
+    def stage(matrix: np.ndarray, name: str, t: str) -> str:
+        weights = g.constant(matrix.astype(np.float32), name, f"{name}{size}")
+        return g.op("MatMul", [weights, t])
+
+    # Forward: W = (n1, n2) slowest in x, so [N1, rest] is a free view.
+    wfirst, wsecond = plan.width_first, plan.width_second
+    t = stage(plan.forward_width_first, "rfft_w1", g.reshape(x, [wfirst, -1]))
+    t = stage(plan.forward_width_second, "dft_w2", g.reshape(t, [kept, 2 * wsecond, -1]))
+    t = stage(plan.forward_height_first, "dft_h1", g.reshape(t, [columns, 2 * hfirst, -1]))
+    t = stage(
+        plan.forward_height_second, "dft_h2", g.reshape(t, [columns, hfirst, 2 * hsecond, -1])
+    )
+    spectrum = g.reshape(t, [plan.frequencies, -1, cin])  # [F, 2N (part, n), Cin]
+    # Mixing: [Xr; Xi] Kr and [Xr; Xi] Ki, per frequency.
+    ordered_real, ordered_imag = plan.kernel_order(kernel_real, kernel_imag)
+    by_real = g.op("MatMul", [spectrum, g.constant(ordered_real, "kernel_real")])
+    by_imag = g.op("MatMul", [spectrum, g.constant(ordered_imag, "kernel_imag")])
+    pair = g.op(
+        "Concat",
+        [g.reshape(product, [columns, hfirst, 2 * hsecond, -1]) for product in (by_real, by_imag)],
+        axis=2,
+    )  # [Fw, K1h, (Kr | Ki, k2h, part), N Cout]
+    # Inverse: Yr = (Xr Kr) - (Xi Ki), Yi = (Xr Ki) + (Xi Kr) folded into the first stage.
+    t = stage(_mixed_inverse(plan.inverse_height_second), "idft_h2", pair)
+    t = stage(plan.inverse_height_first, "idft_h1", g.reshape(t, [columns, 2 * hfirst, -1]))
+    t = stage(plan.inverse_width_second, "idft_w2", g.reshape(t, [kept, 2 * wsecond, -1]))
+    t = stage(plan.inverse_width_first, "irfft_w1", g.reshape(t, [2 * kept, -1]))
+    return g.reshape(t, [width, height, -1, cout])
+
+
+def _mixed_inverse(inverse: np.ndarray) -> np.ndarray:
+    """``M [.., O, 2 K]`` acting on ``(k, part)`` -> ``[.., O, 4 K]`` acting on ``[P | Q]``.
+
+    With ``P = X Kr`` and ``Q = X Ki`` (each ``(k, part)`` stacked), ``M [Yr; Yi]`` equals
+    ``M P + M' Q`` where ``M'`` takes ``M``'s imaginary-part column for ``Q``'s real part
+    and minus its real-part column for ``Q``'s imaginary part.
+    """
+    real_part, imag_part = inverse[..., 0::2], inverse[..., 1::2]
+    swapped = np.empty_like(inverse)
+    swapped[..., 0::2], swapped[..., 1::2] = imag_part, -real_part
+    return np.concatenate([inverse, swapped], axis=-1)
+
+
 def spectral_conv_dft(
     g: GraphBuilder, x: str, kernel_real: np.ndarray, kernel_imag: np.ndarray, width: int
 ) -> str:
@@ -113,7 +189,9 @@ def spectral_conv(
     kernel_imag: np.ndarray,
     width: int,
 ) -> str:
-    """Dispatch to the named lowering."""
+    """Dispatch to the named lowering; ``x`` and the result are in ``LAYOUTS[lowering]``."""
+    if lowering == "factorized":
+        return spectral_conv_factorized(g, x, kernel_real, kernel_imag, width)
     if lowering == "matmul":
         return spectral_conv_matmul(g, x, kernel_real, kernel_imag, width)
     if lowering == "dft":

@@ -111,7 +111,7 @@ def export_model(
     version: int | None = None,
     source: str = "state",
     input_size: tuple[int, int] | None = None,
-    lowering: str = "matmul",
+    lowering: str = "factorized",
     opset: int | None = None,
 ) -> Path:
     """Freeze (if needed) and export; returns the written version folder."""

@@ -50,6 +50,7 @@ def test_every_inference_row_has_a_median_and_a_ratio_to_its_runtimes_3x3(quick_
     rows = quick_results[1]["infer"]
     runtimes = {(row["model"], row["runtime"]) for row in rows}
     assert {
+        ("cf", "onnxruntime factorized"),
         ("cf", "onnxruntime matmul"),
         ("cf", "onnxruntime dft"),
         ("cf", "savedmodel"),
@@ -130,6 +131,8 @@ def test_spectral_flop_counts_follow_their_formulas():
     # 150x150, 32->32: the mixing is 8 * 150 * 76 * 32 * 32 FLOPs (47M multiply-adds).
     fft = spectral_flops(150, 150, 32, 32, "fft")
     assert 8 * 150 * 76 * 32 * 32 < fft < 8 * 150 * 76 * 32 * 32 * 1.6
-    assert spectral_flops(150, 150, 32, 32, "dft-matmul") > fft  # O(N^2) transforms
+    dense = spectral_flops(150, 150, 32, 32, "dft-matmul")
+    assert dense > fft  # O(N^2) transforms
+    assert fft < spectral_flops(150, 150, 32, 32, "dft-factorized") < dense / 3
     with pytest.raises(ValueError, match="unknown spectral implementation"):
         spectral_flops(8, 8, 1, 1, "winograd")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import keras
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -13,6 +14,7 @@ from conftest import trained_tiny_model
 
 from cfconv_tf.cli import main
 from export.onnx_model import ONNX_DATA_FILE, build_onnx, save_onnx
+from export.onnx_spectral import LOWERINGS
 from export.pipeline import export_model, parity_failures, verify_exports
 from export.savedmodel import class_probabilities
 
@@ -58,7 +60,7 @@ def test_every_runtime_computes_the_trained_model(tiny_config, tmp_path, shape, 
     assert expected.shape == (6, max(classes, 2))
     saved = export_model(tmp_path / "model.keras", "savedmodel", tmp_path / "sm", "m")
     assert relative(savedmodel_probabilities(saved, images), expected) <= 1e-4
-    for lowering in ("matmul", "dft"):
+    for lowering in sorted(LOWERINGS):
         folder = export_model(
             tmp_path / "model.keras", "onnx", tmp_path / lowering, "m", lowering=lowering
         )
@@ -70,11 +72,11 @@ def test_real_images_through_every_export_of_a_trained_run(trained_runs, tmp_pat
     saved = export_model(run, "savedmodel", tmp_path / "sm", "cf")
     onnx_files = [
         str(export_model(run, "onnx", tmp_path / lowering, "cf", lowering=lowering) / "model.onnx")
-        for lowering in ("matmul", "dft")
+        for lowering in sorted(LOWERINGS)
     ]
     report = verify_exports(run, [str(saved)], onnx_files)
     assert set(report) == {"random", "test images"}
-    assert len(report["test images"]) == 4  # frozen keras, savedmodel, 2 ONNX lowerings
+    assert len(report["test images"]) == 2 + len(LOWERINGS)  # frozen keras, savedmodel, ONNX
     assert parity_failures(report) == [], report
 
 
@@ -93,7 +95,7 @@ def test_onnx_files_are_valid_real_valued_and_self_describing(trained_runs, tmp_
     props = {prop.key: prop.value for prop in model.metadata_props}
     assert json.loads(props["class_names"])[0] == "T-shirt/top"
     assert json.loads(props["input_size"]) == [28, 28, 1]
-    assert "1/255" in props["preprocessing"] and props["lowering"] == "matmul"
+    assert "1/255" in props["preprocessing"] and props["lowering"] == "factorized"
     dft = onnx.load(
         export_model(trained_runs["cf"], "onnx", tmp_path, "cf", lowering="dft") / "model.onnx"
     )
@@ -252,3 +254,20 @@ def test_cli_export_errors_are_messages_not_tracebacks(trained_runs, tmp_path, c
     assert main(["export", str(tmp_path / "nope"), "--format", "onnx", "--out", str(tmp_path)]) == 2
     assert "no trained model" in capsys.readouterr().err
     assert main(["verify", str(tmp_path / "nope")]) == 2
+
+
+def test_models_outside_the_exported_family_get_clear_errors():
+    inputs = keras.Input((6, 6, 2))
+    per_channel = keras.layers.Rescaling([0.5, 2.0])(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(per_channel)
+    scaled = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(pooled))
+    with pytest.raises(ValueError, match="only a scalar scale and offset are exported"):
+        build_onnx(scaled, ["a", "b"])
+    unpooled = keras.Model(inputs, keras.layers.Conv2D(2, 3, padding="same")(inputs))
+    with pytest.raises(ValueError, match="must end in pooling and Dense layers"):
+        build_onnx(unpooled, ["a", "b"])
+    flattened = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
+    with pytest.raises(ValueError, match="layer type Flatten has no ONNX lowering"):
+        build_onnx(flattened, ["a", "b"])
+    with pytest.raises(ValueError, match="unknown ONNX lowering 'fft'"):
+        build_onnx(scaled, ["a", "b"], "fft")

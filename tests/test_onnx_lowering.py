@@ -11,22 +11,30 @@ from onnx import TensorProto, helper
 
 from cfconv_tf.spectral import hermitian_project
 from export.onnx_builder import GraphBuilder
-from export.onnx_spectral import LOWERINGS, spectral_conv
+from export.onnx_spectral import LAYOUTS, LOWERINGS, spectral_conv
 
 # Every op a lowering may use; the DFT op only in the "dft" lowering.
 ALLOWED_OPS = {"Transpose", "Reshape", "MatMul", "Slice", "Sub", "Add", "Concat"}
 
 
+def _shape(layout: str, sizes: dict[str, int | str]) -> list[int | str]:
+    return [sizes[axis] for axis in layout]
+
+
 def single_layer_model(lowering: str, kernel_real, kernel_imag, width: int) -> onnx.ModelProto:
+    """One spectral layer; input and output in the lowering's own layout."""
     g = GraphBuilder()
     y = spectral_conv(g, lowering, "x", kernel_real, kernel_imag, width)
     g.rename(y, "y")
     height, _, cin, cout = kernel_real.shape
+    layout = LAYOUTS[lowering]
+    sizes = {"N": "n", "H": height, "W": width}
+    x_shape, y_shape = (_shape(layout, {**sizes, "C": channels}) for channels in (cin, cout))
     graph = helper.make_graph(
         g.nodes,
         "spectral",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", cin, height, width])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", cout, height, width])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
         g.initializers,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", LOWERINGS[lowering])])
@@ -34,7 +42,16 @@ def single_layer_model(lowering: str, kernel_real, kernel_imag, width: int) -> o
 
 @pytest.mark.parametrize("lowering", sorted(LOWERINGS))
 @pytest.mark.parametrize(
-    "shape", [(2, 7, 7, 3, 5), (1, 8, 8, 1, 2), (3, 6, 9, 2, 3), (2, 9, 6, 4, 1), (1, 16, 10, 3, 3)]
+    "shape",
+    [
+        (2, 7, 7, 3, 5),
+        (1, 8, 8, 1, 2),
+        (3, 6, 9, 2, 3),
+        (2, 9, 6, 4, 1),
+        (1, 16, 10, 3, 3),
+        (2, 15, 12, 2, 2),
+        (1, 11, 13, 2, 3),
+    ],
 )
 def test_lowering_equals_numpy_fft_convolution(lowering, shape, rng):
     batch, height, width, cin, cout = shape
@@ -48,7 +65,8 @@ def test_lowering_equals_numpy_fft_convolution(lowering, shape, rng):
     ops = {node.op_type for node in model.graph.node}
     assert ops <= ALLOWED_OPS | ({"DFT"} if lowering == "dft" else set()), ops
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    y = session.run(None, {"x": x})[0]
+    to_layout = ["NCHW".index(axis) for axis in LAYOUTS[lowering]]
+    y = session.run(None, {"x": x.transpose(to_layout)})[0].transpose(np.argsort(to_layout))
     spectrum = np.fft.rfft2(x.astype(np.float64), axes=(2, 3))  # [N, Cin, H, Wf]
     mixed = np.einsum("nihw,hwio->nohw", spectrum, kr + 1j * ki.astype(np.float64))
     expected = np.fft.irfft2(mixed, s=(height, width), axes=(2, 3))

@@ -8,6 +8,8 @@ machine's peak:
   ``2.5 N log2 N`` per real 2D transform of ``N = H W`` points per channel, plus the
   complex multiply-accumulate ``8 H Wf Cin Cout``.
 - ``dft-matmul``: the ONNX matmul lowering: the exact MatMul sizes it runs.
+- ``dft-factorized``: the ONNX factorized lowering: the exact MatMul sizes it runs
+  (:meth:`export.factorized_dft.FactorizedDFT.multiply_adds`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import keras
 
 from cfconv_tf.frozen import FrozenSpectralConv2D
 from cfconv_tf.layers import CFConv2D
+from export.factorized_dft import FactorizedDFT
 
 
 def spectral_flops(height: int, width: int, cin: int, cout: int, implementation: str) -> int:
@@ -30,6 +33,8 @@ def spectral_flops(height: int, width: int, cin: int, cout: int, implementation:
         forward = 2 * height * width * 2 * half + 2 * (2 * height) ** 2 * half
         inverse = 2 * (2 * height) ** 2 * half + 2 * height * 2 * half * width
         return int(mixing + forward * cin + inverse * cout)
+    if implementation == "dft-factorized":
+        return 2 * FactorizedDFT.for_size(height, width, cout).multiply_adds(cin, cout)
     raise ValueError(f"unknown spectral implementation {implementation!r}")
 
 
