@@ -293,13 +293,16 @@ def _cmd_bench(args: argparse.Namespace) -> None:
             )
         elif suite == "infer":
             from cfconv_tf.bench.infer import run_infer
+            from cfconv_tf.bench.timing import weight_stream_gbs
 
+            results["weight_stream_gbs"] = weight_stream_gbs(64 if quick else 256)
             results["infer"] = run_infer(
                 size,
                 batch_sizes=(1, batch),
                 repeats=repeats,
                 conv_layers=layers,
                 peak_gflops=results["peak_gflops"],
+                weight_stream_gbs=results["weight_stream_gbs"],
                 budget_seconds=10 if quick else 60,
                 progress=lambda _: bar.add(1),
             )

@@ -39,9 +39,9 @@ class GraphBuilder:
         return self.constant(np.array(dims, np.int64), "shape", key=f"shape{dims}")
 
     def op(self, op_type: str, inputs: list[str], hint: str | None = None, **attrs) -> str:
-        """Append one single-output node; return its output name."""
+        """Append one single-output node (named as its output, for profiles); return the output."""
         output = self.fresh(hint or op_type.lower())
-        self.nodes.append(helper.make_node(op_type, inputs, [output], **attrs))
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=output, **attrs))
         return output
 
     def reshape(self, tensor: str, dims: list[int]) -> str:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the offline default (Fashion-MNIST from Debian's package), end to end:
 # train the paper's CNN with CF-Convs and with 3x3 convs -> freeze -> export
-# (SavedModel, ONNX in both lowerings, Triton repository) -> verify that every export
+# (SavedModel, ONNX in all three lowerings, Triton repository) -> verify that every export
 # computes the trained model -> benchmark a few inferences; the CF model's learned
 # kernels are drawn by `cfconv inspect`.
 # Sizes are kept small so the demo finishes in minutes on 2 cores; raise them with
@@ -22,10 +22,13 @@ for model in cf spatial; do
   "$cfconv" freeze "$run" --out "$run/frozen.keras"
   rm -rf "$out/exports/$model" "$out/repository/$model"
   "$cfconv" export "$run" --format savedmodel --out "$out/exports/savedmodel" --name "$model"
-  "$cfconv" export "$run" --format onnx --out "$out/exports/onnx-matmul" --name "$model"
-  "$cfconv" export "$run" --format onnx --lowering dft --out "$out/exports/onnx-dft" --name "$model"
+  for lowering in factorized matmul dft; do
+    "$cfconv" export "$run" --format onnx --lowering "$lowering" \
+      --out "$out/exports/onnx-$lowering" --name "$model"
+  done
   "$cfconv" export "$run" --format triton --out "$out/repository" --name "$model"
   "$cfconv" verify "$run" --savedmodel "$out/exports/savedmodel/$model/1" \
+    --onnx "$out/exports/onnx-factorized/$model/1/model.onnx" \
     --onnx "$out/exports/onnx-matmul/$model/1/model.onnx" \
     --onnx "$out/exports/onnx-dft/$model/1/model.onnx"
 done

@@ -8,6 +8,7 @@ Each is timed at batch 1 (latency) and a larger batch (throughput) in every runt
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -68,14 +69,22 @@ def run_infer(
     repeats: int = 7,
     conv_layers: int = 6,
     peak_gflops: float = 50.0,
+    weight_stream_gbs: float = 20.0,
     budget_seconds: float = 60.0,
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[dict]:
-    """Time every (model, runtime, batch size); one row each."""
+    """Time every (model, runtime, batch size); one row each.
+
+    Each row also carries the model's weight bytes and ``weight_floor_ms``, the time to
+    read them once at ``weight_stream_gbs`` (:func:`cfconv_tf.bench.timing.weight_stream_gbs`):
+    no call can be faster, whatever the batch.
+    """
     rows = []
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="cfconv-bench-") as tmp:
         for name, model in benchmark_models(size, channels, classes, conv_layers).items():
+            weights = model.weights
+            weight_bytes = sum(math.prod(w.shape) * np.dtype(w.dtype).itemsize for w in weights)
             for runtime, runner, implementation in runtimes(name, model, Path(tmp)):
                 flops = model_flops(model, implementation)
                 for batch in batch_sizes:
@@ -86,6 +95,8 @@ def run_infer(
                         "runtime": runtime,
                         "batch": batch,
                         "flops_per_image": flops,
+                        "weight_mb": weight_bytes / 1e6,
+                        "weight_floor_ms": weight_bytes / weight_stream_gbs / 1e6,
                     }
                     estimate = flops * batch / (0.5 * peak_gflops * 1e9)
                     if estimate > budget_seconds:

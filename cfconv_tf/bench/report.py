@@ -68,6 +68,8 @@ INFER_COLUMNS = [
     "flops_per_image",
     "achieved_gflops",
     "peak_fraction",
+    "weight_mb",
+    "weight_floor_ms",
     "status",
 ]
 
@@ -115,6 +117,11 @@ def write_report(results: dict, out: Path, command: str) -> None:
         "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items()),
         f"Measured float32 matmul peak: {results['peak_gflops']:.1f} GFLOP/s",
     ]
+    if "weight_stream_gbs" in results:
+        sections.append(
+            f"Measured weight streaming rate (onnxruntime MatMul over a kernel larger than "
+            f"the caches): {results['weight_stream_gbs']:.1f} GB/s"
+        )
     if "layer" in results:
         sections += [
             "## One layer's training step, stage by stage",

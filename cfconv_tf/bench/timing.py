@@ -61,3 +61,33 @@ def peak_matmul_gflops(sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int
         for call in (lambda f=tf_matmul: f().numpy(), lambda s=session, a=a: s.run(None, {"a": a})):
             best = max(best, 2.0 * size**3 / median(time_calls(call, repeats, warmup=1)) / 1e9)
     return best
+
+
+def weight_stream_gbs(megabytes: int = 256, channels: int = 32, repeats: int = 5) -> float:
+    """GB/s at which onnxruntime's MatMul reads a weight tensor far larger than the caches.
+
+    At batch 1 a frozen CF layer reads each spectral-kernel entry once, in a batched
+    matrix-vector product ``[F, 1, C] @ [F, C, C]``; this times exactly that product over
+    a ``megabytes`` kernel, so ``weight bytes / this rate`` is the least time any batch-1
+    inference of a model needs (the weights cannot be read faster than this).
+    """
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    frequencies = megabytes * 2**20 // (4 * channels * channels)
+    rng = np.random.default_rng(0)
+    kernel = rng.standard_normal((frequencies, channels, channels)).astype(np.float32)
+    tensor = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "kernel"], ["y"])],
+        "stream",
+        [tensor("x", TensorProto.FLOAT, [frequencies, 1, channels])],
+        [tensor("y", TensorProto.FLOAT, [frequencies, 1, channels])],
+        [numpy_helper.from_array(kernel, "kernel")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((frequencies, 1, channels)).astype(np.float32)
+    seconds = median(time_calls(lambda: session.run(None, {"x": x}), repeats, warmup=1))
+    return kernel.nbytes / seconds / 1e9
