@@ -248,6 +248,9 @@ def _cmd_verify(args: argparse.Namespace) -> None:
     print(f"all exports within {TOLERANCE} of the trained model")
 
 
+BENCH_SUITES = ("layer", "train", "infer", "profile", "serve", "all")
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     import datetime
 
@@ -261,7 +264,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     batch = args.batch_size or (4 if quick else 32)
     repeats = args.repeats or (2 if quick else 7)
     layers = 2 if quick else 6
-    suites = ("layer", "train", "infer", "serve") if args.suite == "all" else (args.suite,)
+    suites = (
+        ("layer", "train", "infer", "profile", "serve") if args.suite == "all" else (args.suite,)
+    )
     bar = keras.utils.Progbar(None, unit_name="row")
     results = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -304,6 +309,16 @@ def _cmd_bench(args: argparse.Namespace) -> None:
                 peak_gflops=results["peak_gflops"],
                 weight_stream_gbs=results["weight_stream_gbs"],
                 budget_seconds=10 if quick else 60,
+                progress=lambda _: bar.add(1),
+            )
+        elif suite == "profile":
+            from cfconv_tf.bench.onnx_profile import run_profile
+
+            results["profile"] = run_profile(
+                size,
+                batch_sizes=(1, batch),
+                runs=repeats,
+                conv_layers=layers,
                 progress=lambda _: bar.add(1),
             )
         else:
@@ -465,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_cmd_serve)
 
     bench = verbs.add_parser("bench", help="time training and inference side by side")
-    bench.add_argument("suite", choices=("layer", "train", "infer", "serve", "all"))
+    bench.add_argument("suite", choices=BENCH_SUITES)
     bench.add_argument(
         "--quick", action="store_true", help="CI-sized: 15x15 inputs, batch 4, 2 conv layers"
     )

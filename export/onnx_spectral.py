@@ -105,9 +105,9 @@ def spectral_conv_factorized(
     Every stage contracts the axis right after the slow ones, so it is a plain
     (broadcast) MatMul ``M @ t`` with the batch and channels in the trailing columns;
     the reshapes between stages are free. The channel mixing's four real products are
-    not combined elementwise: the first inverse stage reads ``[X Kr | X Ki]`` side by
-    side with the matching columns of its matrix (one Concat instead of slices,
-    a Sub, an Add and a Concat over the whole spectrum).
+    not combined elementwise: the first inverse stage multiplies ``X Kr`` and ``X Ki``
+    each by its own matrix and adds the two (measured: 114 ms against 139 ms for one
+    Concat and a double-width stage; 6 layers, batch 32, ``cfconv bench profile``).
 
     ``plan`` defaults to the cheapest splits (:meth:`FactorizedDFT.for_size`).
     """
@@ -136,30 +136,28 @@ def spectral_conv_factorized(
     ordered_real, ordered_imag = plan.kernel_order(kernel_real, kernel_imag)
     by_real = g.op("MatMul", [spectrum, g.constant(ordered_real, "kernel_real")])
     by_imag = g.op("MatMul", [spectrum, g.constant(ordered_imag, "kernel_imag")])
-    pair = g.op(
-        "Concat",
-        [g.reshape(product, [columns, hfirst, 2 * hsecond, -1]) for product in (by_real, by_imag)],
-        axis=2,
-    )  # [Fw, K1h, (Kr | Ki, k2h, part), N Cout]
     # Inverse: Yr = (Xr Kr) - (Xi Ki), Yi = (Xr Ki) + (Xi Kr) folded into the first stage.
-    t = stage(_mixed_inverse(plan.inverse_height_second), "idft_h2", pair)
+    by_real, by_imag = (
+        g.reshape(product, [columns, hfirst, 2 * hsecond, -1]) for product in (by_real, by_imag)
+    )  # [Fw, K1h, (k2h, part), N Cout]
+    for_kr, for_ki = _mixed_inverse(plan.inverse_height_second)
+    t = g.op("Add", [stage(for_kr, "idft_h2_kr", by_real), stage(for_ki, "idft_h2_ki", by_imag)])
     t = stage(plan.inverse_height_first, "idft_h1", g.reshape(t, [columns, 2 * hfirst, -1]))
     t = stage(plan.inverse_width_second, "idft_w2", g.reshape(t, [kept, 2 * wsecond, -1]))
     t = stage(plan.inverse_width_first, "irfft_w1", g.reshape(t, [2 * kept, -1]))
     return g.reshape(t, [width, height, -1, cout])
 
 
-def _mixed_inverse(inverse: np.ndarray) -> np.ndarray:
-    """``M [.., O, 2 K]`` acting on ``(k, part)`` -> ``[.., O, 4 K]`` acting on ``[P | Q]``.
+def _mixed_inverse(inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``M [.., O, 2 K]`` acting on ``(k, part)`` -> ``(M, M')`` acting on ``P`` and ``Q``.
 
     With ``P = X Kr`` and ``Q = X Ki`` (each ``(k, part)`` stacked), ``M [Yr; Yi]`` equals
     ``M P + M' Q`` where ``M'`` takes ``M``'s imaginary-part column for ``Q``'s real part
     and minus its real-part column for ``Q``'s imaginary part.
     """
-    real_part, imag_part = inverse[..., 0::2], inverse[..., 1::2]
     swapped = np.empty_like(inverse)
-    swapped[..., 0::2], swapped[..., 1::2] = imag_part, -real_part
-    return np.concatenate([inverse, swapped], axis=-1)
+    swapped[..., 0::2], swapped[..., 1::2] = inverse[..., 1::2], -inverse[..., 0::2]
+    return inverse, swapped
 
 
 def spectral_conv_dft(

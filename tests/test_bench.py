@@ -72,6 +72,20 @@ def test_every_inference_row_has_a_median_and_a_ratio_to_its_runtimes_3x3(quick_
         assert row["images_per_s"] == pytest.approx(row["batch"] / row["median_ms"] * 1e3)
 
 
+def test_profile_rows_name_every_stage_of_the_factorized_lowering(quick_results):
+    rows = quick_results[1]["profile"]
+    assert {row["batch"] for row in rows} == {1, 4}
+    for batch in (1, 4):
+        stages = {row["stage"]: row for row in rows if row["batch"] == batch}
+        matmul_stages = {"rfft_w1", "dft_w2", "dft_h1", "dft_h2", "kernel_real", "kernel_imag"}
+        matmul_stages |= {"idft_h2_kr", "idft_h2_ki", "idft_h1", "idft_w2", "irfft_w1"}
+        assert {f"MatMul:{stage}" for stage in matmul_stages} <= set(stages)
+        assert sum(row["share"] for row in stages.values()) == pytest.approx(1.0)
+        assert all(row["median_ms"] >= 0 for row in stages.values())
+    markdown = (quick_results[0] / "results.md").read_text()
+    assert "onnxruntime time goes" in markdown
+
+
 def test_layer_stages_cover_every_stage_with_ratios_from_medians(quick_results):
     rows = quick_results[1]["layer"]
     stages = [row["stage"] for row in rows]

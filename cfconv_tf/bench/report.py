@@ -74,6 +74,8 @@ INFER_COLUMNS = [
 ]
 
 
+PROFILE_COLUMNS = ["lowering", "batch", "stage", "median_ms", "share"]
+
 LAYER_COLUMNS = ["stage", "input_size", "batch", "channels", "median_ms", "ratio_to_3x3"]
 
 SERVE_COLUMNS = [
@@ -145,6 +147,11 @@ def write_report(results: dict, out: Path, command: str) -> None:
                 f"inference, batch {batch}",
                 out / f"infer_batch{batch}.png",
             )
+    if "profile" in results:
+        sections += [
+            "## Where the exported CF model's onnxruntime time goes",
+            markdown_table(results["profile"], PROFILE_COLUMNS),
+        ]
     if "serve" in results:
         sections += [
             "## Serving (one image per request)",

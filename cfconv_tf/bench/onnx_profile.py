@@ -1,0 +1,105 @@
+"""``cfconv bench profile``: where an exported CF model's onnxruntime time goes.
+
+Exports the benchmark's frozen CF model (:func:`cfconv_tf.bench.infer.benchmark_models`)
+in an ONNX lowering, runs it under onnxruntime's profiler, and adds up each node's median
+kernel time by *stage*: a MatMul is named by the constant it multiplies (``kernel_real``,
+``rfft_w1``, ``dft_h2``, ... as :mod:`export.onnx_spectral` names them, so every layer's
+stage of one kind adds up), any other node by its op type.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from cfconv_tf.bench.infer import benchmark_models
+from export.onnx_model import build_onnx
+
+
+def node_stages(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name -> stage: ``MatMul:<constant>`` or the op type."""
+    constants = {init.name for init in model.graph.initializer}
+    stages = {}
+    for node in model.graph.node:
+        weights = [name for name in node.input if name in constants]
+        if node.op_type == "MatMul" and weights:
+            # constants are named "<hint>_<counter>"; the hint says which stage it is
+            stages[node.name] = "MatMul:" + re.sub(r"_\d+$", "", weights[-1])
+        else:
+            stages[node.name] = node.op_type
+    return stages
+
+
+def profile_stages(model: onnx.ModelProto, images: np.ndarray, runs: int) -> dict[str, float]:
+    """Milliseconds per stage: per node the median over ``runs`` profiled calls, summed.
+
+    One warm-up call precedes the profiled ones. Nodes that onnxruntime fused or renamed
+    appear under their profiler name prefixed by ``fused:``.
+    """
+    stages = node_stages(model)
+    with tempfile.TemporaryDirectory(prefix="cfconv-profile-") as folder:
+        options = ort.SessionOptions()
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(folder) / "profile")
+        session = ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        for _ in range(runs + 1):
+            session.run(None, {"image": images})
+        events = _node_events(Path(session.end_profiling()))
+    events = events[len(events) // (runs + 1) :]  # every call logs the same nodes
+    durations: dict[str, list[float]] = defaultdict(list)
+    for event in events:
+        durations[event["name"].removesuffix("_kernel_time")].append(event["dur"] / 1000)
+    totals: dict[str, float] = defaultdict(float)
+    for node, times in durations.items():
+        totals[stages.get(node, f"fused:{node}")] += statistics.median(times)
+    return dict(totals)
+
+
+def _node_events(path: Path) -> list[dict]:
+    return [
+        event
+        for event in json.loads(path.read_text())
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
+    ]
+
+
+def run_profile(
+    size: int,
+    batch_sizes=(1, 32),
+    lowering: str = "factorized",
+    runs: int = 5,
+    conv_layers: int = 6,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[dict]:
+    """One row per (batch, stage), largest first, with its share of the summed time."""
+    model = benchmark_models(size, 3, 2, conv_layers)["cf"]
+    onnx_model = build_onnx(model, ["0", "1"], lowering)
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in batch_sizes:
+        progress(f"profile {lowering} batch {batch}")
+        images = rng.uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
+        stages = profile_stages(onnx_model, images, runs)
+        total = sum(stages.values())
+        for stage, ms in sorted(stages.items(), key=lambda item: -item[1]):
+            rows.append(
+                {
+                    "lowering": lowering,
+                    "batch": batch,
+                    "stage": stage,
+                    "median_ms": ms,
+                    "share": ms / total,
+                }
+            )
+    return rows
