@@ -280,7 +280,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
             results["layer"] = run_layer_stages(
                 size,
                 batch,
-                samples=(16, 0.5) if quick else (2**12, 2**18),
+                samples=(16, 0.5) if quick else (2**12, 2**15, 2**18),
                 repeats=repeats,
                 progress=lambda _: bar.add(1),
             )

@@ -10,10 +10,15 @@ import tensorflow as tf
 
 from cfconv_tf.generator import PAPER_HIDDEN_UNITS, CoordinateMLP, normalized_coordinates
 from cfconv_tf.sampling import draw_positions, resolve_sample_count, validate_samples
-from cfconv_tf.spectral import hermitian_project, spectral_conv2d
+from cfconv_tf.spectral import hermitian_project, sampled_spectral_conv2d, spectral_conv2d
 
 NAMED_STATE_INITIALIZERS = ("cfconv_uniform", "generator")
+KERNEL_GRADIENTS = ("auto", "sampled", "full")
 KERNEL_SOURCES = ("state", "mlp")  # where an inference kernel comes from
+# Training takes each sampled entry's gradient directly (one dot product over the batch)
+# while the sample count is at most this fraction of the kernel; above it, the full
+# kernel gradient (two batched matmuls) and a gather are cheaper (docs/benchmarks.md).
+SAMPLED_GRADIENT_FRACTION = 1 / 64
 
 
 def validate_kernel_scale(scale: float | str) -> float | str:
@@ -71,6 +76,11 @@ class CFConv2D(keras.layers.Layer):
             kernel of mean power ``E|K|^2 = 2 / Cin``, the spectral counterpart of He
             initialization (a spectral layer with i.i.d. entries scales the variance
             of a ReLU network's activations by ``Cin E|K|^2 / 2``).
+        kernel_gradient: how training takes the gradient of the written values:
+            ``"sampled"`` (one dot product over the batch per sampled entry), ``"full"``
+            (the whole kernel's gradient, then a gather) or ``"auto"`` (sampled while
+            the count is at most ``SAMPLED_GRADIENT_FRACTION`` of the kernel). Both
+            give the same gradient; only the speed differs.
         seed: seed of the position sampler (and of the ``"auto"`` scale's probe);
             ``None`` picks one from Python's ``random`` (seeded by
             ``keras.utils.set_random_seed``). Step ``t`` draws with the stateless seed
@@ -88,6 +98,7 @@ class CFConv2D(keras.layers.Layer):
         activation=None,
         state_initializer="cfconv_uniform",
         kernel_scale: float | str = 1.0,
+        kernel_gradient: str = "auto",
         seed: int | None = None,
         **kwargs,
     ) -> None:
@@ -102,6 +113,11 @@ class CFConv2D(keras.layers.Layer):
         self.update_rate = float(update_rate)
         self.activation = keras.activations.get(activation)
         self.kernel_scale = validate_kernel_scale(kernel_scale)
+        if kernel_gradient not in KERNEL_GRADIENTS:
+            raise ValueError(
+                f"kernel_gradient must be one of {KERNEL_GRADIENTS}, got {kernel_gradient!r}"
+            )
+        self.kernel_gradient = kernel_gradient
         if state_initializer in NAMED_STATE_INITIALIZERS:
             self.state_initializer = state_initializer
         else:
@@ -202,6 +218,13 @@ class CFConv2D(keras.layers.Layer):
         return float(tf.sqrt(2.0 / self.kernel_shape[2] / tf.maximum(power, 1e-30)))
 
     @property
+    def uses_sampled_gradient(self) -> bool:
+        """Whether training takes the kernel gradient only at the sampled entries."""
+        if self.kernel_gradient == "auto":
+            return self.sample_count <= self.kernel_size * SAMPLED_GRADIENT_FRACTION
+        return self.kernel_gradient == "sampled"
+
+    @property
     def kernel_size(self) -> int:
         """Number of entries of one state variable, ``H * Wf * Cin * Cout``."""
         height, half_width, channels, filters = self.kernel_shape
@@ -216,18 +239,26 @@ class CFConv2D(keras.layers.Layer):
                 f"the new size instead (the MLPs re-sample the kernel there)."
             )
         if training:
-            kernel_real, kernel_imag = self.sparse_update()
+            (kernel_real, kernel_imag), positions, values = self.sparse_update()
+            if self.uses_sampled_gradient:
+                return self.activation(
+                    sampled_spectral_conv2d(inputs, kernel_real, kernel_imag, positions, *values)
+                )
         else:
             kernel_real = tf.convert_to_tensor(self.state_real)
             kernel_imag = tf.convert_to_tensor(self.state_imag)
         kernel_real, kernel_imag = hermitian_project(kernel_real, kernel_imag, self.input_size[1])
         return self.activation(spectral_conv2d(inputs, kernel_real, kernel_imag))
 
-    def sparse_update(self) -> tuple[tf.Tensor, tf.Tensor]:
+    def sparse_update(
+        self,
+    ) -> tuple[tuple[tf.Tensor, tf.Tensor], tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
         """Write freshly generated values at sampled positions; return the new kernel.
 
-        Returns ``(kernel_real, kernel_imag)``, each ``[H, Wf, Cin, Cout]``; the
-        gradient flows only through the written values.
+        Returns ``((kernel_real, kernel_imag), positions, (values_real, values_imag))``:
+        the kernel parts ``[H, Wf, Cin, Cout]`` (the gradient flows into them only
+        through the written values), the int64 flat ``positions`` ``[S]`` and the values
+        ``[S]`` written there.
         """
         if self.sample_count == self.kernel_size:
             positions = tf.range(self.kernel_size, dtype=tf.int64)
@@ -237,7 +268,7 @@ class CFConv2D(keras.layers.Layer):
                 self.sample_count, self.kernel_size, self.next_sampler_seed()
             )
         coordinates = normalized_coordinates(positions, self.kernel_shape)
-        new_kernels = []
+        new_kernels, written = [], []
         for state, generator in (
             (self.state_real, self.real_generator),
             (self.state_imag, self.imag_generator),
@@ -253,7 +284,8 @@ class CFConv2D(keras.layers.Layer):
             kernel = tf.reshape(flat_kernel, self.kernel_shape)
             state.assign(tf.stop_gradient(kernel))
             new_kernels.append(kernel)
-        return new_kernels[0], new_kernels[1]
+            written.append(values)
+        return tuple(new_kernels), positions, tuple(written)
 
     def next_sampler_seed(self) -> tf.Tensor:
         """The seed of this training step's draw, ``[layer seed, draws so far]``.
@@ -338,6 +370,7 @@ class CFConv2D(keras.layers.Layer):
                 if isinstance(self.state_initializer, str)
                 else keras.initializers.serialize(self.state_initializer),
                 "kernel_scale": self.kernel_scale,
+                "kernel_gradient": self.kernel_gradient,
                 "seed": self.seed,
             }
         )

@@ -118,6 +118,108 @@ def _irfft_weights(height: int, width: int) -> tf.Tensor:
     return tf.constant(weights, tf.float32) / float(height * width)
 
 
+def _convolve(
+    x: tf.Tensor, kernel_real: tf.Tensor, kernel_imag: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The forward pass: ``(y [B, H, W, Cout], x_major [F, 2B, Cin])``.
+
+    ``kernel_real``/``kernel_imag`` are ``[F, Cin, Cout]`` (``F = H * Wf``); ``x_major`` is
+    what the kernel gradient needs, kept for the backward pass.
+    """
+    height, width = x.shape[1], x.shape[2]
+    spectrum = tf.signal.rfft2d(tf.transpose(x, [0, 3, 1, 2]))  # [B, Cin, H, Wf]
+    x_major = _to_frequency_major(spectrum)  # [F, 2B, Cin]
+    y_spectrum = _from_frequency_major(*_complex_mix(x_major, kernel_real, kernel_imag), height)
+    y = tf.signal.irfft2d(y_spectrum, fft_length=[height, width])
+    return tf.transpose(y, [0, 2, 3, 1]), x_major
+
+
+def _correlate(
+    dy: tf.Tensor, kernel_real: tf.Tensor, kernel_imag: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The input gradient and the weighted output spectrum ``G`` for the kernel gradient.
+
+    The input gradient is the circular correlation ``irfft2(sum_o conj(K) rfft2(dy))``.
+    ``G [F, 2B, Cout]`` is ``dy``'s spectrum weighted as irfft2's adjoint (real rows,
+    then imaginary rows), so that ``dK = sum_b conj(X) G`` per frequency.
+    """
+    height, width = dy.shape[1], dy.shape[2]
+    dy_major = _to_frequency_major(tf.signal.rfft2d(tf.transpose(dy, [0, 3, 1, 2])))
+    dx_spectrum = _from_frequency_major(
+        *_complex_mix(dy_major, kernel_real, kernel_imag, adjoint=True), height
+    )
+    dx = tf.transpose(tf.signal.irfft2d(dx_spectrum, fft_length=[height, width]), [0, 2, 3, 1])
+    column_weights = tf.tile(_irfft_weights(height, width), [height])[:, None, None]
+    return dx, dy_major * column_weights
+
+
+def _kernel_gradient(x_major: tf.Tensor, weighted: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``sum_b conj(X) G`` at every frequency: ``(dKr, dKi)``, each ``[F, Cin, Cout]``.
+
+    ``dKr = Xr^T Gr + Xi^T Gi``, ``dKi = Xr^T Gi - Xi^T Gr`` (contracting the 2B rows).
+    """
+    g_real, g_imag = tf.split(weighted, 2, axis=1)
+    dkr = tf.matmul(x_major, weighted, transpose_a=True)
+    dki = tf.matmul(x_major, tf.concat([g_imag, -g_real], axis=1), transpose_a=True)
+    return dkr, dki
+
+
+def _kernel_gradient_at(
+    x_major: tf.Tensor, weighted: tf.Tensor, positions: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """:func:`_kernel_gradient` only at flat ``positions`` of ``[F, Cin, Cout]``: two ``[S]``.
+
+    Each entry is a dot product over the 2B rows of one ``X`` column and one ``G`` column,
+    gathered element by element (no transpose of the full tensors).
+    """
+    rows, cin = x_major.shape[1], x_major.shape[2]
+    cout = weighted.shape[2]
+    frequency = positions // (cin * cout)
+    row = tf.range(rows, dtype=positions.dtype)[None, :]
+    x_index = (frequency * rows)[:, None] * cin + row * cin + ((positions // cout) % cin)[:, None]
+    g_index = (frequency * rows)[:, None] * cout + row * cout + (positions % cout)[:, None]
+    x_columns = tf.gather(tf.reshape(x_major, [-1]), x_index)  # [S, 2B]: Xr then Xi
+    g_columns = tf.gather(tf.reshape(weighted, [-1]), g_index)  # [S, 2B]: Gr then Gi
+    g_real, g_imag = tf.split(g_columns, 2, axis=1)
+    dkr = tf.reduce_sum(x_columns * g_columns, axis=1)
+    dki = tf.reduce_sum(x_columns * tf.concat([g_imag, -g_real], axis=1), axis=1)
+    return dkr, dki
+
+
+def _project_gradient_at(
+    x_major: tf.Tensor,
+    weighted: tf.Tensor,
+    positions: tf.Tensor,
+    kernel_shape: tuple[int, int, int, int],
+    width: int,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """``P(dK)`` at ``positions``: the gradient of the entries written there.
+
+    Off the DC (and Nyquist) columns ``P`` is the identity; on them,
+    ``P(dK)[h] = (dK[h] + conj(dK[-h])) / 2``, so the mirrored row's gradient is computed
+    too (for those entries only).
+    """
+    height, half_width, cin, cout = kernel_shape
+    per_row = half_width * cin * cout
+    column = (positions // (cin * cout)) % half_width
+    on_edge = tf.equal(column, 0)
+    if width % 2 == 0:
+        on_edge = on_edge | tf.equal(column, half_width - 1)
+    edge = tf.where(on_edge)  # [E, 1] indices into positions
+    edge_positions = tf.gather_nd(positions, edge)
+    row = edge_positions // per_row
+    mirrored = edge_positions + (((height - row) % height) - row) * per_row
+    both = tf.concat([positions, mirrored], axis=0)
+    dkr, dki = _kernel_gradient_at(x_major, weighted, both)
+    count = tf.shape(positions)[0]
+    edge_real = 0.5 * (tf.gather_nd(dkr, edge) + dkr[count:])
+    edge_imag = 0.5 * (tf.gather_nd(dki, edge) - dki[count:])
+    return (
+        tf.tensor_scatter_nd_update(dkr[:count], edge, edge_real),
+        tf.tensor_scatter_nd_update(dki[:count], edge, edge_imag),
+    )
+
+
 @tf.custom_gradient
 def spectral_conv2d(x: tf.Tensor, kr: tf.Tensor, ki: tf.Tensor):
     """Circular 2D convolution of ``x`` with a kernel given by its half spectrum.
@@ -143,32 +245,65 @@ def spectral_conv2d(x: tf.Tensor, kr: tf.Tensor, ki: tf.Tensor):
     Returns:
         float32 output, shape ``[B, H, W, Cout]``.
     """
-    height, width = x.shape[1], x.shape[2]
-    half_width = width // 2 + 1
-    cin, cout = kr.shape[2], kr.shape[3]
-    kernel_real = tf.reshape(kr, [height * half_width, cin, cout])
-    kernel_imag = tf.reshape(ki, [height * half_width, cin, cout])
-    spectrum = tf.signal.rfft2d(tf.transpose(x, [0, 3, 1, 2]))  # [B, Cin, H, Wf]
-    x_major = _to_frequency_major(spectrum)  # [F, 2B, Cin]
-    y_spectrum = _from_frequency_major(*_complex_mix(x_major, kernel_real, kernel_imag), height)
-    y = tf.signal.irfft2d(y_spectrum, fft_length=[height, width])
-    y = tf.transpose(y, [0, 2, 3, 1])
+    frequencies = kr.shape[0] * kr.shape[1]
+    kernel_real = tf.reshape(kr, [frequencies, *kr.shape[2:]])
+    kernel_imag = tf.reshape(ki, [frequencies, *ki.shape[2:]])
+    y, x_major = _convolve(x, kernel_real, kernel_imag)
 
     def gradient(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        dy_spectrum = tf.signal.rfft2d(tf.transpose(dy, [0, 3, 1, 2]))  # [B, Cout, H, Wf]
-        dy_major = _to_frequency_major(dy_spectrum)  # [F, 2B, Cout]
-        # Input: correlation with the kernel, sum_o conj(K) dY, then the same irfft2.
-        dx_spectrum = _from_frequency_major(
-            *_complex_mix(dy_major, kernel_real, kernel_imag, adjoint=True), height
-        )
-        dx = tf.transpose(tf.signal.irfft2d(dx_spectrum, fft_length=[height, width]), [0, 2, 3, 1])
-        # Kernel: sum_b conj(X) G per frequency, G = dY weighted as irfft2's adjoint:
-        # dKr = Xr^T Gr + Xi^T Gi, dKi = Xr^T Gi - Xi^T Gr (contracting the 2B rows).
-        column_weights = tf.tile(_irfft_weights(height, width), [height])[:, None, None]
-        weighted = dy_major * column_weights  # [Gr; Gi]
-        g_real, g_imag = tf.split(weighted, 2, axis=1)
-        dkr = tf.matmul(x_major, weighted, transpose_a=True)
-        dki = tf.matmul(x_major, tf.concat([g_imag, -g_real], axis=1), transpose_a=True)
+        dx, weighted = _correlate(dy, kernel_real, kernel_imag)
+        dkr, dki = _kernel_gradient(x_major, weighted)
         return dx, tf.reshape(dkr, kr.shape), tf.reshape(dki, kr.shape)
 
     return y, gradient
+
+
+def sampled_spectral_conv2d(
+    x: tf.Tensor,
+    kr: tf.Tensor,
+    ki: tf.Tensor,
+    positions: tf.Tensor,
+    values_real: tf.Tensor,
+    values_imag: tf.Tensor,
+) -> tf.Tensor:
+    """``spectral_conv2d(x, *hermitian_project(kr, ki))`` with the kernel gradient taken only
+    at the sampled entries, and given to the values written there.
+
+    A sparse update writes ``values`` into the kernel at ``positions`` and trains only
+    them; autodiff would form the full ``[H, Wf, Cin, Cout]`` kernel gradient (two batched
+    matmuls), project it, then gather ``S`` entries. Here each sampled entry's gradient is
+    one dot product over the batch (plus its mirrored row on the DC/Nyquist columns, for
+    the projection), equal to what autodiff gives (tests compare both).
+
+    Args:
+        x: ``[B, H, W, Cin]`` float32.
+        kr, ki: the kernel ``[H, W//2+1, Cin, Cout]`` already holding ``values`` at
+            ``positions`` (no gradient flows into them).
+        positions: int64 ``[S]`` flat indices into the kernel.
+        values_real, values_imag: ``[S]``, the entries written at ``positions``; they
+            receive the gradient.
+
+    Returns:
+        ``[B, H, W, Cout]`` float32.
+    """
+    width = x.shape[2]
+    kernel_shape = tuple(kr.shape)
+    projected_real, projected_imag = _project_columns(
+        tf.stop_gradient(kr), tf.stop_gradient(ki), width
+    )
+    frequencies = kernel_shape[0] * kernel_shape[1]
+    kernel_real = tf.reshape(projected_real, [frequencies, *kernel_shape[2:]])
+    kernel_imag = tf.reshape(projected_imag, [frequencies, *kernel_shape[2:]])
+
+    @tf.custom_gradient
+    def convolve(x: tf.Tensor, values_real: tf.Tensor, values_imag: tf.Tensor):
+        y, x_major = _convolve(x, kernel_real, kernel_imag)
+
+        def gradient(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            dx, weighted = _correlate(dy, kernel_real, kernel_imag)
+            d_real, d_imag = _project_gradient_at(x_major, weighted, positions, kernel_shape, width)
+            return dx, d_real, d_imag
+
+        return y, gradient
+
+    return convolve(x, values_real, values_imag)

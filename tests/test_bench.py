@@ -93,7 +93,8 @@ def test_layer_stages_cover_every_stage_with_ratios_from_medians(quick_results):
     # 15x15 -> Wf = 8; 32 channels: 15 * 8 * 32 * 32 entries, half of them for 0.5.
     for count in (16, 15 * 8 * 32 * 32 // 2):
         assert f"sparse update fwd+bwd, {count} samples" in stages
-        assert f"cf layer fwd+bwd, {count} samples" in stages
+        for gradient in ("full", "sampled"):
+            assert f"cf layer fwd+bwd, {count} samples, {gradient} kernel gradient" in stages
     assert {"rfft2d", "irfft2d", "spectral conv fwd", "spectral conv fwd+bwd"} <= set(stages)
     for row in rows:
         assert row["median_ms"] == pytest.approx(statistics.median(row["runs_ms"]))

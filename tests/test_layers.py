@@ -91,9 +91,12 @@ def test_inference_call_changes_nothing_and_uses_the_state(rng):
     np.testing.assert_allclose(y, spectral_conv2d(tf.constant(x), kr, ki).numpy(), atol=1e-5)
 
 
-def test_gradient_reaches_the_mlps_only_through_the_sampled_values(rng):
-    """Autodiff gradient == dL/dK at the sampled positions, chained through the MLPs."""
-    layer = make_layer(samples=60)  # duplicates are likely among 60 draws of 540
+@pytest.mark.parametrize("kernel_gradient", ["full", "sampled"])
+def test_gradient_reaches_the_mlps_only_through_the_sampled_values(kernel_gradient, rng):
+    """The layer's gradient == dL/dK at the sampled positions, chained through the MLPs,
+    with the full kernel gradient and with the one taken only at the sampled entries."""
+    # duplicates are likely among 60 draws of 540
+    layer = make_layer(samples=60, kernel_gradient=kernel_gradient)
     x = tf.constant(rng.standard_normal(INPUT_SHAPE).astype(np.float32))
     target = tf.constant(rng.standard_normal(INPUT_SHAPE[:3] + (4,)).astype(np.float32))
     positions, _ = next_positions(layer)
@@ -161,6 +164,7 @@ def test_gradient_reaches_the_mlps_only_through_the_sampled_values(rng):
         {"kernel_scale": "auto", "state_initializer": "generator"},
         {"fourier_bands": 3, "kernel_scale": 0.5},
         {"generator_initializer": "he_normal", "kernel_scale": "auto"},
+        {"kernel_gradient": "sampled", "update_rate": 0.5},
     ],
 )
 def test_config_round_trip_gives_same_outputs(options, rng):
@@ -191,11 +195,19 @@ def test_symbolic_and_eager_calls_and_keras_save_load(tmp_path, rng):
     np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
 
 
-def test_fit_step_updates_state_and_weights(rng):
+@pytest.mark.parametrize("kernel_gradient", ["auto", "sampled"])
+def test_fit_step_updates_state_and_weights(kernel_gradient, rng):
     model = keras.Sequential(
         [
             keras.Input(INPUT_SHAPE[1:]),
-            CFConv2D(4, samples=30, hidden_units=(8,), activation="relu", name="cf"),
+            CFConv2D(
+                4,
+                samples=30,
+                hidden_units=(8,),
+                activation="relu",
+                kernel_gradient=kernel_gradient,
+                name="cf",
+            ),
             keras.layers.GlobalAveragePooling2D(),
             keras.layers.Dense(1),
         ]
@@ -295,6 +307,11 @@ def test_generator_initialization_starts_the_state_at_the_generated_kernel():
         np.testing.assert_array_equal(variable, expected.numpy())
     raw = generated_values(layer, np.arange(layer.kernel_size))[0]
     np.testing.assert_allclose(kernel[0].numpy().reshape(-1), 3.0 * raw, rtol=1e-6)
+
+
+def test_bad_kernel_gradient_is_rejected():
+    with pytest.raises(ValueError, match="kernel_gradient must be one of"):
+        CFConv2D(4, kernel_gradient="dense")
 
 
 @pytest.mark.parametrize("scale", [0, -1.0, True, "big"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cfconv_tf.spectral import hermitian_project, spectral_conv2d
+from cfconv_tf.spectral import hermitian_project, sampled_spectral_conv2d, spectral_conv2d
 
 SHAPES = [  # (batch, height, width, cin, cout): odd, even, non-square, cin != cout
     (2, 7, 7, 3, 5),
@@ -111,6 +111,52 @@ def test_written_out_gradient_equals_autodiff(shape, rng):
             loss = tf.reduce_sum(weights * y + 0.5 * y**2)
         results.append([y, *tape.gradient(loss, [x, kr, ki])])
     for name, got, want in zip(("y", "dx", "dkr", "dki"), *results, strict=True):
+        want = want.numpy()
+        assert np.abs(want).max() > 0, name
+        np.testing.assert_allclose(
+            got.numpy(), want, rtol=1e-4, atol=1e-5 * np.abs(want).max(), err_msg=name
+        )
+
+
+@pytest.mark.parametrize(
+    "shape,fraction", [((2, 6, 8, 3, 2), 0.3), ((1, 7, 5, 2, 3), 0.6), ((3, 5, 6, 1, 4), 1.0)]
+)
+def test_sampled_gradient_equals_autodiff_through_scatter_and_projection(shape, fraction, rng):
+    """Each written value's gradient, taken only at the sampled entries, against autodiff
+    of scatter -> Hermitian projection (its slices) -> the einsum form."""
+    from cfconv_tf.spectral import _project_columns
+
+    batch, height, width, cin, cout = shape
+    kernel_shape = (height, width // 2 + 1, cin, cout)
+    total = int(np.prod(kernel_shape))
+    positions = tf.constant(
+        np.sort(rng.choice(total, int(total * fraction), replace=False)), tf.int64
+    )
+    edge_columns = (positions.numpy() // (cin * cout)) % kernel_shape[1]
+    assert (edge_columns == 0).any()  # the projection's mirrored rows are exercised
+    base = [tf.constant(rng.uniform(-1, 1, kernel_shape), tf.float32) for _ in range(2)]
+    values = [tf.constant(rng.uniform(-1, 1, positions.shape), tf.float32) for _ in range(2)]
+    x = tf.constant(rng.standard_normal((batch, height, width, cin)), tf.float32)
+    weights = tf.constant(rng.standard_normal((batch, height, width, cout)), tf.float32)
+
+    def scattered(part: int) -> tf.Tensor:
+        flat = tf.tensor_scatter_nd_update(
+            tf.reshape(base[part], [-1]), positions[:, None], values[part]
+        )
+        return tf.reshape(flat, kernel_shape)
+
+    results = []
+    for sampled in (True, False):
+        with tf.GradientTape() as tape:
+            tape.watch([x, *values])
+            if sampled:
+                y = sampled_spectral_conv2d(x, scattered(0), scattered(1), positions, *values)
+            else:
+                kernel = _project_columns(scattered(0), scattered(1), width)
+                y = autodiff_spectral_conv_reference(x, *kernel)
+            loss = tf.reduce_sum(weights * y + 0.5 * y**2)
+        results.append([y, *tape.gradient(loss, [x, *values])])
+    for name, got, want in zip(("y", "dx", "d_real", "d_imag"), *results, strict=True):
         want = want.numpy()
         assert np.abs(want).max() > 0, name
         np.testing.assert_allclose(

@@ -62,23 +62,29 @@ def _stages(
         layer = CFConv2D(channels, samples=count, seed=0)
         layer.build(x.shape)
         label = f"{layer.sample_count} samples"
-        stages += [
+        stages.append(
             (
                 f"sparse update fwd+bwd, {label}",
                 _gradient_step(
                     lambda layer=layer: tf.concat(
-                        [tf.reshape(k, [-1]) for k in layer.sparse_update()], 0
+                        [tf.reshape(k, [-1]) for k in layer.sparse_update()[0]], 0
                     ),
                     layer.trainable_variables,
                 ),
-            ),
-            (
-                f"cf layer fwd+bwd, {label}",
-                _gradient_step(
-                    lambda layer=layer: layer(x, training=True), [x, *layer.trainable_variables]
-                ),
-            ),
-        ]
+            )
+        )
+        for gradient in ("full", "sampled"):
+            layer = CFConv2D(channels, samples=count, seed=0, kernel_gradient=gradient)
+            layer.build(x.shape)
+            stages.append(
+                (
+                    f"cf layer fwd+bwd, {label}, {gradient} kernel gradient",
+                    _gradient_step(
+                        lambda layer=layer: layer(x, training=True),
+                        [x, *layer.trainable_variables],
+                    ),
+                )
+            )
     return stages
 
 
