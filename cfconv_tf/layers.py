@@ -17,8 +17,10 @@ KERNEL_GRADIENTS = ("auto", "sampled", "full")
 KERNEL_SOURCES = ("state", "mlp")  # where an inference kernel comes from
 # Training takes each sampled entry's gradient directly (one dot product over the batch)
 # while the sample count is at most this fraction of the kernel; above it, the full
-# kernel gradient (two batched matmuls) and a gather are cheaper (docs/benchmarks.md).
-SAMPLED_GRADIENT_FRACTION = 1 / 64
+# kernel gradient (two batched matmuls) and a gather are cheaper. Measured at 150x150,
+# 32->32, batch 32 (`cfconv bench layer`, docs/benchmarks.md): sampled faster at 0.035 %
+# and 0.28 % of the kernel, slower at 2.2 %.
+SAMPLED_GRADIENT_FRACTION = 1 / 256
 
 
 def validate_kernel_scale(scale: float | str) -> float | str:
