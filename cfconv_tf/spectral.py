@@ -172,10 +172,10 @@ def _kernel_gradient_at(
     Each entry is a dot product over the 2B rows of one ``X`` column and one ``G`` column,
     gathered element by element (no transpose of the full tensors).
     """
-    rows, cin = x_major.shape[1], x_major.shape[2]
-    cout = weighted.shape[2]
+    rows = tf.shape(x_major, out_type=positions.dtype)[1]  # 2B: the batch may be unknown
+    cin, cout = x_major.shape[2], weighted.shape[2]
     frequency = positions // (cin * cout)
-    row = tf.range(rows, dtype=positions.dtype)[None, :]
+    row = tf.range(rows)[None, :]
     x_index = (frequency * rows)[:, None] * cin + row * cin + ((positions // cout) % cin)[:, None]
     g_index = (frequency * rows)[:, None] * cout + row * cout + (positions % cout)[:, None]
     x_columns = tf.gather(tf.reshape(x_major, [-1]), x_index)  # [S, 2B]: Xr then Xi

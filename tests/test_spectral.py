@@ -164,6 +164,29 @@ def test_sampled_gradient_equals_autodiff_through_scatter_and_projection(shape, 
         )
 
 
+def test_sampled_gradient_works_with_an_unknown_batch_size(rng):
+    """Keras traces training steps with the batch dimension unknown (a last partial batch)."""
+    kernel = [tf.constant(rng.uniform(-1, 1, (6, 4, 2, 3)), tf.float32) for _ in range(2)]
+    positions = tf.constant([0, 5, 40, 100], tf.int64)
+    values = [tf.gather(tf.reshape(part, [-1]), positions) for part in kernel]
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, 6, 6, 2], tf.float32)]
+        + [tf.TensorSpec([4], tf.float32)] * 2
+    )
+    def value_gradients(x, values_real, values_imag):
+        with tf.GradientTape() as tape:
+            tape.watch([values_real, values_imag])
+            y = sampled_spectral_conv2d(x, *kernel, positions, values_real, values_imag)
+            loss = tf.reduce_sum(y**2)
+        return tape.gradient(loss, [values_real, values_imag])
+
+    x = tf.constant(rng.standard_normal((3, 6, 6, 2)), tf.float32)
+    d_real, d_imag = value_gradients(x, *values)
+    assert d_real.shape == (4,) and float(tf.reduce_max(tf.abs(d_real))) > 0
+    assert float(tf.reduce_max(tf.abs(d_imag))) > 0
+
+
 @pytest.mark.parametrize("height,width", [(7, 7), (8, 8), (6, 9), (9, 6), (5, 2)])
 def test_projection_gradient_equals_autodiff_of_its_slices(height, width, rng):
     from cfconv_tf.spectral import _project_columns
