@@ -115,7 +115,8 @@ def spectral_conv_factorized(
     plan = plan or FactorizedDFT.for_size(height, width, cout)
     if (plan.height, plan.width) != (height, width):
         raise ValueError(f"a {plan.height}x{plan.width} plan for a {height}x{width} layer")
-    size = f"{height}x{width}"
+    # layers share a stage's matrix only if they share the size and the splits
+    size = f"{height}x{width}/{plan.height_first}x{plan.width_first}"
     columns, kept = plan.width_columns, plan.kept_first
     hfirst, hsecond = plan.height_first, plan.height_second
 

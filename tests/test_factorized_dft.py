@@ -81,6 +81,43 @@ def test_factorized_lowering_equals_numpy_fft_convolution_for_every_split(
     assert np.abs(y - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
+def test_layers_of_one_size_with_other_splits_keep_their_own_matrices(rng):
+    """Two 12x10 layers in one graph, split differently: each must use its own stages."""
+    height, width, channels = 12, 10, 2
+    kernels = []
+    for _ in range(2):
+        parts = [rng.uniform(-1, 1, (height, 6, channels, channels)) for _ in range(2)]
+        kernels.append([t.numpy() for t in hermitian_project(*parts, width)])
+    g = GraphBuilder()
+    y = "x"
+    for (kr, ki), plan in zip(
+        kernels,
+        (FactorizedDFT(height, width, 5, 3), FactorizedDFT(height, width, 2, 4)),
+        strict=True,
+    ):
+        y = spectral_conv_factorized(g, y, kr.astype(np.float32), ki.astype(np.float32), 10, plan)
+    g.rename(y, "y")
+    shape = [width, height, "n", channels]
+    graph = helper.make_graph(
+        g.nodes,
+        "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        g.initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((2, height, width, channels))
+    got = session.run(None, {"x": x.astype(np.float32).transpose(2, 1, 0, 3)})[0]
+    expected = x
+    for kr, ki in kernels:
+        spectrum = np.fft.rfft2(expected, axes=(1, 2))
+        mixed = np.einsum("nhwi,hwio->nhwo", spectrum, kr + 1j * ki)
+        expected = np.fft.irfft2(mixed, s=(height, width), axes=(1, 2))
+    got = got.transpose(2, 1, 0, 3)
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
 @pytest.mark.parametrize("height,width,cin,cout", [(12, 10, 3, 2), (9, 15, 1, 4), (7, 8, 2, 2)])
 def test_multiply_adds_count_the_lowerings_matmuls(height, width, cin, cout):
     zeros = np.zeros((height, width // 2 + 1, cin, cout), np.float32)
