@@ -108,6 +108,8 @@ def _layer(
         height, width, channels = (int(size) for size in layer.input.shape[1:])
         return _global_average(g, x, layout, height, width, channels), "NF"
     if isinstance(layer, keras.layers.Dense):
+        if layout != "NF":
+            raise ValueError(f"{layer.name}: Dense is exported only after pooling")
         y = g.op("MatMul", [x, g.constant(np.asarray(layer.kernel), f"{layer.name}_kernel")])
         if layer.use_bias:
             y = g.op("Add", [y, g.constant(np.asarray(layer.bias), f"{layer.name}_bias")])

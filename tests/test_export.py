@@ -266,6 +266,9 @@ def test_models_outside_the_exported_family_get_clear_errors():
     unpooled = keras.Model(inputs, keras.layers.Conv2D(2, 3, padding="same")(inputs))
     with pytest.raises(ValueError, match="must end in pooling and Dense layers"):
         build_onnx(unpooled, ["a", "b"])
+    dense_on_images = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    with pytest.raises(ValueError, match="Dense is exported only after pooling"):
+        build_onnx(dense_on_images, ["a", "b"])
     flattened = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
     with pytest.raises(ValueError, match="layer type Flatten has no ONNX lowering"):
         build_onnx(flattened, ["a", "b"])
