@@ -264,9 +264,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     batch = args.batch_size or (4 if quick else 32)
     repeats = args.repeats or (2 if quick else 7)
     layers = 2 if quick else 6
-    suites = (
-        ("layer", "train", "infer", "profile", "serve") if args.suite == "all" else (args.suite,)
-    )
+    suites = BENCH_SUITES[:-1] if args.suite == "all" else (args.suite,)  # all but "all"
     bar = keras.utils.Progbar(None, unit_name="row")
     results = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
