@@ -40,6 +40,7 @@ class ModelConfig:
     update_rate: float = 1.0
     state_initializer: str = "cfconv_uniform"
     kernel_scale: float | str = 1.0
+    recompute_generators: bool = False
     spatial_kernel_size: int = 3
     learning_rate: float = 1e-3
     batch_size: int = 32
@@ -65,6 +66,11 @@ class ModelConfig:
             validate_kernel_scale(self.kernel_scale)
         except ValueError as error:
             raise ValueError(f"{self.name}: {error}") from error
+        if not isinstance(self.recompute_generators, bool):
+            raise ValueError(
+                f"{self.name}: recompute_generators must be true or false, "
+                f"got {self.recompute_generators!r}"
+            )
         if self.state_initializer not in NAMED_STATE_INITIALIZERS:
             raise ValueError(
                 f"{self.name}: state_initializer must be one of {NAMED_STATE_INITIALIZERS}, "

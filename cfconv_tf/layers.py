@@ -78,6 +78,9 @@ class CFConv2D(keras.layers.Layer):
             kernel of mean power ``E|K|^2 = 2 / Cin``, the spectral counterpart of He
             initialization (a spectral layer with i.i.d. entries scales the variance
             of a ReLU network's activations by ``Cin E|K|^2 / 2``).
+        recompute_generators: keep no MLP activations for the backward pass and
+            evaluate the generators again there (``tf.recompute_grad``): less memory at
+            large sample counts for one more forward pass of the MLPs; same gradients.
         kernel_gradient: how training takes the gradient of the written values:
             ``"sampled"`` (one dot product over the batch per sampled entry), ``"full"``
             (the whole kernel's gradient, then a gather) or ``"auto"`` (sampled while
@@ -101,6 +104,7 @@ class CFConv2D(keras.layers.Layer):
         state_initializer="cfconv_uniform",
         kernel_scale: float | str = 1.0,
         kernel_gradient: str = "auto",
+        recompute_generators: bool = False,
         seed: int | None = None,
         **kwargs,
     ) -> None:
@@ -120,6 +124,11 @@ class CFConv2D(keras.layers.Layer):
                 f"kernel_gradient must be one of {KERNEL_GRADIENTS}, got {kernel_gradient!r}"
             )
         self.kernel_gradient = kernel_gradient
+        if not isinstance(recompute_generators, bool):
+            raise ValueError(
+                f"recompute_generators must be true or false, got {recompute_generators!r}"
+            )
+        self.recompute_generators = recompute_generators
         if state_initializer in NAMED_STATE_INITIALIZERS:
             self.state_initializer = state_initializer
         else:
@@ -276,7 +285,8 @@ class CFConv2D(keras.layers.Layer):
             (self.state_imag, self.imag_generator),
         ):
             flat_state = tf.reshape(tf.convert_to_tensor(state), [-1])
-            values = generator(coordinates) * self.generator_scale
+            generate = tf.recompute_grad(generator.call) if self.recompute_generators else generator
+            values = generate(coordinates) * self.generator_scale
             if carries_gradient is not None:
                 values = tf.where(carries_gradient, values, tf.stop_gradient(values))
             if self.update_rate != 1.0:
@@ -373,6 +383,7 @@ class CFConv2D(keras.layers.Layer):
                 else keras.initializers.serialize(self.state_initializer),
                 "kernel_scale": self.kernel_scale,
                 "kernel_gradient": self.kernel_gradient,
+                "recompute_generators": self.recompute_generators,
                 "seed": self.seed,
             }
         )

@@ -46,6 +46,7 @@ def build_model(
                 update_rate=config.update_rate,
                 state_initializer=config.state_initializer,
                 kernel_scale=config.kernel_scale,
+                recompute_generators=config.recompute_generators,
                 activation="relu",
                 seed=None if seed is None else seed + index,
                 name=f"cfconv_{index}",

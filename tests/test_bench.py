@@ -36,6 +36,7 @@ def test_every_training_row_is_measured_and_compared_to_the_3x3_cnn(quick_result
         "cf 2^12",
         "cf 2^15",
         "cf 2^18",
+        "cf 2^18, recomputed generators",
         "cf naive (all entries)",
     ]
     baseline = rows[0]

@@ -165,6 +165,7 @@ def test_gradient_reaches_the_mlps_only_through_the_sampled_values(kernel_gradie
         {"fourier_bands": 3, "kernel_scale": 0.5},
         {"generator_initializer": "he_normal", "kernel_scale": "auto"},
         {"kernel_gradient": "sampled", "update_rate": 0.5},
+        {"recompute_generators": True},
     ],
 )
 def test_config_round_trip_gives_same_outputs(options, rng):
@@ -307,6 +308,27 @@ def test_generator_initialization_starts_the_state_at_the_generated_kernel():
         np.testing.assert_array_equal(variable, expected.numpy())
     raw = generated_values(layer, np.arange(layer.kernel_size))[0]
     np.testing.assert_allclose(kernel[0].numpy().reshape(-1), 3.0 * raw, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kernel_gradient", ["full", "sampled"])
+def test_recomputed_generators_give_the_same_gradients(kernel_gradient, rng):
+    x = tf.constant(rng.standard_normal(INPUT_SHAPE).astype(np.float32))
+    plain = make_layer(kernel_gradient=kernel_gradient)
+    recomputed = make_layer(kernel_gradient=kernel_gradient, recompute_generators=True)
+    recomputed.set_weights(plain.get_weights())  # same MLPs, state and sampler position
+    gradients = []
+    for layer in (plain, recomputed):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x, training=True) ** 2)
+        gradients.append([g.numpy() for g in tape.gradient(loss, layer.trainable_weights)])
+    for want, got in zip(*gradients, strict=True):
+        assert np.abs(want).max() > 0
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_bad_recompute_generators_is_rejected():
+    with pytest.raises(ValueError, match="recompute_generators must be true or false"):
+        CFConv2D(4, recompute_generators="yes")
 
 
 def test_bad_kernel_gradient_is_rejected():

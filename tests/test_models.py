@@ -67,6 +67,7 @@ def test_bad_model_requests_are_rejected(tiny_config, tmp_path):
         ModelConfig(name="x", samples=-1)
     for line, message in [
         ("state_initializer: ones", "state_initializer must be one of"),
+        ("recompute_generators: 1", "recompute_generators must be true or false"),
         ("kernel_scale: -2", "bad: kernel_scale must be a positive number or 'auto'"),
         ("kernel_scale: big", "kernel_scale must be a positive number or 'auto'"),
         ("fourier_bands: 1.5", "bad: fourier_bands must be an integer >= 0"),

@@ -28,7 +28,9 @@ def measure(spec: dict) -> dict:
 
     keras.utils.set_random_seed(0)
     config = load_model_config("paper_cnn").replace(
-        samples=spec.get("samples"), conv_layers=spec.get("conv_layers")
+        samples=spec.get("samples"),
+        conv_layers=spec.get("conv_layers"),
+        recompute_generators=spec.get("recompute_generators"),
     )
     shape = (spec["size"], spec["size"], 3)
     model = build_model(config, spec["variant"], shape, classes=2, seed=0)
