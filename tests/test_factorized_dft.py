@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tensorflow as tf
-from onnx import TensorProto, helper
+from conftest import onnx_model_x_to_y
 
 from cfconv_tf.frozen import FrozenSpectralConv2D
 from cfconv_tf.spectral import hermitian_project
@@ -61,14 +61,7 @@ def test_factorized_lowering_equals_numpy_fft_convolution_for_every_split(
     kr, ki = (t.numpy() for t in hermitian_project(tf.constant(kr), tf.constant(ki), width))
     g = GraphBuilder()
     g.rename(spectral_conv_factorized(g, "x", kr, ki, width, plan), "y")
-    graph = helper.make_graph(
-        g.nodes,
-        "factorized",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [width, height, "n", cin])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [width, height, "n", cout])],
-        g.initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx_model_x_to_y(g, [width, height, "n", cin], [width, height, "n", cout])
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = rng.standard_normal((batch, height, width, cin)).astype(np.float32)
     y = session.run(None, {"x": x.transpose(2, 1, 0, 3)})[0].transpose(2, 1, 0, 3)
@@ -98,14 +91,7 @@ def test_layers_of_one_size_with_other_splits_keep_their_own_matrices(rng):
         y = spectral_conv_factorized(g, y, kr.astype(np.float32), ki.astype(np.float32), 10, plan)
     g.rename(y, "y")
     shape = [width, height, "n", channels]
-    graph = helper.make_graph(
-        g.nodes,
-        "two",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
-        g.initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx_model_x_to_y(g, shape, shape)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = rng.standard_normal((2, height, width, channels))
     got = session.run(None, {"x": x.astype(np.float32).transpose(2, 1, 0, 3)})[0]
@@ -123,14 +109,8 @@ def test_multiply_adds_count_the_lowerings_matmuls(height, width, cin, cout):
     zeros = np.zeros((height, width // 2 + 1, cin, cout), np.float32)
     g = GraphBuilder()
     g.rename(spectral_conv_factorized(g, "x", zeros, zeros, width), "y")
-    graph = helper.make_graph(
-        g.nodes,
-        "count",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [width, height, 1, cin])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [width, height, 1, cout])],
-        g.initializers,
-    )
-    inferred = onnx.shape_inference.infer_shapes(helper.make_model(graph)).graph
+    model = onnx_model_x_to_y(g, [width, height, 1, cin], [width, height, 1, cout])
+    inferred = onnx.shape_inference.infer_shapes(model).graph
     shapes = {
         value.name: [dim.dim_value for dim in value.type.tensor_type.shape.dim]
         for value in [*inferred.value_info, *inferred.input, *inferred.output]

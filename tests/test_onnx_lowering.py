@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tensorflow as tf
-from onnx import TensorProto, helper
+from conftest import onnx_model_x_to_y
 
 from cfconv_tf.spectral import hermitian_project
 from export.onnx_builder import GraphBuilder
@@ -30,14 +30,7 @@ def single_layer_model(lowering: str, kernel_real, kernel_imag, width: int) -> o
     layout = LAYOUTS[lowering]
     sizes = {"N": "n", "H": height, "W": width}
     x_shape, y_shape = (_shape(layout, {**sizes, "C": channels}) for channels in (cin, cout))
-    graph = helper.make_graph(
-        g.nodes,
-        "spectral",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
-        g.initializers,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", LOWERINGS[lowering])])
+    return onnx_model_x_to_y(g, x_shape, y_shape, LOWERINGS[lowering])
 
 
 @pytest.mark.parametrize("lowering", sorted(LOWERINGS))
