@@ -285,6 +285,7 @@ class CFConv2D(keras.layers.Layer):
             (self.state_imag, self.imag_generator),
         ):
             flat_state = tf.reshape(tf.convert_to_tensor(state), [-1])
+            # the built MLP's call: recompute_grad re-runs it in the backward pass
             generate = tf.recompute_grad(generator.call) if self.recompute_generators else generator
             values = generate(coordinates) * self.generator_scale
             if carries_gradient is not None:
