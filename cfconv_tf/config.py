@@ -12,7 +12,11 @@ from cfconv_tf.generator import (
     validate_fourier_bands,
     validate_hidden_initializer,
 )
-from cfconv_tf.layers import NAMED_STATE_INITIALIZERS, validate_kernel_scale
+from cfconv_tf.layers import (
+    NAMED_STATE_INITIALIZERS,
+    validate_kernel_scale,
+    validate_recompute_generators,
+)
 from cfconv_tf.sampling import validate_samples
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -64,13 +68,9 @@ class ModelConfig:
             validate_fourier_bands(self.fourier_bands)
             validate_hidden_initializer(self.generator_initializer)
             validate_kernel_scale(self.kernel_scale)
+            validate_recompute_generators(self.recompute_generators)
         except ValueError as error:
             raise ValueError(f"{self.name}: {error}") from error
-        if not isinstance(self.recompute_generators, bool):
-            raise ValueError(
-                f"{self.name}: recompute_generators must be true or false, "
-                f"got {self.recompute_generators!r}"
-            )
         if self.state_initializer not in NAMED_STATE_INITIALIZERS:
             raise ValueError(
                 f"{self.name}: state_initializer must be one of {NAMED_STATE_INITIALIZERS}, "

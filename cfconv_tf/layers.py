@@ -23,6 +23,13 @@ KERNEL_SOURCES = ("state", "mlp")  # where an inference kernel comes from
 SAMPLED_GRADIENT_FRACTION = 1 / 256
 
 
+def validate_recompute_generators(recompute: bool) -> bool:
+    """Check a ``recompute_generators`` setting: a real bool (YAML ``1`` is refused)."""
+    if not isinstance(recompute, bool):
+        raise ValueError(f"recompute_generators must be true or false, got {recompute!r}")
+    return recompute
+
+
 def validate_kernel_scale(scale: float | str) -> float | str:
     """Check a ``kernel_scale`` setting: a positive number (as float) or ``"auto"``."""
     if scale == "auto":
@@ -124,11 +131,7 @@ class CFConv2D(keras.layers.Layer):
                 f"kernel_gradient must be one of {KERNEL_GRADIENTS}, got {kernel_gradient!r}"
             )
         self.kernel_gradient = kernel_gradient
-        if not isinstance(recompute_generators, bool):
-            raise ValueError(
-                f"recompute_generators must be true or false, got {recompute_generators!r}"
-            )
-        self.recompute_generators = recompute_generators
+        self.recompute_generators = validate_recompute_generators(recompute_generators)
         if state_initializer in NAMED_STATE_INITIALIZERS:
             self.state_initializer = state_initializer
         else:

@@ -30,13 +30,20 @@ BASELINE = "spatial 3x3"
 SPECTRAL_LOWERINGS = {"factorized": "dft-factorized", "matmul": "dft-matmul", "dft": "fft"}
 
 
+def frozen_cf_model(size: int, channels: int, classes: int, conv_layers: int = 6) -> keras.Model:
+    """The paper's CF model at ``size``, frozen, with random weights (seed 0)."""
+    config = load_model_config("paper_cnn").replace(conv_layers=conv_layers)
+    shape = (size, size, channels)
+    return freeze_model(build_model(config, "cf", shape, classes, seed=0))
+
+
 def benchmark_models(
     size: int, channels: int, classes: int, conv_layers: int = 6
 ) -> dict[str, keras.Model]:
     """The frozen CF model and the spatial models to compare it with."""
     config = load_model_config("paper_cnn").replace(conv_layers=conv_layers)
     shape = (size, size, channels)
-    models = {"cf": freeze_model(build_model(config, "cf", shape, classes, seed=0))}
+    models = {"cf": frozen_cf_model(size, channels, classes, conv_layers)}
     receptive = min(31, size if size % 2 else size - 1)
     for kernel in dict.fromkeys((3, receptive, size)):
         models[f"spatial {kernel}x{kernel}"] = build_model(

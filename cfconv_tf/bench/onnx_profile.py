@@ -1,6 +1,6 @@
 """``cfconv bench profile``: where an exported CF model's onnxruntime time goes.
 
-Exports the benchmark's frozen CF model (:func:`cfconv_tf.bench.infer.benchmark_models`)
+Exports the benchmark's frozen CF model (:func:`cfconv_tf.bench.infer.frozen_cf_model`)
 in an ONNX lowering, runs it under onnxruntime's profiler, and adds up each node's median
 kernel time by *stage*: a MatMul is named by the constant it multiplies (``kernel_real``,
 ``rfft_w1``, ``dft_h2``, ... as :mod:`export.onnx_spectral` names them, so every layer's
@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from cfconv_tf.bench.infer import benchmark_models
+from cfconv_tf.bench.infer import frozen_cf_model
 from export.onnx_model import build_onnx
 
 
@@ -83,7 +83,7 @@ def run_profile(
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[dict]:
     """One row per (batch, stage), largest first, with its share of the summed time."""
-    model = benchmark_models(size, 3, 2, conv_layers)["cf"]
+    model = frozen_cf_model(size, 3, 2, conv_layers)
     onnx_model = build_onnx(model, ["0", "1"], lowering)
     rng = np.random.default_rng(0)
     rows = []

@@ -38,26 +38,14 @@ def peak_matmul_gflops(sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int
     library (the rates differ by size and library by up to 1.5x on this machine).
     """
     import numpy as np
-    import onnxruntime as ort
     import tensorflow as tf
-    from onnx import TensorProto, helper
 
     best = 0.0
     for size in sizes:
         a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
         tf_a = tf.constant(a)
         tf_matmul = tf.function(lambda tf_a=tf_a: tf.linalg.matmul(tf_a, tf_a))
-        tensor = helper.make_tensor_value_info
-        graph = helper.make_graph(
-            [helper.make_node("MatMul", ["a", "a"], ["c"])],
-            "peak",
-            [tensor("a", TensorProto.FLOAT, [size, size])],
-            [tensor("c", TensorProto.FLOAT, [size, size])],
-        )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        session = ort.InferenceSession(
-            model.SerializeToString(), providers=["CPUExecutionProvider"]
-        )
+        session = _matmul_session(["a", "a"], {"a": [size, size]}, [size, size])
         for call in (lambda f=tf_matmul: f().numpy(), lambda s=session, a=a: s.run(None, {"a": a})):
             best = max(best, 2.0 * size**3 / median(time_calls(call, repeats, warmup=1)) / 1e9)
     return best
@@ -72,22 +60,38 @@ def weight_stream_gbs(megabytes: int = 256, channels: int = 32, repeats: int = 5
     inference of a model needs (the weights cannot be read faster than this).
     """
     import numpy as np
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
 
     frequencies = megabytes * 2**20 // (4 * channels * channels)
     rng = np.random.default_rng(0)
     kernel = rng.standard_normal((frequencies, channels, channels)).astype(np.float32)
-    tensor = helper.make_tensor_value_info
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "kernel"], ["y"])],
-        "stream",
-        [tensor("x", TensorProto.FLOAT, [frequencies, 1, channels])],
-        [tensor("y", TensorProto.FLOAT, [frequencies, 1, channels])],
-        [numpy_helper.from_array(kernel, "kernel")],
+    session = _matmul_session(
+        ["x", "kernel"], {"x": [frequencies, 1, channels]}, [frequencies, 1, channels], kernel
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = rng.standard_normal((frequencies, 1, channels)).astype(np.float32)
     seconds = median(time_calls(lambda: session.run(None, {"x": x}), repeats, warmup=1))
     return kernel.nbytes / seconds / 1e9
+
+
+def _matmul_session(
+    operands: list[str], inputs: dict[str, list[int]], output: list[int], weight=None
+):
+    """An onnxruntime session of one float32 MatMul ``operands[0] @ operands[1]`` -> ``y``.
+
+    ``inputs`` are the graph inputs' shapes; ``weight``, if given, is the second operand
+    as a constant initializer (read from memory on every call, like a model's weights).
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", operands, ["y"])],
+        "matmul",
+        [
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+            for name, shape in inputs.items()
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, output)],
+        [] if weight is None else [numpy_helper.from_array(weight, operands[1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
