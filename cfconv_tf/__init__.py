@@ -11,6 +11,7 @@ import importlib
 _EXPORTS = {
     "CFConv2D": "cfconv_tf.layers",
     "CoordinateMLP": "cfconv_tf.generator",
+    "FactorizedGenerator": "cfconv_tf.generator",
     "FrozenSpectralConv2D": "cfconv_tf.frozen",
     "PAPER_HIDDEN_UNITS": "cfconv_tf.generator",
 }

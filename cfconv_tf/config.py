@@ -10,6 +10,8 @@ import yaml
 from cfconv_tf.generator import (
     PAPER_HIDDEN_UNITS,
     validate_fourier_bands,
+    validate_generator,
+    validate_generator_rank,
     validate_hidden_initializer,
 )
 from cfconv_tf.layers import (
@@ -38,6 +40,8 @@ class ModelConfig:
     channels: int | None = None
     classes: int = 2
     samples: int | float = 2**18
+    generator: str = "coordinate_mlp"
+    generator_rank: int = 16
     hidden_units: tuple[int, ...] = PAPER_HIDDEN_UNITS
     fourier_bands: int = 0
     generator_initializer: str = "glorot_uniform"
@@ -66,6 +70,8 @@ class ModelConfig:
         validate_samples(self.samples)
         try:
             validate_fourier_bands(self.fourier_bands)
+            validate_generator(self.generator)
+            validate_generator_rank(self.generator_rank)
             validate_hidden_initializer(self.generator_initializer)
             validate_kernel_scale(self.kernel_scale)
             validate_recompute_generators(self.recompute_generators)

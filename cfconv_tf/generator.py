@@ -1,4 +1,16 @@
-"""Kernel generators: coordinate MLPs and the normalized kernel coordinates they read."""
+"""Kernel generators: functions from kernel positions to spectral kernel values.
+
+Two kinds, chosen by a layer's ``generator`` setting:
+
+- :class:`CoordinateMLP` (``"coordinate_mlp"``, the paper's): one MLP of the normalized
+  coordinates ``(h, w, i, o)``;
+- :class:`FactorizedGenerator` (``"factorized"``, not in the paper): an MLP of the
+  frequency coordinates ``(h, w)`` giving ``rank`` factors, times a learned factor
+  vector per channel pair ``(i, o)``.
+
+Both answer :meth:`values` for flat positions into a kernel of any spatial size (the
+frequency coordinates are normalized, so the kernel can be re-sampled on another grid).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +25,7 @@ PAPER_HIDDEN_UNITS: tuple[int, ...] = (32, 32, 32, 16, 16, 16, 8, 8, 8)
 # Initializers of the hidden layers' weights: Keras' default (the paper names none),
 # or He's, which keeps a deep ReLU MLP's output at the scale of its input.
 HIDDEN_INITIALIZERS = ("glorot_uniform", "he_normal")
+GENERATORS = ("coordinate_mlp", "factorized")
 
 
 def normalized_coordinates(positions: tf.Tensor, kernel_shape: Sequence[int]) -> tf.Tensor:
@@ -23,10 +36,11 @@ def normalized_coordinates(positions: tf.Tensor, kernel_shape: Sequence[int]) ->
 
     Args:
         positions: int64 flat indices into a row-major kernel, shape ``[n]``.
-        kernel_shape: ``(H, Wf, Cin, Cout)``.
+        kernel_shape: ``(H, Wf, Cin, Cout)`` (or any row-major shape of ``d`` axes,
+            e.g. the ``(H, Wf)`` frequency grid).
 
     Returns:
-        float32 coordinates, shape ``[n, 4]``.
+        float32 coordinates, shape ``[n, 4]`` (``[n, d]``).
     """
     dims = tf.constant(list(kernel_shape), dtype=tf.int64)
     indices = tf.transpose(tf.unravel_index(positions, dims))  # [n, 4]
@@ -39,6 +53,60 @@ def validate_fourier_bands(bands: int) -> int:
     if isinstance(bands, bool) or not isinstance(bands, int) or bands < 0:
         raise ValueError(f"fourier_bands must be an integer >= 0, got {bands!r}")
     return bands
+
+
+def validate_generator(name: str) -> str:
+    """Check a ``generator`` setting: one of :data:`GENERATORS`."""
+    if name not in GENERATORS:
+        raise ValueError(f"generator must be one of {GENERATORS}, got {name!r}")
+    return name
+
+
+def validate_generator_rank(rank: int) -> int:
+    """Check a ``generator_rank`` setting: a positive integer."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+        raise ValueError(f"generator_rank must be a positive integer, got {rank!r}")
+    return rank
+
+
+def fourier_features(coordinates: tf.Tensor, bands: int) -> tf.Tensor:
+    """``[u, sin(2^k pi u), cos(2^k pi u) for k < bands]`` of each coordinate column.
+
+    ``[n, d]`` -> ``[n, d (1 + 2 bands)]`` float32 (the input itself when ``bands == 0``).
+    """
+    if not bands:
+        return coordinates
+    width = coordinates.shape[-1]
+    frequencies = tf.constant([math.pi * 2.0**k for k in range(bands)])
+    angles = tf.reshape(coordinates[:, :, None] * frequencies, [-1, width * bands])
+    return tf.concat([coordinates, tf.sin(angles), tf.cos(angles)], axis=-1)
+
+
+def _relu_stack(hidden_units: Sequence[int], initializer: str) -> list[keras.layers.Dense]:
+    """The hidden ReLU layers of a generator MLP, named ``dense_<k>``."""
+    return [
+        keras.layers.Dense(
+            units, activation="relu", kernel_initializer=initializer, name=f"dense_{index}"
+        )
+        for index, units in enumerate(hidden_units)
+    ]
+
+
+def _build_stack(layers: Sequence[keras.layers.Dense], input_width: int) -> None:
+    """Build ``layers`` in sequence on inputs ``[None, input_width]``."""
+    shape = (None, input_width)
+    for layer in layers:
+        layer.build(shape)
+        shape = (None, layer.units)
+
+
+def _validate_hidden_units(hidden_units: Sequence[int]) -> tuple[int, ...]:
+    units = tuple(int(width) for width in hidden_units)
+    if not units or min(units) <= 0:
+        raise ValueError(
+            f"hidden_units must be a non-empty list of positive widths, got {list(hidden_units)}"
+        )
+    return units
 
 
 def validate_hidden_initializer(name: str) -> str:
@@ -77,38 +145,37 @@ class CoordinateMLP(keras.layers.Layer):
         super().__init__(**kwargs)
         self.fourier_bands = validate_fourier_bands(fourier_bands)
         self.hidden_initializer = validate_hidden_initializer(hidden_initializer)
-        self.hidden_units = tuple(int(units) for units in hidden_units)
-        if not self.hidden_units or min(self.hidden_units) <= 0:
-            raise ValueError(
-                f"hidden_units must be a non-empty list of positive widths, "
-                f"got {list(hidden_units)}"
-            )
+        self.hidden_units = _validate_hidden_units(hidden_units)
 
     def build(self, input_shape) -> None:
-        self.dense_layers = [
-            keras.layers.Dense(
-                units,
-                activation="relu",
-                kernel_initializer=self.hidden_initializer,
-                name=f"dense_{index}",
-            )
-            for index, units in enumerate(self.hidden_units)
-        ]
+        self.dense_layers = _relu_stack(self.hidden_units, self.hidden_initializer)
         self.dense_layers.append(keras.layers.Dense(1, name="output"))
-        shape = tuple(input_shape)[:-1] + (4 + 8 * self.fourier_bands,)
-        for layer in self.dense_layers:
-            layer.build(shape)
-            shape = shape[:-1] + (layer.units,)
+        _build_stack(self.dense_layers, 4 * (1 + 2 * self.fourier_bands))
 
     def call(self, coordinates: tf.Tensor) -> tf.Tensor:
-        hidden = coordinates
-        if self.fourier_bands:
-            frequencies = tf.constant([math.pi * 2.0**k for k in range(self.fourier_bands)])
-            angles = tf.reshape(coordinates[:, :, None] * frequencies, [-1, 4 * self.fourier_bands])
-            hidden = tf.concat([coordinates, tf.sin(angles), tf.cos(angles)], axis=-1)
+        hidden = fourier_features(coordinates, self.fourier_bands)
         for layer in self.dense_layers:
             hidden = layer(hidden)
         return tf.squeeze(hidden, axis=-1)
+
+    def values(self, positions: tf.Tensor, kernel_shape: Sequence[int]) -> tf.Tensor:
+        """Values ``[n]`` at int64 flat ``positions`` ``[n]`` of a ``kernel_shape`` kernel."""
+        return self.call(normalized_coordinates(positions, kernel_shape))
+
+    def kernel(self, kernel_shape: Sequence[int], chunk_size: int = 2**16) -> tf.Tensor:
+        """The values at every position of a ``kernel_shape`` kernel, that shape.
+
+        Evaluated in chunks of ``chunk_size`` positions (the MLP's activations for a
+        150x150 kernel's 11.7M positions would not fit at once).
+        """
+        total = math.prod(int(size) for size in kernel_shape)
+        chunks = [
+            self.values(
+                tf.range(start, min(start + chunk_size, total), dtype=tf.int64), kernel_shape
+            )
+            for start in range(0, total, chunk_size)
+        ]
+        return tf.reshape(tf.concat(chunks, 0), kernel_shape)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)[:-1]
@@ -117,6 +184,112 @@ class CoordinateMLP(keras.layers.Layer):
         config = super().get_config()
         config.update(
             {
+                "hidden_units": list(self.hidden_units),
+                "fourier_bands": self.fourier_bands,
+                "hidden_initializer": self.hidden_initializer,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="cfconv_tf")
+class FactorizedGenerator(keras.layers.Layer):
+    """A kernel generator factorized into frequency and channel-pair factors.
+
+    ``value(h, w, i, o) = <A(h, w), B[i, o]> / sqrt(rank)``, where ``A`` is a ReLU MLP
+    ``2 (1 + 2 fourier_bands) -> hidden_units -> rank`` of the normalized frequency
+    coordinates (their Fourier features) and ``B`` a learned ``[Cin * Cout, rank]``
+    table (channels are discrete: there is nothing continuous to share between them).
+
+    Why (issue 9, docs/results.md): the paper's one MLP of ``(h, w, i, o)`` must draw
+    1,024 channel pairs' kernels from numeric channel coordinates and learns them
+    slowly; here each pair owns its factors and only the frequency axis is continuous
+    (so :meth:`values` still re-samples the kernel on another grid). It is also cheap:
+    ``A`` is evaluated once per frequency of the grid (``H * Wf`` rows) however many
+    positions are asked for, then each position costs one ``rank``-long dot product.
+
+    Build with the kernel shape ``(H, Wf, Cin, Cout)`` the layer trains on; only the
+    channel counts are kept.
+    """
+
+    def __init__(
+        self,
+        rank: int = 16,
+        hidden_units: Sequence[int] = (64, 64),
+        fourier_bands: int = 0,
+        hidden_initializer: str = "he_normal",
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.rank = validate_generator_rank(rank)
+        self.hidden_units = _validate_hidden_units(hidden_units)
+        self.fourier_bands = validate_fourier_bands(fourier_bands)
+        self.hidden_initializer = validate_hidden_initializer(hidden_initializer)
+
+    def build(self, kernel_shape) -> None:
+        self.channels = (int(kernel_shape[2]), int(kernel_shape[3]))
+        self.dense_layers = _relu_stack(self.hidden_units, self.hidden_initializer)
+        # unit-variance factors: A's output and B's entries are both ~N(0, 1), so
+        # values are ~N(0, 1) before the layer's kernel_scale
+        self.dense_layers.append(
+            keras.layers.Dense(
+                self.rank,
+                kernel_initializer=keras.initializers.VarianceScaling(1.0, "fan_in", "normal"),
+                name="output",
+            )
+        )
+        _build_stack(self.dense_layers, 2 * (1 + 2 * self.fourier_bands))
+        self.channel_factors = self.add_weight(
+            name="channel_factors",
+            shape=(self.channels[0] * self.channels[1], self.rank),
+            initializer=keras.initializers.RandomNormal(stddev=1.0),
+        )
+
+    def frequency_factors(self, grid: tuple[int, int]) -> tf.Tensor:
+        """``A`` at every frequency of an ``(H, Wf)`` grid: ``[H * Wf, rank]``, row-major."""
+        height, half_width = grid
+        positions = tf.range(height * half_width, dtype=tf.int64)
+        hidden = fourier_features(
+            normalized_coordinates(positions, (height, half_width)), self.fourier_bands
+        )
+        for layer in self.dense_layers:
+            hidden = layer(hidden)
+        return hidden
+
+    def values(self, positions: tf.Tensor, kernel_shape: Sequence[int]) -> tf.Tensor:
+        """Values ``[n]`` at int64 flat ``positions`` ``[n]`` of a ``kernel_shape`` kernel."""
+        self._check_channels(kernel_shape)
+        height, half_width = (int(size) for size in kernel_shape[:2])
+        pairs = self.channels[0] * self.channels[1]
+        frequency = tf.gather(self.frequency_factors((height, half_width)), positions // pairs)
+        channel = tf.gather(self.channel_factors, positions % pairs)
+        return tf.reduce_sum(frequency * channel, axis=-1) / math.sqrt(self.rank)
+
+    def kernel(self, kernel_shape: Sequence[int]) -> tf.Tensor:
+        """The values at every position of a ``kernel_shape`` kernel, that shape.
+
+        One ``[H * Wf, rank] x [rank, Cin * Cout]`` product.
+        """
+        self._check_channels(kernel_shape)
+        height, half_width = (int(size) for size in kernel_shape[:2])
+        product = tf.matmul(
+            self.frequency_factors((height, half_width)), self.channel_factors, transpose_b=True
+        )
+        return tf.reshape(product / math.sqrt(self.rank), kernel_shape)
+
+    def _check_channels(self, kernel_shape: Sequence[int]) -> None:
+        channels = tuple(int(size) for size in kernel_shape[2:])
+        if channels != self.channels:
+            raise ValueError(
+                f"{self.name} was built for {self.channels[0]} -> {self.channels[1]} "
+                f"channels, asked for a kernel of shape {tuple(kernel_shape)}"
+            )
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "rank": self.rank,
                 "hidden_units": list(self.hidden_units),
                 "fourier_bands": self.fourier_bands,
                 "hidden_initializer": self.hidden_initializer,

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
-from cfconv_tf.generator import PAPER_HIDDEN_UNITS, CoordinateMLP, normalized_coordinates
+from cfconv_tf.generator import (
+    PAPER_HIDDEN_UNITS,
+    CoordinateMLP,
+    FactorizedGenerator,
+    validate_generator,
+    validate_generator_rank,
+)
 from cfconv_tf.sampling import draw_positions, resolve_sample_count, validate_samples
 from cfconv_tf.spectral import hermitian_project, sampled_spectral_conv2d, spectral_conv2d
 
@@ -45,8 +52,10 @@ class CFConv2D(keras.layers.Layer):
 
     State: the half-spectrum kernel ``K = Kr + j Ki``, two non-trainable float32
     variables of shape ``[H, W//2+1, Cin, filters]``, initialized uniform in [-1, 1]
-    (paper sec. 5). Trainable weights: two :class:`CoordinateMLP` generators
-    (``real_generator``, ``imag_generator``) from normalized ``(h, w, i, o)``.
+    (paper sec. 5). Trainable weights: two generators (``real_generator``,
+    ``imag_generator``) of the kernel value at a position ``(h, w, i, o)``: the
+    paper's :class:`~cfconv_tf.generator.CoordinateMLP` or a
+    :class:`~cfconv_tf.generator.FactorizedGenerator`.
 
     Training call: draw ``samples`` positions, evaluate both MLPs only there, write
     ``K <- K + update_rate * (MLP - K)`` at those positions with
@@ -67,6 +76,10 @@ class CFConv2D(keras.layers.Layer):
         samples: positions re-evaluated per training step: a count (capped at the
             kernel size) or a fraction in (0, 1]; the whole kernel means the dense,
             "naive" update.
+        generator: ``"coordinate_mlp"`` (the paper's MLP of ``(h, w, i, o)``) or
+            ``"factorized"`` (an MLP of ``(h, w)`` times per-channel-pair factors; see
+            :class:`~cfconv_tf.generator.FactorizedGenerator`).
+        generator_rank: the factorized generator's number of factors.
         hidden_units: hidden widths of each generator MLP (paper's by default).
         fourier_bands: Fourier-feature bands of the generators' input (0 = the paper's
             raw coordinates; see :class:`CoordinateMLP`).
@@ -103,6 +116,8 @@ class CFConv2D(keras.layers.Layer):
         self,
         filters: int,
         samples: int | float = 4096,
+        generator: str = "coordinate_mlp",
+        generator_rank: int = 16,
         hidden_units: Sequence[int] = PAPER_HIDDEN_UNITS,
         fourier_bands: int = 0,
         generator_initializer: str = "glorot_uniform",
@@ -140,8 +155,14 @@ class CFConv2D(keras.layers.Layer):
         self.sampler_seed = seed if seed is not None else random.randint(1, 2**31 - 1)
         self.fourier_bands = fourier_bands
         self.generator_initializer = generator_initializer
+        self.generator = validate_generator(generator)
+        self.generator_rank = validate_generator_rank(generator_rank)
         self.real_generator, self.imag_generator = (
             CoordinateMLP(self.hidden_units, fourier_bands, generator_initializer, name=name)
+            if generator == "coordinate_mlp"
+            else FactorizedGenerator(
+                generator_rank, self.hidden_units, fourier_bands, generator_initializer, name=name
+            )
             for name in ("real_generator", "imag_generator")
         )
 
@@ -181,8 +202,10 @@ class CFConv2D(keras.layers.Layer):
             trainable=False,
             aggregation="only_first_replica",
         )
-        self.real_generator.build((None, 4))
-        self.imag_generator.build((None, 4))
+        for generator in (self.real_generator, self.imag_generator):
+            # a coordinate MLP reads [n, 4] coordinates; a factorized one needs the
+            # channel counts of the kernel
+            generator.build((None, 4) if self.generator == "coordinate_mlp" else self.kernel_shape)
         self.generator_scale = self.add_weight(
             name="generator_scale",
             shape=(),
@@ -224,10 +247,9 @@ class CFConv2D(keras.layers.Layer):
         positions = tf.random.stateless_uniform(
             [count], seed=(self.seed or 0, 1), maxval=self.kernel_size, dtype=tf.int64
         )
-        coordinates = normalized_coordinates(positions, self.kernel_shape)
         power = tf.reduce_mean(
-            tf.square(self.real_generator(coordinates))
-            + tf.square(self.imag_generator(coordinates))
+            tf.square(self.real_generator.values(positions, self.kernel_shape))
+            + tf.square(self.imag_generator.values(positions, self.kernel_shape))
         )
         return float(tf.sqrt(2.0 / self.kernel_shape[2] / tf.maximum(power, 1e-30)))
 
@@ -274,23 +296,24 @@ class CFConv2D(keras.layers.Layer):
         through the written values), the int64 flat ``positions`` ``[S]`` and the values
         ``[S]`` written there.
         """
-        if self.sample_count == self.kernel_size:
+        dense = self.sample_count == self.kernel_size
+        if dense:
             positions = tf.range(self.kernel_size, dtype=tf.int64)
             carries_gradient = None
         else:
             positions, carries_gradient = draw_positions(
                 self.sample_count, self.kernel_size, self.next_sampler_seed()
             )
-        coordinates = normalized_coordinates(positions, self.kernel_shape)
         new_kernels, written = [], []
         for state, generator in (
             (self.state_real, self.real_generator),
             (self.state_imag, self.imag_generator),
         ):
             flat_state = tf.reshape(tf.convert_to_tensor(state), [-1])
-            # the built MLP's call: recompute_grad re-runs it in the backward pass
-            generate = tf.recompute_grad(generator.call) if self.recompute_generators else generator
-            values = generate(coordinates) * self.generator_scale
+            generate = functools.partial(self._generated_values, generator, dense=dense)
+            if self.recompute_generators:  # re-run in the backward pass
+                generate = tf.recompute_grad(generate)
+            values = generate(positions) * self.generator_scale
             if carries_gradient is not None:
                 values = tf.where(carries_gradient, values, tf.stop_gradient(values))
             if self.update_rate != 1.0:
@@ -302,6 +325,14 @@ class CFConv2D(keras.layers.Layer):
             new_kernels.append(kernel)
             written.append(values)
         return tuple(new_kernels), positions, tuple(written)
+
+    def _generated_values(
+        self, generator: CoordinateMLP | FactorizedGenerator, positions: tf.Tensor, dense: bool
+    ) -> tf.Tensor:
+        """A generator's unscaled values ``[S]`` at ``positions`` (every one if dense)."""
+        if dense:  # the whole kernel at once is cheaper for a factorized generator
+            return tf.reshape(generator.kernel(self.kernel_shape), [-1])
+        return generator.values(positions, self.kernel_shape)
 
     def next_sampler_seed(self) -> tf.Tensor:
         """The seed of this training step's draw, ``[layer seed, draws so far]``.
@@ -315,28 +346,21 @@ class CFConv2D(keras.layers.Layer):
         return seed
 
     def generate_kernel(
-        self, input_size: tuple[int, int] | None = None, chunk_size: int = 2**16
+        self, input_size: tuple[int, int] | None = None
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        """Evaluate both MLPs at every position of the kernel grid for ``input_size``.
+        """Evaluate both generators at every position of the kernel grid for ``input_size``.
 
-        The coordinates are normalized, so the same MLPs give a kernel for another
-        input size (the continuous-kernel property). Evaluated in chunks of
-        ``chunk_size`` positions, outside any gradient tape.
+        The coordinates are normalized, so the same generators give a kernel for
+        another input size (the continuous-kernel property). No gradient flows.
 
         Returns:
             ``(kernel_real, kernel_imag)``, each ``[H', W'//2+1, Cin, Cout]`` float32.
         """
         height, width = input_size or self.input_size
         kernel_shape = (height, width // 2 + 1) + self.kernel_shape[2:]
-        total = height * (width // 2 + 1) * self.kernel_shape[2] * self.filters
-        parts = ([], [])
-        for start in range(0, total, chunk_size):
-            positions = tf.range(start, min(start + chunk_size, total), dtype=tf.int64)
-            coordinates = normalized_coordinates(positions, kernel_shape)
-            parts[0].append(self.real_generator(coordinates) * self.generator_scale)
-            parts[1].append(self.imag_generator(coordinates) * self.generator_scale)
         return tuple(
-            tf.stop_gradient(tf.reshape(tf.concat(values, 0), kernel_shape)) for values in parts
+            tf.stop_gradient(generator.kernel(kernel_shape) * self.generator_scale)
+            for generator in (self.real_generator, self.imag_generator)
         )
 
     def inference_kernel(
@@ -377,6 +401,8 @@ class CFConv2D(keras.layers.Layer):
             {
                 "filters": self.filters,
                 "samples": self.samples,
+                "generator": self.generator,
+                "generator_rank": self.generator_rank,
                 "hidden_units": list(self.hidden_units),
                 "fourier_bands": self.fourier_bands,
                 "generator_initializer": self.generator_initializer,

@@ -40,6 +40,8 @@ def build_model(
             layer = CFConv2D(
                 config.filters,
                 samples=config.samples,
+                generator=config.generator,
+                generator_rank=config.generator_rank,
                 hidden_units=config.hidden_units,
                 fourier_bands=config.fourier_bands,
                 generator_initializer=config.generator_initializer,
