@@ -79,6 +79,26 @@ def test_mlp_freeze_at_a_new_size_samples_the_same_continuous_kernel(tiny_config
     )
 
 
+def test_mlp_freeze_of_a_factorized_generator_at_a_new_size(tiny_config, rng):
+    config = tiny_config.replace(generator="factorized", generator_rank=4, fourier_bands=2)
+    model = trained_tiny_model(config, "cf", (9, 9, 1), 3)
+    frozen = freeze_model(model, source="mlp", input_size=(21, 16))
+    assert frozen(rng.uniform(0, 255, (2, 21, 16, 1)).astype(np.float32)).shape == (2, 3)
+    layer, target = model.get_layer("cfconv_1"), frozen.get_layer("cfconv_1")
+    raw = [
+        generator.kernel((21, 9, 6, 6)) * layer.generator_scale
+        for generator in (layer.real_generator, layer.imag_generator)
+    ]
+    expected = hermitian_project(*raw, 16)
+    np.testing.assert_allclose(target.kernel_real.numpy(), expected[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(target.kernel_imag.numpy(), expected[1].numpy(), atol=1e-6)
+    # at the trained size, a state freeze computes what the trained model computes
+    images = rng.uniform(0, 255, (3, 9, 9, 1)).astype(np.float32)
+    np.testing.assert_allclose(
+        freeze_model(model)(images).numpy(), model(images).numpy(), rtol=1e-5, atol=1e-6
+    )
+
+
 def test_frozen_model_saves_and_loads(tiny_config, tmp_path, rng):
     frozen = freeze_model(trained_tiny_model(tiny_config, "cf", (8, 9, 1), 2))
     frozen.save(tmp_path / "frozen.keras")

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cfconv_tf.generator import CoordinateMLP, normalized_coordinates
+from cfconv_tf.generator import CoordinateMLP
 from cfconv_tf.layers import CFConv2D
 from cfconv_tf.sampling import draw_positions
 from cfconv_tf.spectral import hermitian_project, spectral_conv2d
 
 INPUT_SHAPE = (2, 9, 8, 3)  # odd height, even width, Cin != Cout
+GENERATORS = ("coordinate_mlp", "factorized")
 
 
 def make_layer(**overrides) -> CFConv2D:
@@ -31,16 +32,21 @@ def next_positions(layer: CFConv2D) -> tuple[np.ndarray, np.ndarray]:
 
 
 def generated_values(layer: CFConv2D, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    coordinates = normalized_coordinates(tf.constant(positions, tf.int64), layer.kernel_shape)
-    return layer.real_generator(coordinates).numpy(), layer.imag_generator(coordinates).numpy()
+    """Both generators' unscaled values at ``positions``."""
+    positions = tf.constant(positions, tf.int64)
+    return tuple(
+        generator.values(positions, layer.kernel_shape).numpy()
+        for generator in (layer.real_generator, layer.imag_generator)
+    )
 
 
 def state(layer: CFConv2D) -> tuple[np.ndarray, np.ndarray]:
     return layer.state_real.numpy().copy(), layer.state_imag.numpy().copy()
 
 
-def test_training_step_writes_exactly_the_sampled_positions(rng):
-    layer = make_layer()
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_training_step_writes_exactly_the_sampled_positions(generator, rng):
+    layer = make_layer(generator=generator)
     x = rng.standard_normal(INPUT_SHAPE).astype(np.float32)
     before = state(layer)
     positions, _ = next_positions(layer)
@@ -69,8 +75,9 @@ def test_update_rate_blends_towards_generated_values(rng):
         np.testing.assert_allclose(new.reshape(-1)[unique], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_dense_samples_regenerate_the_whole_kernel(rng):
-    layer = make_layer(samples=1.0)
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_dense_samples_regenerate_the_whole_kernel(generator, rng):
+    layer = make_layer(samples=1.0, generator=generator)
     assert layer.sample_count == layer.kernel_size
     layer(rng.standard_normal(INPUT_SHAPE).astype(np.float32), training=True)
     values = generated_values(layer, np.arange(layer.kernel_size))
@@ -91,12 +98,14 @@ def test_inference_call_changes_nothing_and_uses_the_state(rng):
     np.testing.assert_allclose(y, spectral_conv2d(tf.constant(x), kr, ki).numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("generator", GENERATORS)
 @pytest.mark.parametrize("kernel_gradient", ["full", "sampled"])
-def test_gradient_reaches_the_mlps_only_through_the_sampled_values(kernel_gradient, rng):
-    """The layer's gradient == dL/dK at the sampled positions, chained through the MLPs,
-    with the full kernel gradient and with the one taken only at the sampled entries."""
+def test_gradient_reaches_the_mlps_only_through_the_sampled_values(kernel_gradient, generator, rng):
+    """The layer's gradient == dL/dK at the sampled positions, chained through the
+    generators, with the full kernel gradient and with the one taken only at the sampled
+    entries."""
     # duplicates are likely among 60 draws of 540
-    layer = make_layer(samples=60, kernel_gradient=kernel_gradient)
+    layer = make_layer(samples=60, kernel_gradient=kernel_gradient, generator=generator)
     x = tf.constant(rng.standard_normal(INPUT_SHAPE).astype(np.float32))
     target = tf.constant(rng.standard_normal(INPUT_SHAPE[:3] + (4,)).astype(np.float32))
     positions, _ = next_positions(layer)
@@ -106,11 +115,11 @@ def test_gradient_reaches_the_mlps_only_through_the_sampled_values(kernel_gradie
     weights = layer.trainable_weights
     grads = tape.gradient(loss, weights)
     assert all(g is not None for g in grads)
-    for generator in (layer.real_generator, layer.imag_generator):
+    for part in (layer.real_generator, layer.imag_generator):
         norms = [
-            float(tf.norm(g))
+            float(tf.norm(tf.convert_to_tensor(g)))
             for g, w in zip(grads, weights, strict=True)
-            if w.path.startswith(generator.path)
+            if w.path.startswith(part.path)
         ]
         assert norms and sum(norms) > 0
 
@@ -120,12 +129,12 @@ def test_gradient_reaches_the_mlps_only_through_the_sampled_values(kernel_gradie
     new_real = tf.tensor_scatter_nd_update(
         tf.reshape(old_real, [-1]),
         unique[:, None],
-        layer.real_generator(normalized_coordinates(unique, layer.kernel_shape)),
+        layer.real_generator.values(unique, layer.kernel_shape),
     )
     new_imag = tf.tensor_scatter_nd_update(
         tf.reshape(old_imag, [-1]),
         unique[:, None],
-        layer.imag_generator(normalized_coordinates(unique, layer.kernel_shape)),
+        layer.imag_generator.values(unique, layer.kernel_shape),
     )
     kernels = [tf.reshape(new_real, layer.kernel_shape), tf.reshape(new_imag, layer.kernel_shape)]
     with tf.GradientTape() as kernel_tape:
@@ -134,21 +143,21 @@ def test_gradient_reaches_the_mlps_only_through_the_sampled_values(kernel_gradie
         reference_loss = tf.reduce_sum((spectral_conv2d(x, *projected) - target) ** 2)
     kernel_grads = kernel_tape.gradient(reference_loss, kernels)
     np.testing.assert_allclose(float(reference_loss), float(loss), rtol=1e-5)
-    coordinates = normalized_coordinates(unique, layer.kernel_shape)
-    for generator, kernel_grad in zip(
+    for part, kernel_grad in zip(
         (layer.real_generator, layer.imag_generator), kernel_grads, strict=True
     ):
         with tf.GradientTape() as mlp_tape:
-            values = generator(coordinates)
+            values = part.values(unique, layer.kernel_shape)
         expected = mlp_tape.gradient(
             values,
-            generator.trainable_weights,
+            part.trainable_weights,
             output_gradients=tf.gather(tf.reshape(kernel_grad, [-1]), unique),
         )
-        actual = [
-            g for g, w in zip(grads, weights, strict=True) if w.path.startswith(generator.path)
-        ]
+        actual = [g for g, w in zip(grads, weights, strict=True) if w.path.startswith(part.path)]
+        assert len(actual) == len(expected)
         for got, want in zip(actual, expected, strict=True):
+            got = tf.convert_to_tensor(got)  # a gathered table's gradient is sparse
+            want = tf.convert_to_tensor(want)
             np.testing.assert_allclose(
                 got.numpy(),
                 want.numpy(),
@@ -166,6 +175,8 @@ def test_gradient_reaches_the_mlps_only_through_the_sampled_values(kernel_gradie
         {"generator_initializer": "he_normal", "kernel_scale": "auto"},
         {"kernel_gradient": "sampled", "update_rate": 0.5},
         {"recompute_generators": True},
+        {"generator": "factorized", "generator_rank": 3, "fourier_bands": 2},
+        {"generator": "factorized", "samples": 1.0, "kernel_scale": "auto"},
     ],
 )
 def test_config_round_trip_gives_same_outputs(options, rng):
@@ -180,9 +191,12 @@ def test_config_round_trip_gives_same_outputs(options, rng):
     np.testing.assert_array_equal(clone(x).numpy(), layer(x).numpy())
 
 
-def test_symbolic_and_eager_calls_and_keras_save_load(tmp_path, rng):
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_symbolic_and_eager_calls_and_keras_save_load(generator, tmp_path, rng):
     inputs = keras.Input(INPUT_SHAPE[1:])
-    outputs = CFConv2D(4, samples=30, hidden_units=(8,), activation="relu", name="cf")(inputs)
+    outputs = CFConv2D(
+        4, samples=30, generator=generator, hidden_units=(8,), activation="relu", name="cf"
+    )(inputs)
     assert tuple(outputs.shape) == (None, 9, 8, 4)
     model = keras.Model(inputs, outputs)
     x = rng.standard_normal(INPUT_SHAPE).astype(np.float32)
@@ -196,8 +210,11 @@ def test_symbolic_and_eager_calls_and_keras_save_load(tmp_path, rng):
     np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
 
 
-@pytest.mark.parametrize("kernel_gradient", ["auto", "sampled"])
-def test_fit_step_updates_state_and_weights(kernel_gradient, rng):
+@pytest.mark.parametrize(
+    ("kernel_gradient", "generator"),
+    [("auto", "coordinate_mlp"), ("sampled", "coordinate_mlp"), ("auto", "factorized")],
+)
+def test_fit_step_updates_state_and_weights(kernel_gradient, generator, rng):
     model = keras.Sequential(
         [
             keras.Input(INPUT_SHAPE[1:]),
@@ -207,6 +224,7 @@ def test_fit_step_updates_state_and_weights(kernel_gradient, rng):
                 hidden_units=(8,),
                 activation="relu",
                 kernel_gradient=kernel_gradient,
+                generator=generator,
                 name="cf",
             ),
             keras.layers.GlobalAveragePooling2D(),
@@ -287,8 +305,9 @@ def test_bad_shapes_are_rejected(rng):
         CFConv2D(4, update_rate=0.0)
 
 
-def test_auto_kernel_scale_gives_he_power_and_scales_every_write(rng):
-    layer = make_layer(kernel_scale="auto", samples=1.0, hidden_units=(32, 32))
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_auto_kernel_scale_gives_he_power_and_scales_every_write(generator, rng):
+    layer = make_layer(kernel_scale="auto", samples=1.0, hidden_units=(32, 32), generator=generator)
     kernel_real, kernel_imag = layer.generate_kernel()
     power = float(tf.reduce_mean(kernel_real**2 + kernel_imag**2))
     assert power == pytest.approx(2.0 / INPUT_SHAPE[3], rel=0.15)
@@ -301,13 +320,15 @@ def test_auto_kernel_scale_gives_he_power_and_scales_every_write(rng):
         np.testing.assert_allclose(written.reshape(-1), scale * raw, rtol=1e-5, atol=1e-7)
 
 
-def test_generator_initialization_starts_the_state_at_the_generated_kernel():
-    layer = make_layer(state_initializer="generator", kernel_scale=3.0)
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_generator_initialization_starts_the_state_at_the_generated_kernel(generator):
+    layer = make_layer(state_initializer="generator", kernel_scale=3.0, generator=generator)
     kernel = layer.generate_kernel()
     for variable, expected in zip(state(layer), kernel, strict=True):
         np.testing.assert_array_equal(variable, expected.numpy())
     raw = generated_values(layer, np.arange(layer.kernel_size))[0]
-    np.testing.assert_allclose(kernel[0].numpy().reshape(-1), 3.0 * raw, rtol=1e-6)
+    # a factorized generator's whole kernel is one matmul, its values dot products
+    np.testing.assert_allclose(kernel[0].numpy().reshape(-1), 3.0 * raw, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("kernel_gradient", ["full", "sampled"])
@@ -329,6 +350,13 @@ def test_recomputed_generators_give_the_same_gradients(kernel_gradient, rng):
 def test_bad_recompute_generators_is_rejected():
     with pytest.raises(ValueError, match="recompute_generators must be true or false"):
         CFConv2D(4, recompute_generators="yes")
+
+
+def test_bad_generator_settings_are_rejected():
+    with pytest.raises(ValueError, match="generator must be one of"):
+        CFConv2D(4, generator="siren")
+    with pytest.raises(ValueError, match="generator_rank must be a positive integer"):
+        CFConv2D(4, generator="factorized", generator_rank=0)
 
 
 def test_bad_kernel_gradient_is_rejected():

@@ -73,6 +73,9 @@ def test_bad_model_requests_are_rejected(tiny_config, tmp_path):
         ("fourier_bands: 1.5", "bad: fourier_bands must be an integer >= 0"),
         ("fourier_bands: -1", "fourier_bands must be an integer >= 0"),
         ("generator_initializer: ones", "bad: hidden_initializer must be one of"),
+        ("generator: mlp", "bad: generator must be one of"),
+        ("generator_rank: 0", "bad: generator_rank must be a positive integer"),
+        ("generator_rank: 2.5", "generator_rank must be a positive integer"),
     ]:
         bad.write_text(line + "\n")
         with pytest.raises(ValueError, match=message):
