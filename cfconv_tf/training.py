@@ -57,14 +57,44 @@ def compile_model(model: keras.Model, classes: int, learning_rate: float) -> Non
     )
 
 
+# Config fields a resumed run may change: they change how a step is computed, not
+# what it computes (e.g. recompute_generators trades memory for time, so a run that ran
+# out of memory can be resumed with it).
+RESUMABLE_CONFIG_CHANGES = frozenset({"recompute_generators"})
+
+
+def _config_defaults() -> dict:
+    """ModelConfig's field defaults as they appear in ``run.json`` (JSON types)."""
+    return {
+        field.name: json.loads(json.dumps(field.default))
+        for field in dataclasses.fields(ModelConfig)
+        if field.default is not dataclasses.MISSING
+    }
+
+
+def _settings_changes(found: dict, wanted: dict) -> list[str]:
+    """The settings (``config.<field>`` for the model's) that differ between two runs.
+
+    Config fields missing from ``found`` (runs written before the field existed) count
+    as their defaults; fields in :data:`RESUMABLE_CONFIG_CHANGES` may differ.
+    """
+    changed = [key for key in wanted if key != "config" and found.get(key) != wanted[key]]
+    found_config = {**_config_defaults(), **found.get("config", {})}
+    changed += [
+        f"config.{key}"
+        for key, value in wanted["config"].items()
+        if key not in RESUMABLE_CONFIG_CHANGES and found_config.get(key) != value
+    ]
+    return sorted(changed)
+
+
 def _check_run_dir(run_dir: Path, settings: RunSettings) -> None:
     """Write ``run.json``, or check that an existing one describes the same run."""
     run_file = run_dir / "run.json"
     wanted = settings.to_dict()
     if run_file.exists():
-        found = json.loads(run_file.read_text())
-        if found != wanted:
-            changed = sorted(k for k in wanted if found.get(k) != wanted[k])
+        changed = _settings_changes(json.loads(run_file.read_text()), wanted)
+        if changed:
             raise ValueError(
                 f"{run_dir} holds a different run (settings differ in {changed}); "
                 f"resume it with the same settings or choose a new --out"

@@ -78,6 +78,34 @@ def test_a_run_dir_refuses_different_settings(tiny_config, tmp_path):
         )
 
 
+def test_a_run_dir_resumes_across_added_config_fields_and_memory_options(tiny_config, tmp_path):
+    """A run.json written before a config field existed reads it as its default; the
+    recompute option may change on resume; any other change is still refused."""
+    settings = RunSettings(config=tiny_config, variant="cf", train_limit=32, steps_per_epoch=1)
+    train(settings, tmp_path, verbose=0)
+    run_file = tmp_path / "run.json"
+    recorded = json.loads(run_file.read_text())
+    for added_later in ("generator", "generator_rank", "recompute_generators"):
+        del recorded["config"][added_later]
+    run_file.write_text(json.dumps(recorded))
+    recomputed = RunSettings(
+        config=tiny_config.replace(recompute_generators=True),
+        variant="cf",
+        train_limit=32,
+        steps_per_epoch=1,
+    )
+    result = train(recomputed, tmp_path, verbose=0)
+    assert 0.0 <= result["test"]["sparse_categorical_accuracy"] <= 1.0
+    factorized = RunSettings(
+        config=tiny_config.replace(generator="factorized"),
+        variant="cf",
+        train_limit=32,
+        steps_per_epoch=1,
+    )
+    with pytest.raises(ValueError, match=r"differ in \['config.generator'\]"):
+        train(factorized, tmp_path, verbose=0)
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
