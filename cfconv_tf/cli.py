@@ -261,6 +261,12 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
     quick = args.quick
     size = args.input_size[0] if args.input_size else (15 if quick else 150)
+    if args.rows is not None:  # refuse bad rows before anything is measured
+        if args.suite != "train":
+            raise ValueError(f"--rows selects rows of the train suite, not of {args.suite!r}")
+        from cfconv_tf.bench.train import configurations, select_rows
+
+        select_rows(configurations(size), args.rows)
     batch = args.batch_size or (4 if quick else 32)
     repeats = args.repeats or (2 if quick else 7)
     layers = 2 if quick else 6
@@ -293,6 +299,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
                 conv_layers=layers,
                 time_limit_s=120 if quick else 600,
                 progress=lambda _: bar.add(1),
+                row_names=args.rows,
             )
         elif suite == "infer":
             from cfconv_tf.bench.infer import run_infer
@@ -485,6 +492,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--input-size", type=_size, help="square input size (default 150)")
     bench.add_argument("--batch-size", type=_positive, help="default 32 (quick: 8)")
     bench.add_argument("--repeats", type=_positive, help="timed runs per row")
+    bench.add_argument(
+        "--rows",
+        type=lambda text: [name.strip() for name in text.split(";")],
+        help='train suite only: the rows to run, separated by ";" (e.g. "spatial 3x3;'
+        'cf 2^18, factorized generator"; default all)',
+    )
     bench.add_argument("--out", default="runs/bench", help="folder for results.json/md/png")
     bench.set_defaults(run=_cmd_bench)
     return parser

@@ -22,6 +22,14 @@ from cfconv_tf.layers import (
 from cfconv_tf.sampling import validate_samples
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+# The ModelConfig fields that define a CF-Conv layer's generators.
+GENERATOR_FIELDS = (
+    "generator",
+    "generator_rank",
+    "hidden_units",
+    "fourier_bands",
+    "generator_initializer",
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,10 @@ import statistics
 import pytest
 
 from cfconv_tf.bench.flops import spectral_flops
+from cfconv_tf.bench.train import configurations, select_rows
+from cfconv_tf.bench.train_worker import benchmark_config
 from cfconv_tf.cli import main
+from cfconv_tf.config import load_model_config
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +41,9 @@ def test_every_training_row_is_measured_and_compared_to_the_3x3_cnn(quick_result
         "cf 2^18",
         "cf 2^18, recomputed generators",
         "cf naive (all entries)",
+        "cf 2^12, factorized generator",
+        "cf 2^18, factorized generator",
+        "cf naive (all entries), factorized generator",
     ]
     baseline = rows[0]
     for row in rows:
@@ -152,3 +158,35 @@ def test_spectral_flop_counts_follow_their_formulas():
     assert fft < spectral_flops(150, 150, 32, 32, "dft-factorized") < dense / 3
     with pytest.raises(ValueError, match="unknown spectral implementation"):
         spectral_flops(8, 8, 1, 1, "winograd")
+
+
+def test_benchmark_rows_build_the_configurations_they_name():
+    rows = {row["name"]: row for row in configurations(150)}
+    factorized = benchmark_config(rows["cf 2^18, factorized generator"])
+    named = load_model_config("fashion_cnn_factorized")
+    assert (factorized.generator, factorized.hidden_units, factorized.samples) == (
+        "factorized",
+        named.hidden_units,
+        2**18,
+    )
+    assert factorized.input_size == load_model_config("paper_cnn").input_size
+    plain = benchmark_config(rows["cf 2^18"])
+    assert (plain.generator, plain.recompute_generators) == ("coordinate_mlp", False)
+    assert benchmark_config(rows["cf 2^18, recomputed generators"]).recompute_generators
+    assert select_rows(list(rows.values()), ["cf 2^12", "spatial 3x3"]) == [
+        rows["spatial 3x3"],
+        rows["cf 2^12"],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "train", "--rows", "cf 2^13"], "unknown training benchmark rows ['cf 2^13']"),
+        (["bench", "infer", "--rows", "cf 2^12"], "--rows selects rows of the train suite"),
+    ],
+)
+def test_bad_benchmark_rows_are_refused_before_measuring(argv, message, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path / "bench")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "bench").exists()

@@ -2,8 +2,10 @@
 
 At the paper's shape (150x150x3, 6 layers x 32, batch 32) by default: the spatial 3x3
 CNN; CF-Conv with 2^12, 2^15, 2^18 sampled positions per layer and step; and the
-paper's "naive" CF-Conv that regenerates every kernel entry every step. Smaller
-inputs (``--quick``) keep the paper's counts as fractions of the kernel at 150x150.
+paper's "naive" CF-Conv that regenerates every kernel entry every step; with the
+paper's coordinate MLPs, and (rows "..., factorized generator") with the generators of
+``models/fashion_cnn_factorized.yaml``. Smaller inputs (``--quick``) keep the paper's
+counts as fractions of the kernel at 150x150.
 """
 
 from __future__ import annotations
@@ -18,25 +20,58 @@ from cfconv_tf.bench.timing import median
 
 PAPER_ENTRIES = 150 * 76 * 32 * 32  # kernel entries of a 32->32 layer at 150x150
 PAPER_COUNTS = (2**12, 2**15, 2**18)
+# the named configuration whose generator settings the factorized rows use
+FACTORIZED_CONFIG = "fashion_cnn_factorized"
 
 
 def configurations(size: int) -> list[dict]:
-    """The benchmark rows: name, variant and samples for an input of ``size``."""
+    """The benchmark rows for an input of ``size``: name, variant, samples, and the
+    config changes (``config``) or the named configuration whose generator settings
+    the row uses (``generator_of``)."""
+
+    def samples(count: int) -> int | float:
+        return count if size == 150 else count / PAPER_ENTRIES
+
     rows = [{"name": "spatial 3x3", "variant": "spatial", "samples": None}]
     for count in PAPER_COUNTS:
         exponent = count.bit_length() - 1
-        samples = count if size == 150 else count / PAPER_ENTRIES
-        rows.append({"name": f"cf 2^{exponent}", "variant": "cf", "samples": samples})
+        rows.append({"name": f"cf 2^{exponent}", "variant": "cf", "samples": samples(count)})
     rows.append(
         {
             "name": "cf 2^18, recomputed generators",
             "variant": "cf",
-            "samples": rows[-1]["samples"],
-            "recompute_generators": True,
+            "samples": samples(2**18),
+            "config": {"recompute_generators": True},
         }
     )
     rows.append({"name": "cf naive (all entries)", "variant": "cf", "samples": 1.0})
+    for name, count in (("cf 2^12", samples(2**12)), ("cf 2^18", samples(2**18))) + (
+        ("cf naive (all entries)", 1.0),
+    ):
+        rows.append(
+            {
+                "name": f"{name}, factorized generator",
+                "variant": "cf",
+                "samples": count,
+                "generator_of": FACTORIZED_CONFIG,
+            }
+        )
     return rows
+
+
+def select_rows(rows: list[dict], names: list[str] | None) -> list[dict]:
+    """The rows named in ``names`` (all when ``None``), in the suite's order.
+
+    Raises:
+        ValueError: a name that is no row; the message lists the rows.
+    """
+    if names is None:
+        return rows
+    known = [row["name"] for row in rows]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown training benchmark rows {unknown}; known: {known}")
+    return [row for row in rows if row["name"] in names]
 
 
 def _limit_memory(limit_bytes: int) -> Callable[[], None]:
@@ -55,10 +90,12 @@ def run_train(
     memory_limit_gb: float = 20.0,
     time_limit_s: float = 1800.0,
     progress: Callable[[str], None] = lambda _: None,
+    row_names: list[str] | None = None,
 ) -> list[dict]:
-    """Measure each configuration in its own subprocess; one row each."""
+    """Measure each configuration (those in ``row_names``, default all) in its own
+    subprocess; one row each. Ratios are to the 3x3 row when it is among them."""
     rows = []
-    for config in configurations(size):
+    for config in select_rows(configurations(size), row_names):
         progress(f"train {config['name']}")
         spec = {
             **config,

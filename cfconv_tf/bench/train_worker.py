@@ -1,6 +1,8 @@
 """One training benchmark in a fresh process: ``python -m cfconv_tf.bench.train_worker JSON``.
 
-Runs ``warmup + repeats`` training steps of one model on random data and prints one
+Runs ``warmup + repeats`` training steps of one model (``paper_cnn`` with the spec's
+samples, layer count, ``config`` changes and the generator settings of the named
+configuration ``generator_of``) on random data and prints one
 JSON line: seconds per timed step and the process's peak resident memory. Run in a
 subprocess so that each measurement starts clean and an out-of-memory failure (under
 the parent's RLIMIT_AS) takes down only this process.
@@ -17,21 +19,29 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def benchmark_config(spec: dict):
+    """The :class:`~cfconv_tf.config.ModelConfig` a benchmark spec describes."""
+    from cfconv_tf.config import GENERATOR_FIELDS, load_model_config
+
+    changes = dict(spec.get("config", {}))
+    if spec.get("generator_of"):
+        source = load_model_config(spec["generator_of"])
+        changes.update({field: getattr(source, field) for field in GENERATOR_FIELDS})
+    return load_model_config("paper_cnn").replace(
+        samples=spec.get("samples"), conv_layers=spec.get("conv_layers"), **changes
+    )
+
+
 def measure(spec: dict) -> dict:
     import keras
     import numpy as np
     import tensorflow as tf
 
-    from cfconv_tf.config import load_model_config
     from cfconv_tf.models import build_model
     from cfconv_tf.training import compile_model
 
     keras.utils.set_random_seed(0)
-    config = load_model_config("paper_cnn").replace(
-        samples=spec.get("samples"),
-        conv_layers=spec.get("conv_layers"),
-        recompute_generators=spec.get("recompute_generators"),
-    )
+    config = benchmark_config(spec)
     shape = (spec["size"], spec["size"], 3)
     model = build_model(config, spec["variant"], shape, classes=2, seed=0)
     compile_model(model, 2, learning_rate=1e-3)
