@@ -331,17 +331,28 @@ def test_generator_initialization_starts_the_state_at_the_generated_kernel(gener
     np.testing.assert_allclose(kernel[0].numpy().reshape(-1), 3.0 * raw, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("kernel_gradient", ["full", "sampled"])
-def test_recomputed_generators_give_the_same_gradients(kernel_gradient, rng):
+@pytest.mark.parametrize(
+    ("kernel_gradient", "generator", "samples"),
+    [
+        ("full", "coordinate_mlp", 50),
+        ("sampled", "coordinate_mlp", 50),
+        ("sampled", "factorized", 50),
+        ("full", "factorized", 1.0),
+    ],
+)
+def test_recomputed_generators_give_the_same_gradients(kernel_gradient, generator, samples, rng):
     x = tf.constant(rng.standard_normal(INPUT_SHAPE).astype(np.float32))
-    plain = make_layer(kernel_gradient=kernel_gradient)
-    recomputed = make_layer(kernel_gradient=kernel_gradient, recompute_generators=True)
+    options = {"kernel_gradient": kernel_gradient, "generator": generator, "samples": samples}
+    plain = make_layer(**options)
+    recomputed = make_layer(**options, recompute_generators=True)
     recomputed.set_weights(plain.get_weights())  # same MLPs, state and sampler position
     gradients = []
     for layer in (plain, recomputed):
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(layer(x, training=True) ** 2)
-        gradients.append([g.numpy() for g in tape.gradient(loss, layer.trainable_weights)])
+        gradients.append(
+            [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, layer.trainable_weights)]
+        )
     for want, got in zip(*gradients, strict=True):
         assert np.abs(want).max() > 0
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
