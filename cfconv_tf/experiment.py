@@ -203,13 +203,21 @@ def plot(rows: list[dict], runs: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (by_samples, by_time) = plt.subplots(1, 2, figsize=(12, 4.5))
+    # the legends go below the plots (they would hide points); room for their rows
+    figure, (by_samples, by_time) = plt.subplots(1, 2, figsize=(14, 4.5 + 0.09 * len(rows)))
     by_time.set_prop_cycle(color=plt.cm.tab20.colors)  # one colour per arm
+    configs = sorted({row["config"] for row in rows})
     for row in rows:
         members = [r for r in runs if r["label"] == row["arm"] and r["config"] == row["config"]]
         name = f"{row['config']}: {row['arm']}"
         accuracies = [100 * member["test_accuracy"] for member in members]
-        by_time.scatter([m["fit_seconds"] for m in members], accuracies, label=name, s=18)
+        by_time.scatter(
+            [m["fit_seconds"] for m in members],
+            accuracies,
+            label=name,
+            s=18,
+            marker="osD^vP"[configs.index(row["config"]) % 6],  # colours repeat after 20
+        )
         if row["variant"] == "spatial":
             by_samples.axhspan(
                 100 * row["accuracy_min"], 100 * row["accuracy_max"], alpha=0.2, color="grey"
@@ -240,14 +248,14 @@ def plot(rows: list[dict], runs: list[dict], path: Path) -> None:
     by_samples.set_xlabel("samples per layer and step (fractions: as many of a 150x150 layer)")
     by_samples.set_ylabel("test accuracy (%)")
     by_samples.set_title("accuracy against sampled positions (mean ± std over seeds)")
-    by_samples.legend(fontsize=7)
+    below = {"fontsize": 7, "loc": "upper center", "bbox_to_anchor": (0.5, -0.14)}
+    by_samples.legend(**below)
     by_time.set_xscale("log")
     by_time.set_xlabel("fit time per run (s, log)")
     by_time.set_ylabel("test accuracy (%)")
     by_time.set_title("accuracy against training time (each run)")
-    by_time.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    by_time.legend(**below, ncol=2)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
 
 
