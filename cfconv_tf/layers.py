@@ -317,9 +317,12 @@ class CFConv2D(keras.layers.Layer):
             if carries_gradient is not None:
                 values = tf.where(carries_gradient, values, tf.stop_gradient(values))
             if self.update_rate != 1.0:
-                old = tf.gather(flat_state, positions)
+                old = flat_state if dense else tf.gather(flat_state, positions)
                 values = old + self.update_rate * (values - old)
-            flat_kernel = tf.tensor_scatter_nd_update(flat_state, positions[:, None], values)
+            if dense:  # every entry is written: the values are the kernel, no scatter
+                flat_kernel = values
+            else:
+                flat_kernel = tf.tensor_scatter_nd_update(flat_state, positions[:, None], values)
             kernel = tf.reshape(flat_kernel, self.kernel_shape)
             state.assign(tf.stop_gradient(kernel))
             new_kernels.append(kernel)

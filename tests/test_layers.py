@@ -64,8 +64,9 @@ def test_training_step_writes_exactly_the_sampled_positions(generator, rng):
         np.testing.assert_allclose(new[sampled], values, rtol=1e-6, atol=1e-7)
 
 
-def test_update_rate_blends_towards_generated_values(rng):
-    layer = make_layer(update_rate=0.25)
+@pytest.mark.parametrize("samples", [50, 1.0])  # sparse (scatter) and dense (no scatter)
+def test_update_rate_blends_towards_generated_values(samples, rng):
+    layer = make_layer(update_rate=0.25, samples=samples)
     before = state(layer)
     positions, _ = next_positions(layer)
     layer(rng.standard_normal(INPUT_SHAPE).astype(np.float32), training=True)
