@@ -208,8 +208,9 @@ class FactorizedGenerator(keras.layers.Layer):
     ``A`` is evaluated once per frequency of the grid (``H * Wf`` rows) however many
     positions are asked for, then each position costs one ``rank``-long dot product.
 
-    Build with the kernel shape ``(H, Wf, Cin, Cout)`` the layer trains on; only the
-    channel counts are kept.
+    Build with the kernel shape ``(H, Wf, Cin, Cout)`` the layer trains on. Call:
+    int64 flat positions ``[n]`` into that kernel -> values ``[n]`` float32
+    (:meth:`values` and :meth:`kernel` take any grid with the same channel counts).
     """
 
     def __init__(
@@ -227,7 +228,8 @@ class FactorizedGenerator(keras.layers.Layer):
         self.hidden_initializer = validate_hidden_initializer(hidden_initializer)
 
     def build(self, kernel_shape) -> None:
-        self.channels = (int(kernel_shape[2]), int(kernel_shape[3]))
+        self.kernel_shape = tuple(int(size) for size in kernel_shape)
+        self.channels = self.kernel_shape[2:]
         self.dense_layers = _relu_stack(self.hidden_units, self.hidden_initializer)
         # unit-variance factors: A's output and B's entries are both ~N(0, 1), so
         # values are ~N(0, 1) before the layer's kernel_scale
@@ -255,6 +257,12 @@ class FactorizedGenerator(keras.layers.Layer):
         for layer in self.dense_layers:
             hidden = layer(hidden)
         return hidden
+
+    def call(self, positions: tf.Tensor) -> tf.Tensor:
+        return self.values(positions, self.kernel_shape)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
 
     def values(self, positions: tf.Tensor, kernel_shape: Sequence[int]) -> tf.Tensor:
         """Values ``[n]`` at int64 flat ``positions`` ``[n]`` of a ``kernel_shape`` kernel."""

@@ -60,8 +60,9 @@ class CFConv2D(keras.layers.Layer):
     Training call: draw ``samples`` positions, evaluate both MLPs only there, write
     ``K <- K + update_rate * (MLP - K)`` at those positions with
     ``tf.tensor_scatter_nd_update`` (``update_rate=1`` is the paper's overwrite),
-    convolve with the updated kernel and keep it as the new state. The loss gradient
-    reaches the MLPs only through the written values. Inference call: the state is
+    convolve with the updated kernel and keep it as the new state (when every entry is
+    drawn, the dense update, the generated kernel is the new one: no scatter). The loss
+    gradient reaches the MLPs only through the written values. Inference call: the state is
     used as it is; nothing is drawn or written.
 
     In both modes the DC (and Nyquist) column is made Hermitian before the transform

@@ -43,13 +43,11 @@ def test_values_and_kernel_match_a_numpy_reference(kernel_shape, rng):
     np.testing.assert_allclose(
         generator.kernel(kernel_shape).numpy(), expected, rtol=1e-5, atol=1e-6
     )
-    positions = rng.integers(0, expected.size, 50)
-    np.testing.assert_allclose(
-        generator.values(tf.constant(positions, tf.int64), kernel_shape).numpy(),
-        expected.reshape(-1)[positions],
-        rtol=1e-5,
-        atol=1e-6,
-    )
+    positions = tf.constant(rng.integers(0, expected.size, 50), tf.int64)
+    for values in (generator.values(positions, kernel_shape), generator(positions)):
+        np.testing.assert_allclose(
+            values.numpy(), expected.reshape(-1)[positions.numpy()], rtol=1e-5, atol=1e-6
+        )
 
 
 def test_kernel_on_another_grid_samples_the_same_continuous_function():
