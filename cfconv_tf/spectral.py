@@ -118,6 +118,12 @@ def _irfft_weights(height: int, width: int) -> tf.Tensor:
     return tf.constant(weights, tf.float32) / float(height * width)
 
 
+def _frequency_major_kernel(kr: tf.Tensor, ki: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``[H, Wf, Cin, Cout]`` kernel parts as ``[F, Cin, Cout]`` (``F = H * Wf``)."""
+    shape = [kr.shape[0] * kr.shape[1], *kr.shape[2:]]
+    return tf.reshape(kr, shape), tf.reshape(ki, shape)
+
+
 def _convolve(
     x: tf.Tensor, kernel_real: tf.Tensor, kernel_imag: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -245,9 +251,7 @@ def spectral_conv2d(x: tf.Tensor, kr: tf.Tensor, ki: tf.Tensor):
     Returns:
         float32 output, shape ``[B, H, W, Cout]``.
     """
-    frequencies = kr.shape[0] * kr.shape[1]
-    kernel_real = tf.reshape(kr, [frequencies, *kr.shape[2:]])
-    kernel_imag = tf.reshape(ki, [frequencies, *ki.shape[2:]])
+    kernel_real, kernel_imag = _frequency_major_kernel(kr, ki)
     y, x_major = _convolve(x, kernel_real, kernel_imag)
 
     def gradient(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -288,12 +292,9 @@ def sampled_spectral_conv2d(
     """
     width = x.shape[2]
     kernel_shape = tuple(kr.shape)
-    projected_real, projected_imag = _project_columns(
-        tf.stop_gradient(kr), tf.stop_gradient(ki), width
+    kernel_real, kernel_imag = _frequency_major_kernel(
+        *_project_columns(tf.stop_gradient(kr), tf.stop_gradient(ki), width)
     )
-    frequencies = kernel_shape[0] * kernel_shape[1]
-    kernel_real = tf.reshape(projected_real, [frequencies, *kernel_shape[2:]])
-    kernel_imag = tf.reshape(projected_imag, [frequencies, *kernel_shape[2:]])
 
     @tf.custom_gradient
     def convolve(x: tf.Tensor, values_real: tf.Tensor, values_imag: tf.Tensor):
