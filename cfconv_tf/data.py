@@ -119,6 +119,10 @@ def training_stream(
     under a ``tf.distribute`` strategy than without, which would feed a distributed run
     other batches than a single-device one.) RandAugment (up to 3 operations per
     image, as the paper's KerasCV pipeline) is applied when asked.
+
+    Batches have a static size (the stream never ends, so ``drop_remainder`` drops
+    nothing): the training step is traced for it, and CF-Conv layers transform a
+    static batch in cache-sized chunks (:mod:`cfconv_tf.spectral`).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -126,7 +130,7 @@ def training_stream(
     def passes(_) -> tf.data.Dataset:
         return dataset.shuffle(4096, seed=seed, reshuffle_each_iteration=True).repeat()
 
-    stream = tf.data.Dataset.from_tensors(0).flat_map(passes).batch(batch_size)
+    stream = tf.data.Dataset.from_tensors(0).flat_map(passes).batch(batch_size, drop_remainder=True)
     if augment:
         augmenter = keras.layers.RandAugment(value_range=(0, 255), num_ops=3, seed=seed)
         stream = stream.map(

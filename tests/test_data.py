@@ -50,6 +50,7 @@ def test_randaugment_changes_training_images_only_when_asked():
 def test_training_stream_is_the_same_for_every_iterator_and_reshuffles_each_pass():
     examples = tf.data.Dataset.range(10).map(lambda i: (tf.cast(i, tf.float32), i))
     stream = training_stream(examples, 4, seed=3)
+    assert stream.element_spec[0].shape == (4,)  # a static batch: the step is traced for it
     first, second = ([int(x) for _, y in stream.take(10) for x in y] for _ in range(2))
     assert first == second  # 40 labels = 4 passes, batches running across passes
     passes = [first[k : k + 10] for k in range(0, 40, 10)]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cfconv_tf import spectral
 from cfconv_tf.spectral import hermitian_project, sampled_spectral_conv2d, spectral_conv2d
 
 SHAPES = [  # (batch, height, width, cin, cout): odd, even, non-square, cin != cout
@@ -204,3 +205,63 @@ def test_projection_gradient_equals_autodiff_of_its_slices(height, width, rng):
         grads.append(tape.gradient(loss, [kr, ki]))
     for got, want in zip(*grads, strict=True):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "batch,height,width,channels,chunk_bytes,sizes",
+    [
+        (32, 150, 150, 32, 3 * 2**20, [1] * 32),  # the paper's shape: one image per call
+        (64, 28, 28, 32, 3 * 2**20, [22, 21, 21]),
+        (3, 7, 6, 2, 2 * (2 * 7 * 4 * 8), [2, 1]),  # two images of 448 bytes
+        (2, 8, 8, 3, 3 * 2**20, [2]),
+        (None, 8, 8, 3, 1, [-1]),  # unknown batch: one call
+    ],
+)
+def test_chunk_sizes_cover_the_batch_in_near_equal_cache_sized_chunks(
+    batch, height, width, channels, chunk_bytes, sizes, monkeypatch
+):
+    monkeypatch.setattr(spectral, "CHUNK_BYTES", chunk_bytes)
+    assert spectral._chunk_sizes(batch, height, width, channels) == sizes
+
+
+@pytest.mark.parametrize("shape,images_per_chunk", [((3, 7, 6, 2, 3), 2), ((2, 8, 8, 3, 2), 1)])
+def test_chunked_and_whole_batch_transforms_agree(shape, images_per_chunk, rng, monkeypatch):
+    """A static batch is transformed in chunks, an unknown batch all at once: the output
+    and every gradient are the same either way."""
+    batch, height, width, cin, cout = shape
+    half_width = width // 2 + 1
+    # chunks of `images_per_chunk` images of the smaller channel count
+    monkeypatch.setattr(
+        spectral, "CHUNK_BYTES", images_per_chunk * min(cin, cout) * height * half_width * 8
+    )
+    x = tf.constant(rng.standard_normal((batch, height, width, cin)), tf.float32)
+    kr, ki = (
+        tf.constant(rng.uniform(-1, 1, (height, half_width, cin, cout)), tf.float32)
+        for _ in range(2)
+    )
+
+    def output_and_gradients(x):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kr, ki])
+            y = spectral_conv2d(x, *hermitian_project(kr, ki, width))
+            loss = tf.reduce_sum(y * tf.sin(y))
+        return [y, *tape.gradient(loss, [x, kr, ki])]
+
+    static = tf.function(output_and_gradients)
+    unknown = tf.function(
+        output_and_gradients,
+        input_signature=[tf.TensorSpec([None, height, width, cin], tf.float32)],
+    )
+    transforms = [op for op in static.get_concrete_function(x).graph.get_operations()]
+    assert sum(op.type == "RFFT2D" for op in transforms) > 2  # chunked
+    assert max(op.inputs[0].shape[0] for op in transforms if op.type == "RFFT2D") == (
+        images_per_chunk
+    )
+    transforms = unknown.get_concrete_function().graph.get_operations()
+    assert sum(op.type == "RFFT2D" for op in transforms) == 2  # whole batch
+    for name, got, want in zip(("y", "dx", "dkr", "dki"), static(x), unknown(x), strict=True):
+        want = want.numpy()
+        assert np.abs(want).max() > 0, name
+        np.testing.assert_allclose(
+            got.numpy(), want, rtol=1e-5, atol=1e-6 * np.abs(want).max(), err_msg=name
+        )

@@ -4,7 +4,9 @@ At the paper's shape (150x150x3, 6 layers x 32, batch 32) by default: the spatia
 CNN; CF-Conv with 2^12, 2^15, 2^18 sampled positions per layer and step; and the
 paper's "naive" CF-Conv that regenerates every kernel entry every step; with the
 paper's coordinate MLPs, and (rows "..., factorized generator") with the generators of
-``models/fashion_cnn_factorized.yaml``. Smaller inputs (``--quick``) keep the paper's
+``models/fashion_cnn_factorized.yaml``; and the floor under every CF-Conv row: the
+transforms of a CF-Conv step alone (rows "cf transforms only, ...", see
+:mod:`cfconv_tf.bench.transform_floor`). Smaller inputs (``--quick``) keep the paper's
 counts as fractions of the kernel at 150x150.
 """
 
@@ -57,6 +59,15 @@ def configurations(size: int) -> list[dict]:
                 "variant": "cf",
                 "samples": count,
                 "generator_of": FACTORIZED_CONFIG,
+            }
+        )
+    for name, chunk in (("whole batch", None), ("per image", 1)):
+        rows.append(
+            {
+                "name": f"cf transforms only, {name} (floor)",
+                "variant": "transforms",
+                "samples": None,
+                "chunk": chunk,
             }
         )
     return rows

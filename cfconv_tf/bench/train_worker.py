@@ -2,7 +2,8 @@
 
 Runs ``warmup + repeats`` training steps of one model (``paper_cnn`` with the spec's
 samples, layer count, ``config`` changes and the generator settings of the named
-configuration ``generator_of``) on random data and prints one
+configuration ``generator_of``) on random data, or for variant ``transforms`` the
+transforms of such a step alone (:mod:`cfconv_tf.bench.transform_floor`), and prints one
 JSON line: seconds per timed step and the process's peak resident memory. Run in a
 subprocess so that each measurement starts clean and an out-of-memory failure (under
 the parent's RLIMIT_AS) takes down only this process.
@@ -33,6 +34,44 @@ def benchmark_config(spec: dict):
 
 
 def measure(spec: dict) -> dict:
+    """Seconds per timed step and peak RSS of the spec's model or transform floor."""
+    if spec["variant"] == "transforms":
+        return _measure_transforms(spec)
+    return _measure_training(spec)
+
+
+def _measure_transforms(spec: dict) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    from cfconv_tf.bench.transform_floor import transform_schedule
+    from cfconv_tf.config import load_model_config
+
+    config = load_model_config("paper_cnn").replace(conv_layers=spec.get("conv_layers"))
+    rng = np.random.default_rng(0)
+    images = tf.constant(
+        rng.uniform(0, 1, (spec["batch"], 3, spec["size"], spec["size"])), tf.float32
+    )
+    chunk = spec.get("chunk") or spec["batch"]
+    step = tf.function(
+        lambda: transform_schedule(images, config.conv_layers, config.filters, chunk)
+    )
+    durations = []
+    for _ in range(spec["warmup"] + spec["repeats"]):
+        start = time.perf_counter()
+        float(step())
+        durations.append(time.perf_counter() - start)
+    return _result(durations[spec["warmup"] :])
+
+
+def _result(step_seconds: list[float]) -> dict:
+    return {
+        "step_seconds": step_seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _measure_training(spec: dict) -> dict:
     import keras
     import numpy as np
     import tensorflow as tf
@@ -62,10 +101,7 @@ def measure(spec: dict) -> dict:
 
     steps = spec["warmup"] + spec["repeats"]
     model.fit(data, steps_per_epoch=steps, epochs=1, callbacks=[StepTimer()], verbose=0)
-    return {
-        "step_seconds": durations[spec["warmup"] :],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    return _result(durations[spec["warmup"] :])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,75 @@
+"""The FFTs a CF-Conv training step cannot avoid, timed on their own: a lower bound.
+
+Each CF-Conv layer of a training step transforms its input (``rfft2d``) and its output
+(``irfft2d``) in the forward pass, and in the backward pass the output gradient
+(``rfft2d``: the kernel gradient needs its spectrum) and, except in the first layer,
+the input gradient (``irfft2d``). :func:`transform_schedule` runs exactly those TF
+transforms on tensors of the same shapes as the paper's network, with the ReLU masks
+between layers and nothing else: no channel mixing, no generators, no sampling, no
+optimizer, and channels-first throughout so that no layout change is needed. However
+the rest of a CF-Conv step were made to cost nothing, a step built on TF's FFT kernels
+costs at least this.
+
+The transforms run on ``chunk`` images at a time (all images at once with ``chunk ==
+batch``): a chunk of one image's channels fits in cache, which makes TF's FFT kernels
+faster than on the whole batch, so the benchmark measures both and the smaller is
+the floor.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def transform_counts(layers: int) -> dict[str, int]:
+    """How many ``rfft2d`` and ``irfft2d`` ops a step of ``layers`` CF-Conv layers runs
+    per chunk: one of each per layer forward, one ``rfft2d`` per layer and one
+    ``irfft2d`` per layer but the first backward."""
+    return {"RFFT2D": 2 * layers, "IRFFT2D": 2 * layers - 1}
+
+
+def _chunk_schedule(images: tf.Tensor, layers: int, filters: int) -> tf.Tensor:
+    """The forward and backward transforms of one chunk ``[n, C, H, W]`` (channels-first).
+
+    The first layer's spectrum ``[n, C, H, Wf]`` is repeated to ``filters`` channels (the
+    size the mixing produces); later layers transform ``filters`` channels. The backward
+    pass starts from the last activation as the output gradient. Returns a scalar that
+    depends on every transform's result (so that none is pruned from the graph).
+    """
+    height, width = images.shape[2], images.shape[3]
+    fft_length = [height, width]
+    activation = images
+    masks = []
+    for _ in range(layers):
+        spectrum = tf.signal.rfft2d(activation)
+        if spectrum.shape[1] != filters:
+            spectrum = tf.gather(spectrum, tf.range(filters) % spectrum.shape[1], axis=1)
+        output = tf.signal.irfft2d(spectrum, fft_length=fft_length)
+        masks.append(output > 0)
+        activation = tf.nn.relu(output)
+    gradient = activation
+    checksum = tf.constant(0.0)
+    for layer in reversed(range(layers)):
+        gradient = tf.where(masks[layer], gradient, 0.0)
+        spectrum = tf.signal.rfft2d(gradient)
+        checksum += tf.math.real(spectrum[0, 0, 0, 0])  # the kernel gradient's input
+        if layer > 0:
+            gradient = tf.signal.irfft2d(spectrum, fft_length=fft_length)
+    return checksum
+
+
+def transform_schedule(images: tf.Tensor, layers: int, filters: int, chunk: int) -> tf.Tensor:
+    """Every transform of a CF-Conv training step on ``images [B, C, H, W]``, ``chunk``
+    images at a time (``B`` must be a multiple of ``chunk``). Returns a scalar checksum.
+
+    Raises:
+        ValueError: ``chunk`` does not divide the batch, or fewer than one layer.
+    """
+    batch = images.shape[0]
+    if layers < 1:
+        raise ValueError(f"the schedule needs at least one layer, got {layers}")
+    if chunk < 1 or batch % chunk:
+        raise ValueError(f"chunk {chunk} does not divide the batch of {batch} images")
+    return tf.add_n(
+        [_chunk_schedule(part, layers, filters) for part in tf.split(images, batch // chunk)]
+    )
