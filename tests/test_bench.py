@@ -44,6 +44,8 @@ def test_every_training_row_is_measured_and_compared_to_the_3x3_cnn(quick_result
         "cf 2^12, factorized generator",
         "cf 2^18, factorized generator",
         "cf naive (all entries), factorized generator",
+        "cf transforms only, whole batch (floor)",
+        "cf transforms only, per image (floor)",
     ]
     baseline = rows[0]
     for row in rows:
@@ -173,6 +175,11 @@ def test_benchmark_rows_build_the_configurations_they_name():
     plain = benchmark_config(rows["cf 2^18"])
     assert (plain.generator, plain.recompute_generators) == ("coordinate_mlp", False)
     assert benchmark_config(rows["cf 2^18, recomputed generators"]).recompute_generators
+    floors = [rows[f"cf transforms only, {name} (floor)"] for name in ("whole batch", "per image")]
+    assert [(row["variant"], row["chunk"]) for row in floors] == [
+        ("transforms", None),
+        ("transforms", 1),
+    ]
     assert select_rows(list(rows.values()), ["cf 2^12", "spatial 3x3"]) == [
         rows["spatial 3x3"],
         rows["cf 2^12"],
