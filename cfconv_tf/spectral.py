@@ -70,7 +70,7 @@ def _frequency_major_pairs(spectrum: tf.Tensor) -> tf.Tensor:
     transpose (splitting real and imaginary parts first would copy the tensor three
     more times).
     """
-    images, channels, height, half_width = spectrum.shape
+    _, channels, height, half_width = spectrum.shape
     pairs = tf.bitcast(spectrum, tf.float32)  # [n, C, H, Wf, 2]
     return tf.reshape(tf.transpose(pairs, [2, 3, 4, 0, 1]), [height * half_width, 2, -1, channels])
 

@@ -6,9 +6,9 @@ Each CF-Conv layer of a training step transforms its input (``rfft2d``) and its 
 the input gradient (``irfft2d``). :func:`transform_schedule` runs exactly those TF
 transforms on tensors of the same shapes as the paper's network, with the ReLU masks
 between layers and nothing else: no channel mixing, no generators, no sampling, no
-optimizer, and channels-first throughout so that no layout change is needed. However
-the rest of a CF-Conv step were made to cost nothing, a step built on TF's FFT kernels
-costs at least this.
+optimizer, and channels-first throughout so that no layout change is needed. Even if
+everything else in a CF-Conv step cost nothing, a step built on TF's FFT kernels would
+cost at least this.
 
 The transforms run on ``chunk`` images at a time (all images at once with ``chunk ==
 batch``): a chunk of one image's channels fits in cache, which makes TF's FFT kernels
