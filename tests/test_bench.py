@@ -46,6 +46,7 @@ def test_every_training_row_is_measured_and_compared_to_the_3x3_cnn(quick_result
         "cf naive (all entries), factorized generator",
         "cf transforms only, whole batch (floor)",
         "cf transforms only, per image (floor)",
+        "cf spectral convolutions only (floor)",
     ]
     baseline = rows[0]
     for row in rows:

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cfconv_tf.bench.transform_floor import transform_counts, transform_schedule
+from cfconv_tf.bench.transform_floor import (
+    floor_kernels,
+    spectral_schedule,
+    transform_counts,
+    transform_schedule,
+)
 
 
 def schedule_reference(images: np.ndarray, layers: int, filters: int, chunk: int) -> float:
@@ -61,3 +66,43 @@ def test_schedule_runs_a_cf_steps_transforms_on_its_shapes(chunk):
 def test_bad_schedules_are_refused(layers, chunk, message):
     with pytest.raises(ValueError, match=message):
         transform_schedule(tf.zeros([4, 3, 6, 6]), layers, 4, chunk)
+
+
+def spectral_schedule_reference(images: np.ndarray, kernels: list) -> float:
+    """Sum of d(sum of the last activation)/d(first layer's output), backpropagated by
+    hand: each layer's input gradient is the circular correlation
+    ``irfft2(sum_o conj(K) rfft2(g))`` (float64 numpy)."""
+    height, width = images.shape[1:3]
+    spectra = [kr.numpy() + 1j * ki.numpy().astype(np.float64) for kr, ki in kernels]
+    activation, pre_activations = images.astype(np.float64), []
+    for kernel in spectra:
+        mixed = np.einsum("bhwi,hwio->bhwo", np.fft.rfft2(activation, axes=(1, 2)), kernel)
+        pre_activations.append(np.fft.irfft2(mixed, s=(height, width), axes=(1, 2)))
+        activation = np.maximum(pre_activations[-1], 0)
+    gradient = np.ones_like(activation)
+    for layer in reversed(range(1, len(spectra))):
+        gradient = gradient * (pre_activations[layer] > 0)
+        spectrum = np.fft.rfft2(gradient, axes=(1, 2))
+        correlated = np.einsum("bhwo,hwio->bhwi", spectrum, np.conj(spectra[layer]))
+        gradient = np.fft.irfft2(correlated, s=(height, width), axes=(1, 2))
+    return gradient.sum()
+
+
+@pytest.mark.parametrize("height,width", [(7, 6), (8, 8), (5, 9)])
+def test_spectral_schedule_equals_hand_backpropagation(height, width, rng):
+    images = rng.uniform(0, 1, (2, height, width, 3)).astype(np.float32)
+    kernels = floor_kernels(height, width, 3, layers=3, filters=4)
+    assert [tuple(kr.shape) for kr, _ in kernels] == [
+        (height, width // 2 + 1, 3, 4),
+        (height, width // 2 + 1, 4, 4),
+        (height, width // 2 + 1, 4, 4),
+    ]
+    got = float(tf.function(lambda: spectral_schedule(tf.constant(images), kernels))())
+    want = spectral_schedule_reference(images, kernels)
+    assert abs(want) > 0
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_spectral_schedule_needs_a_layer():
+    with pytest.raises(ValueError, match="at least one layer"):
+        spectral_schedule(tf.zeros([1, 6, 6, 3]), [])

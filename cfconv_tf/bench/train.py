@@ -5,7 +5,8 @@ CNN; CF-Conv with 2^12, 2^15, 2^18 sampled positions per layer and step; and the
 paper's "naive" CF-Conv that regenerates every kernel entry every step; with the
 paper's coordinate MLPs, and (rows "..., factorized generator") with the generators of
 ``models/fashion_cnn_factorized.yaml``; and the floor under every CF-Conv row: the
-transforms of a CF-Conv step alone (rows "cf transforms only, ...", see
+transforms of a CF-Conv step alone (rows "cf transforms only, ...") and its spectral
+convolutions alone (transforms and mixing, row "cf spectral convolutions only"; see
 :mod:`cfconv_tf.bench.transform_floor`). Smaller inputs (``--quick``) keep the paper's
 counts as fractions of the kernel at 150x150.
 """
@@ -70,6 +71,14 @@ def configurations(size: int) -> list[dict]:
                 "chunk": chunk,
             }
         )
+    rows.append(
+        {
+            "name": "cf spectral convolutions only (floor)",
+            "variant": "transforms",
+            "samples": None,
+            "mixing": True,
+        }
+    )
     return rows
 
 

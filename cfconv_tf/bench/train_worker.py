@@ -3,7 +3,8 @@
 Runs ``warmup + repeats`` training steps of one model (``paper_cnn`` with the spec's
 samples, layer count, ``config`` changes and the generator settings of the named
 configuration ``generator_of``) on random data, or for variant ``transforms`` the
-transforms of such a step alone (:mod:`cfconv_tf.bench.transform_floor`), and prints one
+transforms of such a step alone (with ``mixing``: its spectral convolutions;
+:mod:`cfconv_tf.bench.transform_floor`), and prints one
 JSON line: seconds per timed step and the process's peak resident memory. Run in a
 subprocess so that each measurement starts clean and an out-of-memory failure (under
 the parent's RLIMIT_AS) takes down only this process.
@@ -44,18 +45,24 @@ def _measure_transforms(spec: dict) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from cfconv_tf.bench.transform_floor import transform_schedule
+    from cfconv_tf.bench.transform_floor import (
+        floor_kernels,
+        spectral_schedule,
+        transform_schedule,
+    )
     from cfconv_tf.config import load_model_config
 
     config = load_model_config("paper_cnn").replace(conv_layers=spec.get("conv_layers"))
+    layers, filters, size = config.conv_layers, config.filters, spec["size"]
     rng = np.random.default_rng(0)
-    images = tf.constant(
-        rng.uniform(0, 1, (spec["batch"], 3, spec["size"], spec["size"])), tf.float32
-    )
-    chunk = spec.get("chunk") or spec["batch"]
-    step = tf.function(
-        lambda: transform_schedule(images, config.conv_layers, config.filters, chunk)
-    )
+    images = tf.constant(rng.uniform(0, 1, (spec["batch"], size, size, 3)), tf.float32)
+    if spec.get("mixing"):
+        kernels = floor_kernels(size, size, 3, layers, filters)
+        step = tf.function(lambda: spectral_schedule(images, kernels))
+    else:
+        channels_first = tf.transpose(images, [0, 3, 1, 2])
+        chunk = spec.get("chunk") or spec["batch"]
+        step = tf.function(lambda: transform_schedule(channels_first, layers, filters, chunk))
     durations = []
     for _ in range(spec["warmup"] + spec["repeats"]):
         start = time.perf_counter()

@@ -14,11 +14,19 @@ The transforms run on ``chunk`` images at a time (all images at once with ``chun
 batch``): a chunk of one image's channels fits in cache, which makes TF's FFT kernels
 faster than on the whole batch, so the benchmark measures both and the smaller is
 the floor.
+
+:func:`spectral_schedule` adds what every CF-Conv step also needs: the channel mixing
+of the forward pass and of the input gradient, as :func:`~cfconv_tf.spectral.spectral_conv2d`
+computes them (with the layout changes its batched matmuls need), still without a
+kernel gradient, generator, sampling or optimizer.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
+
+from cfconv_tf.spectral import hermitian_project, spectral_conv2d
 
 
 def transform_counts(layers: int) -> dict[str, int]:
@@ -73,3 +81,41 @@ def transform_schedule(images: tf.Tensor, layers: int, filters: int, chunk: int)
     return tf.add_n(
         [_chunk_schedule(part, layers, filters) for part in tf.split(images, batch // chunk)]
     )
+
+
+def floor_kernels(
+    height: int, width: int, channels: int, layers: int, filters: int, seed: int = 0
+) -> list[tuple[tf.Tensor, tf.Tensor]]:
+    """Fixed random Hermitian-projected kernels ``(Kr, Ki)``, each ``[H, W//2+1, Cin,
+    filters]``, for :func:`spectral_schedule` (``Cin`` = ``channels``, then ``filters``).
+    Made once, outside the timed function, so they are its inputs, not graph constants."""
+    rng = np.random.default_rng(seed)
+    kernels = []
+    for index in range(layers):
+        shape = (height, width // 2 + 1, channels if index == 0 else filters, filters)
+        scale = 1.0 / np.sqrt(shape[2])
+        parts = (tf.constant(rng.uniform(-scale, scale, shape), tf.float32) for _ in range(2))
+        kernels.append(hermitian_project(*parts, width))
+    return kernels
+
+
+def spectral_schedule(images: tf.Tensor, kernels: list[tuple[tf.Tensor, tf.Tensor]]) -> tf.Tensor:
+    """The spectral convolutions of a CF-Conv step on ``images [B, H, W, C]`` (channels
+    last, as the layers take them): a ReLU spectral convolution per kernel of
+    :func:`floor_kernels` forward; backward, the gradient with respect to the first
+    layer's output (every later layer's input gradient; no kernel gradient, and the
+    first layer's backward transform is left out too). Returns a scalar checksum.
+
+    Raises:
+        ValueError: no kernels.
+    """
+    if not kernels:
+        raise ValueError("the schedule needs at least one layer, got 0")
+    first = tf.nn.relu(spectral_conv2d(images, *kernels[0]))
+    with tf.GradientTape() as tape:
+        tape.watch(first)
+        activation = first
+        for kernel in kernels[1:]:
+            activation = tf.nn.relu(spectral_conv2d(activation, *kernel))
+        loss = tf.reduce_sum(activation)
+    return tf.reduce_sum(tape.gradient(loss, first))
