@@ -100,6 +100,13 @@ def _build_stack(layers: Sequence[keras.layers.Dense], input_width: int) -> None
         shape = (None, layer.units)
 
 
+def _apply_stack(layers: Sequence[keras.layers.Dense], inputs: tf.Tensor) -> tf.Tensor:
+    """``inputs [n, d]`` through ``layers`` in sequence: ``[n, last layer's units]``."""
+    for layer in layers:
+        inputs = layer(inputs)
+    return inputs
+
+
 def _validate_hidden_units(hidden_units: Sequence[int]) -> tuple[int, ...]:
     units = tuple(int(width) for width in hidden_units)
     if not units or min(units) <= 0:
@@ -153,9 +160,7 @@ class CoordinateMLP(keras.layers.Layer):
         _build_stack(self.dense_layers, 4 * (1 + 2 * self.fourier_bands))
 
     def call(self, coordinates: tf.Tensor) -> tf.Tensor:
-        hidden = fourier_features(coordinates, self.fourier_bands)
-        for layer in self.dense_layers:
-            hidden = layer(hidden)
+        hidden = _apply_stack(self.dense_layers, fourier_features(coordinates, self.fourier_bands))
         return tf.squeeze(hidden, axis=-1)
 
     def values(self, positions: tf.Tensor, kernel_shape: Sequence[int]) -> tf.Tensor:
@@ -251,12 +256,8 @@ class FactorizedGenerator(keras.layers.Layer):
         """``A`` at every frequency of an ``(H, Wf)`` grid: ``[H * Wf, rank]``, row-major."""
         height, half_width = grid
         positions = tf.range(height * half_width, dtype=tf.int64)
-        hidden = fourier_features(
-            normalized_coordinates(positions, (height, half_width)), self.fourier_bands
-        )
-        for layer in self.dense_layers:
-            hidden = layer(hidden)
-        return hidden
+        coordinates = normalized_coordinates(positions, (height, half_width))
+        return _apply_stack(self.dense_layers, fourier_features(coordinates, self.fourier_bands))
 
     def call(self, positions: tf.Tensor) -> tf.Tensor:
         return self.values(positions, self.kernel_shape)

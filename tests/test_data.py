@@ -62,6 +62,13 @@ def test_training_stream_is_the_same_for_every_iterator_and_reshuffles_each_pass
     assert batches_per_pass(examples.filter(lambda x, _: x < 5), 4) == 2
 
 
+@pytest.mark.parametrize("batch_size", [0, -4])
+def test_training_stream_refuses_a_batch_size_below_one(batch_size):
+    examples = tf.data.Dataset.range(10).map(lambda i: (tf.cast(i, tf.float32), i))
+    with pytest.raises(ValueError, match=f"batch_size must be positive, got {batch_size}"):
+        training_stream(examples, batch_size, seed=0)
+
+
 def write_images(root, classes: dict[str, int], rng) -> None:
     for name, count in classes.items():
         (root / name).mkdir(parents=True)
