@@ -82,11 +82,15 @@ def fourier_features(coordinates: tf.Tensor, bands: int) -> tf.Tensor:
     return tf.concat([coordinates, tf.sin(angles), tf.cos(angles)], axis=-1)
 
 
-def _relu_stack(hidden_units: Sequence[int], initializer: str) -> list[keras.layers.Dense]:
-    """The hidden ReLU layers of a generator MLP, named ``dense_<k>``."""
+def _relu_stack(hidden_units: Sequence[int], initializer: str, dtype) -> list[keras.layers.Dense]:
+    """The hidden ReLU layers of a generator MLP, named ``dense_<k>``, in ``dtype``'s policy."""
     return [
         keras.layers.Dense(
-            units, activation="relu", kernel_initializer=initializer, name=f"dense_{index}"
+            units,
+            activation="relu",
+            kernel_initializer=initializer,
+            name=f"dense_{index}",
+            dtype=dtype,
         )
         for index, units in enumerate(hidden_units)
     ]
@@ -155,8 +159,10 @@ class CoordinateMLP(keras.layers.Layer):
         self.hidden_units = _validate_hidden_units(hidden_units)
 
     def build(self, input_shape) -> None:
-        self.dense_layers = _relu_stack(self.hidden_units, self.hidden_initializer)
-        self.dense_layers.append(keras.layers.Dense(1, name="output"))
+        self.dense_layers = _relu_stack(
+            self.hidden_units, self.hidden_initializer, self.dtype_policy
+        )
+        self.dense_layers.append(keras.layers.Dense(1, name="output", dtype=self.dtype_policy))
         _build_stack(self.dense_layers, 4 * (1 + 2 * self.fourier_bands))
 
     def call(self, coordinates: tf.Tensor) -> tf.Tensor:
@@ -206,7 +212,7 @@ class FactorizedGenerator(keras.layers.Layer):
     coordinates (their Fourier features) and ``B`` a learned ``[Cin * Cout, rank]``
     table (channels are discrete: there is nothing continuous to share between them).
 
-    Why (issue 9, docs/results.md): the paper's one MLP of ``(h, w, i, o)`` must draw
+    Why (docs/results.md): the paper's one MLP of ``(h, w, i, o)`` must draw
     1,024 channel pairs' kernels from numeric channel coordinates and learns them
     slowly; here each pair owns its factors and only the frequency axis is continuous
     (so :meth:`values` still re-samples the kernel on another grid). It is also cheap:
@@ -235,7 +241,9 @@ class FactorizedGenerator(keras.layers.Layer):
     def build(self, kernel_shape) -> None:
         self.kernel_shape = tuple(int(size) for size in kernel_shape)
         self.channels = self.kernel_shape[2:]
-        self.dense_layers = _relu_stack(self.hidden_units, self.hidden_initializer)
+        self.dense_layers = _relu_stack(
+            self.hidden_units, self.hidden_initializer, self.dtype_policy
+        )
         # unit-variance factors: A's output and B's entries are both ~N(0, 1), so
         # values are ~N(0, 1) before the layer's kernel_scale
         self.dense_layers.append(
@@ -243,6 +251,7 @@ class FactorizedGenerator(keras.layers.Layer):
                 self.rank,
                 kernel_initializer=keras.initializers.VarianceScaling(1.0, "fan_in", "normal"),
                 name="output",
+                dtype=self.dtype_policy,
             )
         )
         _build_stack(self.dense_layers, 2 * (1 + 2 * self.fourier_bands))
@@ -250,6 +259,7 @@ class FactorizedGenerator(keras.layers.Layer):
             name="channel_factors",
             shape=(self.channels[0] * self.channels[1], self.rank),
             initializer=keras.initializers.RandomNormal(stddev=1.0),
+            autocast=False,  # read inside a mixed-precision CF layer's call, stays float32
         )
 
     def frequency_factors(self, grid: tuple[int, int]) -> tf.Tensor:

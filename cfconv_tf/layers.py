@@ -69,8 +69,10 @@ class CFConv2D(keras.layers.Layer):
     (see :func:`cfconv_tf.spectral.hermitian_project`), so every FFT implementation
     computes the same function.
 
-    Input ``[B, H, W, Cin]`` float32 with H, W fixed at build -> output
-    ``[B, H, W, filters]`` (circular convolution, then ``activation``).
+    Input ``[B, H, W, Cin]`` with H, W fixed at build -> output ``[B, H, W, filters]``
+    (circular convolution, then ``activation``). Under a mixed-precision policy the
+    transforms, the state and the generators stay in float32 (TensorFlow's FFTs take no
+    float16) and only the output is in the compute dtype, as keras-hub's FNet does.
 
     Args:
         filters: output channels.
@@ -131,7 +133,10 @@ class CFConv2D(keras.layers.Layer):
         seed: int | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
+        # no autocast of inputs or weights: the layer keeps its kernel and transforms in
+        # float32 itself (its float weights are also created with autocast=False, which
+        # holds where a mixed layer sits in a float32 model)
+        super().__init__(**{**kwargs, "autocast": False})
         if isinstance(filters, bool) or not isinstance(filters, int) or filters <= 0:
             raise ValueError(f"filters must be a positive integer, got {filters!r}")
         if not 0.0 < float(update_rate) <= 1.0:
@@ -158,11 +163,20 @@ class CFConv2D(keras.layers.Layer):
         self.generator_initializer = generator_initializer
         self.generator = validate_generator(generator)
         self.generator_rank = validate_generator_rank(generator_rank)
+        # The generators write into the float32 state, so they compute in float32 whatever
+        # the layer's dtype policy (under mixed precision only the output is cast).
         self.real_generator, self.imag_generator = (
-            CoordinateMLP(self.hidden_units, fourier_bands, generator_initializer, name=name)
+            CoordinateMLP(
+                self.hidden_units, fourier_bands, generator_initializer, name=name, dtype="float32"
+            )
             if generator == "coordinate_mlp"
             else FactorizedGenerator(
-                generator_rank, self.hidden_units, fourier_bands, generator_initializer, name=name
+                generator_rank,
+                self.hidden_units,
+                fourier_bands,
+                generator_initializer,
+                name=name,
+                dtype="float32",
             )
             for name in ("real_generator", "imag_generator")
         )
@@ -182,6 +196,13 @@ class CFConv2D(keras.layers.Layer):
         self.input_size = (int(height), int(width))
         self.kernel_shape = (int(height), int(width) // 2 + 1, int(channels), self.filters)
         self.sample_count = resolve_sample_count(self.samples, self.kernel_size)
+        for generator in (self.real_generator, self.imag_generator):
+            # a coordinate MLP reads [n, 4] coordinates; a factorized one needs the
+            # channel counts of the kernel
+            generator.build((None, 4) if self.generator == "coordinate_mlp" else self.kernel_shape)
+        # Initial values that depend on the generators are initializers, not assignments
+        # after creation: Keras may build the layer while it traces a subclassed model
+        # statelessly, where assignments are dropped and variables initialized afterwards.
         # Under tf.distribute every replica computes the same update (same positions,
         # same mirrored MLP weights); "only_first_replica" makes the first replica's
         # write the one every copy receives, so the copies cannot drift apart.
@@ -191,6 +212,8 @@ class CFConv2D(keras.layers.Layer):
                 shape=self.kernel_shape,
                 initializer=self._state_part_initializer(stream),
                 trainable=False,
+                dtype="float32",
+                autocast=False,
                 aggregation="only_first_replica",
             )
             for stream, name in enumerate(("state_real", "state_imag"))
@@ -203,25 +226,15 @@ class CFConv2D(keras.layers.Layer):
             trainable=False,
             aggregation="only_first_replica",
         )
-        for generator in (self.real_generator, self.imag_generator):
-            # a coordinate MLP reads [n, 4] coordinates; a factorized one needs the
-            # channel counts of the kernel
-            generator.build((None, 4) if self.generator == "coordinate_mlp" else self.kernel_shape)
         self.generator_scale = self.add_weight(
             name="generator_scale",
             shape=(),
-            initializer="ones",
+            initializer=lambda shape, dtype: tf.constant(self._initial_scale(), dtype),
             trainable=False,
+            dtype="float32",
+            autocast=False,
             aggregation="only_first_replica",
         )
-        if self.kernel_scale == "auto":
-            self.generator_scale.assign(self._he_scale())
-        else:
-            self.generator_scale.assign(self.kernel_scale)
-        if self.state_initializer == "generator":
-            kernel_real, kernel_imag = self.generate_kernel()
-            self.state_real.assign(kernel_real)
-            self.state_imag.assign(kernel_imag)
         self.input_spec = keras.InputSpec(ndim=4, axes={-1: int(channels)})
 
     def _state_part_initializer(self, stream: int):
@@ -236,18 +249,28 @@ class CFConv2D(keras.layers.Layer):
                 shape, seed=(self.sampler_seed, 2 + stream), minval=-1.0, maxval=1.0, dtype=dtype
             )
         if self.state_initializer == "generator":
-            return "zeros"  # overwritten from the generators at the end of build()
+            generator = (self.real_generator, self.imag_generator)[stream]
+            return lambda shape, dtype: tf.cast(
+                generator.kernel(shape) * self._initial_scale(), dtype
+            )
         return self.state_initializer
+
+    def _initial_scale(self) -> float:
+        """``generator_scale`` at build: ``kernel_scale``, or He's for ``"auto"``."""
+        return self._he_scale() if self.kernel_scale == "auto" else self.kernel_scale
 
     def _he_scale(self, probes: int = 2**14) -> float:
         """The factor that gives the unscaled generators' kernel ``E|K|^2 = 2 / Cin``.
 
-        Estimated from both MLPs at ``probes`` positions drawn with the layer's seed.
+        Measured on the whole kernel when it has at most ``probes`` entries, else
+        estimated from both MLPs at ``probes`` positions drawn with the layer's seed.
         """
-        count = min(probes, self.kernel_size)
-        positions = tf.random.stateless_uniform(
-            [count], seed=(self.seed or 0, 1), maxval=self.kernel_size, dtype=tf.int64
-        )
+        if self.kernel_size <= probes:
+            positions = tf.range(self.kernel_size, dtype=tf.int64)
+        else:
+            positions = tf.random.stateless_uniform(
+                [probes], seed=(self.seed or 0, 1), maxval=self.kernel_size, dtype=tf.int64
+            )
         power = tf.reduce_mean(
             tf.square(self.real_generator.values(positions, self.kernel_shape))
             + tf.square(self.imag_generator.values(positions, self.kernel_shape))
@@ -275,17 +298,18 @@ class CFConv2D(keras.layers.Layer):
                 f"{inputs.shape[1]}x{inputs.shape[2]}. Freeze or export the model at "
                 f"the new size instead (the MLPs re-sample the kernel there)."
             )
+        x = tf.cast(inputs, tf.float32)  # FFTs take float32 only: mixed precision ends here
         if training:
             (kernel_real, kernel_imag), positions, values = self.sparse_update()
             if self.uses_sampled_gradient:
-                return self.activation(
-                    sampled_spectral_conv2d(inputs, kernel_real, kernel_imag, positions, *values)
-                )
+                y = sampled_spectral_conv2d(x, kernel_real, kernel_imag, positions, *values)
+                return self.activation(tf.cast(y, self.compute_dtype))
         else:
             kernel_real = tf.convert_to_tensor(self.state_real)
             kernel_imag = tf.convert_to_tensor(self.state_imag)
         kernel_real, kernel_imag = hermitian_project(kernel_real, kernel_imag, self.input_size[1])
-        return self.activation(spectral_conv2d(inputs, kernel_real, kernel_imag))
+        y = spectral_conv2d(x, kernel_real, kernel_imag)
+        return self.activation(tf.cast(y, self.compute_dtype))
 
     def sparse_update(
         self,
@@ -387,9 +411,10 @@ class CFConv2D(keras.layers.Layer):
         if source == "state":
             if size != self.input_size:
                 raise ValueError(
-                    f"the stored spectral state is defined on the {self.input_size[0]}x"
-                    f"{self.input_size[1]} grid it was trained at; freeze at "
-                    f"{size[0]}x{size[1]} with source='mlp'"
+                    f"{self.name}: the stored spectral state is defined on the "
+                    f"{self.input_size[0]}x{self.input_size[1]} grid it was trained at, and "
+                    f"this layer now sees {size[0]}x{size[1]}; freeze with source='mlp' to "
+                    f"re-sample the kernel from its generators"
                 )
             kernel = (tf.convert_to_tensor(self.state_real), tf.convert_to_tensor(self.state_imag))
         else:
