@@ -1,24 +1,22 @@
 """cfconv_tf: Continuous Fourier Convolutions (CF-Convs) for TensorFlow/Keras.
 
-The layers are imported on first use, so ``import cfconv_tf`` (and the ``cfconv``
-command's start-up) does not load TensorFlow before it has to.
+Importing the package registers every serializable class with Keras (so
+``keras.models.load_model`` reads trained and frozen models) and the ONNX forms of
+TensorFlow's 2D real FFTs with tf2onnx (so Keras' ``model.export(path, format="onnx")``
+writes a model onnxruntime runs).
 """
 
 from __future__ import annotations
 
-import importlib
+import export.tf2onnx_handlers  # noqa: F401  (registers the FFT handlers with tf2onnx)
+from cfconv_tf.frozen import FrozenSpectralConv2D
+from cfconv_tf.generator import PAPER_HIDDEN_UNITS, CoordinateMLP, FactorizedGenerator
+from cfconv_tf.layers import CFConv2D
 
-_EXPORTS = {
-    "CFConv2D": "cfconv_tf.layers",
-    "CoordinateMLP": "cfconv_tf.generator",
-    "FactorizedGenerator": "cfconv_tf.generator",
-    "FrozenSpectralConv2D": "cfconv_tf.frozen",
-    "PAPER_HIDDEN_UNITS": "cfconv_tf.generator",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'cfconv_tf' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__all__ = [
+    "CFConv2D",
+    "CoordinateMLP",
+    "FactorizedGenerator",
+    "FrozenSpectralConv2D",
+    "PAPER_HIDDEN_UNITS",
+]

@@ -1,6 +1,6 @@
-"""Runtimes that compute a classifier's probabilities, and how far apart they are.
+"""Runtimes that compute an exported model's outputs, and how far apart they are.
 
-Each runner maps ``[N, H, W, C]`` float32 pixels to ``[N, classes]`` probabilities.
+Each runner maps the model's inputs by name (numpy arrays) to its outputs by name.
 """
 
 from __future__ import annotations
@@ -10,54 +10,82 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import onnxruntime as ort
 import tensorflow as tf
 
-from export.savedmodel import INPUT_NAME, class_probabilities
+from export.ort_session import onnx_session
+from export.savedmodel import SIGNATURE_NAME
+from export.signature import Signature, serving_function
 
-Runner = Callable[[np.ndarray], np.ndarray]
+Arrays = dict[str, np.ndarray]
+Runner = Callable[[Arrays], Arrays]
 TOLERANCE = 1e-4
 
 
-def keras_runner(model: keras.Model) -> Runner:
+def keras_runner(model: keras.Model, signature: Signature) -> Runner:
     """A Keras model in inference mode (``training=False``: no sampling, no writes),
     compiled once with ``tf.function`` as a deployed Keras model would be."""
-    height, width, channels = (int(size) for size in model.inputs[0].shape[1:])
-    spec = tf.TensorSpec([None, height, width, channels], tf.float32)
     compiled = tf.function(
-        lambda images: class_probabilities(model, images), input_signature=[spec]
+        serving_function(model, signature), input_signature=signature.input_specs
     )
-    return lambda images: compiled(tf.constant(images)).numpy()
+    names = [info.name for info in signature.inputs]
+
+    def run(inputs: Arrays) -> Arrays:
+        outputs = compiled(*(tf.constant(inputs[name]) for name in names))
+        return {name: value.numpy() for name, value in outputs.items()}
+
+    return run
 
 
 def savedmodel_runner(folder: str | Path) -> Runner:
-    """The ``serving_default`` signature of a SavedModel, called by its input name."""
-    signature = tf.saved_model.load(str(folder)).signatures["serving_default"]
-    return lambda images: signature(**{INPUT_NAME: tf.constant(images)})["probabilities"].numpy()
+    """The ``serving_default`` signature of a SavedModel, called by its input names."""
+    signature = tf.saved_model.load(str(folder)).signatures[SIGNATURE_NAME]
 
+    def run(inputs: Arrays) -> Arrays:
+        outputs = signature(**{name: tf.constant(value) for name, value in inputs.items()})
+        return {name: value.numpy() for name, value in outputs.items()}
 
-def onnx_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU onnxruntime session (``threads`` intra-op threads, default: all cores)."""
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return run
 
 
 def onnx_runner(path: str | Path) -> Runner:
     session = onnx_session(path)
-    return lambda images: session.run(["probabilities"], {INPUT_NAME: images})[0]
+    names = [output.name for output in session.get_outputs()]
+    return lambda inputs: dict(zip(names, session.run(names, inputs), strict=True))
 
 
-def relative_error(candidate: np.ndarray, reference: np.ndarray) -> float:
-    """``max |candidate - reference| / max |reference|``."""
-    scale = max(float(np.abs(reference).max()), np.finfo(np.float32).tiny)
-    return float(np.abs(candidate - reference).max()) / scale
+def random_inputs(signature: Signature, batch: int, rng: np.random.Generator) -> Arrays:
+    """Inputs to probe a model with: pixels in [0, 255] for images, N(0, 1) otherwise."""
+    arrays = {}
+    for info in signature.inputs:
+        shape = (batch, *(size or 1 for size in info.shape[1:]))
+        values = rng.uniform(0, 255, shape) if len(shape) == 4 else rng.standard_normal(shape)
+        arrays[info.name] = values.astype(info.dtype)
+    return arrays
 
 
-def compare(
-    reference: Runner, candidates: dict[str, Runner], images: np.ndarray
-) -> dict[str, float]:
-    """Relative error of each candidate against the reference on the same images."""
-    expected = reference(images)
-    return {name: relative_error(run(images), expected) for name, run in candidates.items()}
+def relative_error(candidate: Arrays, reference: Arrays) -> float:
+    """The largest ``max |candidate - reference| / max |reference|`` over the float outputs.
+
+    Integer outputs (``class_index``) are derived from float ones and not compared.
+
+    Raises:
+        ValueError: the candidate lacks an output of the reference.
+    """
+    missing = sorted(set(reference) - set(candidate))
+    if missing:
+        raise ValueError(f"outputs {missing} are missing (has {sorted(candidate)})")
+    errors = [0.0]
+    for name, expected in reference.items():
+        if not np.issubdtype(expected.dtype, np.floating):
+            continue
+        expected = expected.astype(np.float64)
+        scale = max(float(np.abs(expected).max(initial=0.0)), np.finfo(np.float32).tiny)
+        difference = np.abs(candidate[name].astype(np.float64) - expected).max(initial=0.0)
+        errors.append(float(difference) / scale)
+    return max(errors)
+
+
+def compare(reference: Runner, candidates: dict[str, Runner], inputs: Arrays) -> dict[str, float]:
+    """Relative error of each candidate against the reference on the same inputs."""
+    expected = reference(inputs)
+    return {name: relative_error(run(inputs), expected) for name, run in candidates.items()}

@@ -16,10 +16,19 @@ import numpy as np
 from cfconv_tf.data import batched, load_dataset
 from cfconv_tf.training import compile_model
 from export.atomic import staged_version
-from export.freeze import freeze_model, load_trained_model, model_input_size
-from export.onnx_model import build_onnx, save_onnx
-from export.parity import TOLERANCE, compare, keras_runner, onnx_runner, savedmodel_runner
+from export.freeze import freeze_model, image_input_size, load_trained_model
+from export.names import CLASS_NAMES_KEY, PREPROCESSING_KEY
+from export.onnx_export import build_onnx, save_onnx
+from export.parity import (
+    TOLERANCE,
+    compare,
+    keras_runner,
+    onnx_runner,
+    random_inputs,
+    savedmodel_runner,
+)
 from export.savedmodel import write_savedmodel
+from export.signature import classifier_units, signature_of
 from export.triton import write_repository_entry
 
 FORMATS = ("savedmodel", "onnx", "triton")
@@ -33,13 +42,25 @@ def run_dir_of(model_path: str | Path) -> Path | None:
     return folder if (folder / "run.json").is_file() else None
 
 
-def class_names_for(model: keras.Model, model_path: str | Path) -> list[str]:
-    """Class names from the model's run directory, else ``class_0 ...``."""
+def read_labels(path: str | Path) -> list[str]:
+    """Class names from a text file, one per line (Triton's ``labels.txt``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no labels file at {path}")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{path} holds no class names")
+    return names
+
+
+def class_names_for(model_path: str | Path, labels: str | Path | None = None) -> list[str] | None:
+    """Class names: from ``labels`` (a file), else from the model's run directory, else None."""
+    if labels is not None:
+        return read_labels(labels)
     run_dir = run_dir_of(model_path)
     if run_dir and (run_dir / "test_metrics.json").is_file():
         return json.loads((run_dir / "test_metrics.json").read_text())["class_names"]
-    units = int(model.outputs[0].shape[-1])
-    return [f"class_{index}" for index in range(max(units, 2))]
+    return None
 
 
 def test_split(
@@ -63,7 +84,9 @@ def test_split(
 
 def accuracy(model: keras.Model, test, batch_size: int = 64) -> float:
     """Test accuracy of a classifier (sigmoid or softmax head)."""
-    classes = max(int(model.outputs[0].shape[-1]), 2)
+    classes = classifier_units(model)
+    if classes is None:
+        raise ValueError(f"{model.name} is not a classifier: accuracy is not defined for it")
     compile_model(model, classes, learning_rate=1e-3)
     metrics = model.evaluate(batched(test, batch_size), return_dict=True, verbose=0)
     return float(next(value for name, value in metrics.items() if "accuracy" in name))
@@ -76,30 +99,31 @@ def freeze_and_report(
     input_size: tuple[int, int] | None = None,
     dataset: str | None = None,
     evaluate_limit: int | None = None,
+    dtype: str | None = None,
 ) -> dict:
-    """Freeze, save to ``out`` (.keras) and report trained vs frozen test accuracy."""
+    """Freeze, save to ``out`` (.keras) and report trained vs frozen test accuracy.
+
+    Accuracy is reported for an image classifier whose dataset is known.
+    """
     trained = load_trained_model(model_path)
-    frozen = freeze_model(trained, source, input_size)
+    frozen = freeze_model(trained, source, input_size, dtype)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.staging.keras")
     frozen.save(staging)
     staging.replace(out)
-    height, width, _ = model_input_size(trained)
-    frozen_size = model_input_size(frozen)[:2]
-    report = {
-        "source": source,
-        "trained_size": [height, width],
-        "frozen_size": list(frozen_size),
-        "out": str(out),
-    }
-    if dataset or run_dir_of(model_path):
-        report["trained_accuracy"] = accuracy(
-            trained, test_split(model_path, (height, width), dataset, evaluate_limit)
-        )
-        report["frozen_accuracy"] = accuracy(
-            frozen, test_split(model_path, frozen_size, dataset, evaluate_limit)
-        )
+    report = {"source": source, "out": str(out)}
+    if input_size is not None or any(len(t.shape) == 4 for t in trained.inputs):
+        height, width, _ = image_input_size(trained)
+        frozen_size = image_input_size(frozen)[:2]
+        report.update({"trained_size": [height, width], "frozen_size": list(frozen_size)})
+        if (dataset or run_dir_of(model_path)) and classifier_units(trained):
+            report["trained_accuracy"] = accuracy(
+                trained, test_split(model_path, (height, width), dataset, evaluate_limit)
+            )
+            report["frozen_accuracy"] = accuracy(
+                frozen, test_split(model_path, frozen_size, dataset, evaluate_limit)
+            )
     return report
 
 
@@ -113,40 +137,52 @@ def export_model(
     input_size: tuple[int, int] | None = None,
     lowering: str = "factorized",
     opset: int | None = None,
+    labels: str | Path | None = None,
+    dtype: str | None = None,
 ) -> Path:
-    """Freeze (if needed) and export; returns the written version folder."""
+    """Freeze (if needed) and export; returns the written version folder.
+
+    ``labels``: a class-names file for a classifier outside a run directory; ``dtype``:
+    a dtype policy for every layer (:func:`export.freeze.freeze_model`).
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
     trained = load_trained_model(model_path)
-    frozen = freeze_model(trained, source, input_size)
-    class_names = class_names_for(trained, model_path)
+    frozen = freeze_model(trained, source, input_size, dtype)
+    if labels is not None and classifier_units(frozen) is None:
+        raise ValueError(
+            f"class names were given, but {frozen.name} is not a classifier (one softmax or "
+            f"one-unit sigmoid output); export it without them"
+        )
+    signature = signature_of(frozen, class_names_for(model_path, labels))
     metadata = {
         "name": name,
-        "class_names": class_names,
-        "input_size": list(model_input_size(frozen)),
-        "preprocessing": PREPROCESSING,
         "kernel_source": source,
         "trained_model": str(model_path),
+        "inputs": [[info.name, list(info.shape), info.dtype] for info in signature.inputs],
+        "outputs": [[info.name, list(info.shape), info.dtype] for info in signature.outputs],
     }
+    if run_dir_of(model_path):
+        metadata[PREPROCESSING_KEY] = PREPROCESSING
     if fmt != "savedmodel":  # build (and so validate) before anything is staged
         onnx_model = build_onnx(
             frozen,
-            class_names,
+            signature,
             lowering,
             opset,
             {
-                key: json.dumps(value) if not isinstance(value, str) else value
+                key: value if isinstance(value, str) else json.dumps(value)
                 for key, value in metadata.items()
-                if key not in ("class_names", "input_size")
             },
         )
     with staged_version(Path(out), name, version) as (staging, final):
         if fmt == "savedmodel":
-            write_savedmodel(frozen, staging, metadata)
+            saved = {**metadata, CLASS_NAMES_KEY: signature.class_names}
+            write_savedmodel(frozen, signature, staging, saved)
         else:
             save_onnx(onnx_model, staging)
     if fmt == "triton":
-        write_repository_entry(final.parent, name, model_input_size(frozen), class_names)
+        write_repository_entry(final.parent, name, signature)
     return final
 
 
@@ -160,24 +196,22 @@ def verify_exports(
 ) -> dict[str, dict[str, float]]:
     """Relative error of the frozen model and each export against the trained model.
 
-    Compared on fresh random pixels and on real test images (when a dataset is known).
+    Compared on random inputs and, for an image model whose dataset is known, on real
+    test images.
     """
     trained = load_trained_model(model_path)
-    candidates = {"frozen keras": keras_runner(freeze_model(trained))}
+    signature = signature_of(trained, class_names_for(model_path))
+    frozen = freeze_model(trained)
+    candidates = {"frozen keras": keras_runner(frozen, signature)}
     candidates.update({f"savedmodel {p}": savedmodel_runner(p) for p in savedmodels})
     candidates.update({f"onnxruntime {p}": onnx_runner(p) for p in onnx_files})
-    height, width, channels = model_input_size(trained)
-    inputs = {
-        "random": np.random.default_rng(seed)
-        .uniform(0, 255, (samples, height, width, channels))
-        .astype(np.float32)
-    }
-    if dataset or run_dir_of(model_path):
+    inputs = {"random": random_inputs(signature, samples, np.random.default_rng(seed))}
+    if (dataset or run_dir_of(model_path)) and len(signature.inputs) == 1:
+        height, width, _ = image_input_size(trained)
         images, _ = next(iter(test_split(model_path, (height, width), dataset).batch(samples)))
-        inputs["test images"] = images.numpy()
-    return {
-        kind: compare(keras_runner(trained), candidates, images) for kind, images in inputs.items()
-    }
+        inputs["test images"] = {signature.inputs[0].name: images.numpy()}
+    reference = keras_runner(trained, signature)
+    return {kind: compare(reference, candidates, arrays) for kind, arrays in inputs.items()}
 
 
 def parity_failures(report: dict[str, dict[str, float]], tolerance: float = TOLERANCE) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from export.savedmodel import INPUT_NAME
 from serving.errors import ClientError
 from serving.inputs import image_tensor
 from serving.repository import ServedModel
@@ -52,10 +51,12 @@ def parse_infer(request: dict, binary: bytes, model: ServedModel) -> np.ndarray:
     """The ``image`` input as float32 ``[N, H, W, C]``."""
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise ClientError(f'"inputs" must be a list holding the one input "{INPUT_NAME}"')
+        raise ClientError(f'"inputs" must be a list holding the one input "{model.input_name}"')
     tensor = inputs[0]
-    if tensor.get("name") != INPUT_NAME:
-        raise ClientError(f'unknown input {tensor.get("name")!r}; the model takes "{INPUT_NAME}"')
+    if tensor.get("name") != model.input_name:
+        raise ClientError(
+            f'unknown input {tensor.get("name")!r}; the model takes "{model.input_name}"'
+        )
     datatype, shape = tensor.get("datatype"), tensor.get("shape")
     if datatype not in DATATYPES:
         raise ClientError(f"unsupported datatype {datatype!r}; use one of {sorted(DATATYPES)}")
@@ -124,7 +125,9 @@ def model_metadata(model: ServedModel, versions: list[int]) -> dict:
         "name": model.name,
         "versions": [str(v) for v in versions],
         "platform": model.backend.platform,
-        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *model.input_size]}],
+        "inputs": [
+            {"name": model.input_name, "datatype": "FP32", "shape": [-1, *model.input_size]}
+        ],
         "outputs": [
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(model.class_names)]},
             {"name": "class_index", "datatype": "INT64", "shape": [-1]},

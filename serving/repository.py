@@ -39,6 +39,10 @@ class ServedModel:
         return self.backend.input_size
 
     @property
+    def input_name(self) -> str:
+        return self.backend.input_name
+
+    @property
     def class_names(self) -> list[str]:
         return self.backend.class_names
 

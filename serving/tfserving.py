@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.savedmodel import INPUT_NAME
 from serving.errors import ClientError
 from serving.inputs import images_from_instances
 from serving.repository import ServedModel
@@ -31,15 +30,17 @@ def parse_predict(body: object, model: ServedModel) -> tuple[np.ndarray, bool]:
         if (
             isinstance(instances, list)
             and instances
-            and all(isinstance(item, dict) and set(item) == {INPUT_NAME} for item in instances)
+            and all(
+                isinstance(item, dict) and set(item) == {model.input_name} for item in instances
+            )
         ):
-            instances = [item[INPUT_NAME] for item in instances]
+            instances = [item[model.input_name] for item in instances]
         return images_from_instances(instances, model.input_size), True
     inputs = body["inputs"]
     if isinstance(inputs, dict):
-        if set(inputs) != {INPUT_NAME}:
-            raise ClientError(f'"inputs" must name the single input "{INPUT_NAME}"')
-        inputs = inputs[INPUT_NAME]
+        if set(inputs) != {model.input_name}:
+            raise ClientError(f'"inputs" must name the single input "{model.input_name}"')
+        inputs = inputs[model.input_name]
     return images_from_instances(inputs, model.input_size), False
 
 
@@ -83,7 +84,9 @@ def _tensor_info(name: str, dtype: str, dims: list[int]) -> dict:
 def metadata_response(model: ServedModel) -> dict:
     classes = len(model.class_names)
     signature = {
-        "inputs": {INPUT_NAME: _tensor_info(INPUT_NAME, "DT_FLOAT", [-1, *model.input_size])},
+        "inputs": {
+            model.input_name: _tensor_info(model.input_name, "DT_FLOAT", [-1, *model.input_size])
+        },
         "outputs": {
             "probabilities": _tensor_info("probabilities", "DT_FLOAT", [-1, classes]),
             "class_index": _tensor_info("class_index", "DT_INT64", [-1]),

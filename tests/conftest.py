@@ -122,17 +122,3 @@ class Snapshots(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         key = (self.epochs[-1], batch)
         self.after_step[key] = [w.numpy().copy() for w in self.model.weights]
-
-
-def onnx_model_x_to_y(g, x_shape: list, y_shape: list, opset: int = 17):
-    """A float graph ``x -> y`` from a GraphBuilder whose result is named ``y``."""
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        g.nodes,
-        "test",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
-        g.initializers,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

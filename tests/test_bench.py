@@ -192,9 +192,34 @@ def test_benchmark_rows_build_the_configurations_they_name():
     [
         (["bench", "train", "--rows", "cf 2^13"], "unknown training benchmark rows ['cf 2^13']"),
         (["bench", "infer", "--rows", "cf 2^12"], "--rows selects rows of the train suite"),
+        (["bench", "onnx"], "the onnx suite times the files given with --onnx"),
     ],
 )
 def test_bad_benchmark_rows_are_refused_before_measuring(argv, message, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "bench")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "bench").exists()
+
+
+def test_onnx_files_are_timed_side_by_side_against_the_first(tiny_config, tmp_path):
+    from conftest import trained_tiny_model
+
+    from export.onnx_export import export_onnx
+
+    model = trained_tiny_model(tiny_config, "cf", (9, 8, 1), 3)
+    files = {low: export_onnx(model, tmp_path / low, low) for low in ("factorized", "matmul")}
+    argv = ["bench", "onnx", "--quick", "--out", str(tmp_path / "bench")]
+    argv += [arg for low, path in files.items() for arg in ("--onnx", f"{low}={path}")]
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "bench" / "results.json").read_text())["onnx"]
+    assert [(row["model"], row["batch"]) for row in rows] == [
+        ("factorized", 1),
+        ("matmul", 1),
+        ("factorized", 4),
+        ("matmul", 4),
+    ]
+    for row in rows:
+        assert row["median_ms"] == pytest.approx(statistics.median(row["runs_ms"]))
+        assert row["max_difference_to_first"] <= 1e-4  # two lowerings, one function
+    assert rows[0]["ratio_to_first"] == 1.0 and rows[0]["max_difference_to_first"] == 0.0
+    assert "## ONNX files side by side" in (tmp_path / "bench" / "results.md").read_text()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -13,58 +15,66 @@ import tensorflow as tf
 from conftest import trained_tiny_model
 
 from cfconv_tf.cli import main
-from export.onnx_model import ONNX_DATA_FILE, build_onnx, save_onnx
+from export.freeze import freeze_model
+from export.names import ONNX_DATA_FILE
+from export.onnx_export import build_onnx, export_onnx, save_onnx
 from export.onnx_spectral import LOWERINGS
+from export.parity import (
+    keras_runner,
+    onnx_runner,
+    random_inputs,
+    relative_error,
+    savedmodel_runner,
+)
 from export.pipeline import export_model, parity_failures, verify_exports
-from export.savedmodel import class_probabilities
+from export.signature import signature_of
 
+# The paper network's ops in the factorized lowering (a sigmoid head adds Concat and Sub).
 MODEL_OPS = {
     "Transpose",
     "Reshape",
     "MatMul",
-    "Slice",
     "Sub",
     "Add",
     "Concat",
     "Mul",
     "Relu",
-    "Conv",
-    "GlobalAveragePool",
-    "Flatten",
+    "ReduceMean",
     "Softmax",
     "Sigmoid",
     "ArgMax",
 }
 
 
-def onnx_probabilities(path, images: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(["probabilities"], {"image": images})[0]
-
-
-def savedmodel_probabilities(folder, images: np.ndarray) -> np.ndarray:
-    signature = tf.saved_model.load(str(folder)).signatures["serving_default"]
-    return signature(image=tf.constant(images))["probabilities"].numpy()
-
-
-def relative(candidate: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.abs(candidate - reference).max() / np.abs(reference).max())
+def labels_file(tmp_path, classes: int):
+    path = tmp_path / "labels.txt"
+    path.write_text("".join(f"class {index}\n" for index in range(classes)))
+    return path
 
 
 @pytest.mark.parametrize("shape,classes", [((9, 8, 1), 2), ((8, 8, 3), 4), ((7, 11, 2), 3)])
 def test_every_runtime_computes_the_trained_model(tiny_config, tmp_path, shape, classes, rng):
     model = trained_tiny_model(tiny_config, "cf", shape, classes)
     model.save(tmp_path / "model.keras")
-    images = rng.uniform(0, 255, (6, *shape)).astype(np.float32)
-    expected = class_probabilities(model, tf.constant(images)).numpy()
-    assert expected.shape == (6, max(classes, 2))
-    saved = export_model(tmp_path / "model.keras", "savedmodel", tmp_path / "sm", "m")
-    assert relative(savedmodel_probabilities(saved, images), expected) <= 1e-4
+    labels = labels_file(tmp_path, classes)
+    signature = signature_of(model, [f"class {index}" for index in range(classes)])
+    inputs = random_inputs(signature, 6, rng)
+    expected = keras_runner(model, signature)(inputs)
+    assert expected["probabilities"].shape == (6, classes)
+    saved = export_model(
+        tmp_path / "model.keras", "savedmodel", tmp_path / "sm", "m", labels=labels
+    )
+    assert relative_error(savedmodel_runner(saved)(inputs), expected) <= 1e-4
     for lowering in sorted(LOWERINGS):
         folder = export_model(
-            tmp_path / "model.keras", "onnx", tmp_path / lowering, "m", lowering=lowering
+            tmp_path / "model.keras",
+            "onnx",
+            tmp_path / lowering,
+            "m",
+            lowering=lowering,
+            labels=labels,
         )
-        assert relative(onnx_probabilities(folder / "model.onnx", images), expected) <= 1e-4
+        assert relative_error(onnx_runner(folder / "model.onnx")(inputs), expected) <= 1e-4
 
 
 def test_real_images_through_every_export_of_a_trained_run(trained_runs, tmp_path):
@@ -92,15 +102,27 @@ def test_onnx_files_are_valid_real_valued_and_self_describing(trained_runs, tmp_
     assert {init.data_type for init in model.graph.initializer} <= real_types
     for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
         assert value.type.tensor_type.elem_type in real_types
+    assert [dim.dim_value for dim in model.graph.input[0].type.tensor_type.shape.dim[1:]] == [
+        28,
+        28,
+        1,
+    ]
+    assert [value.name for value in model.graph.output] == ["probabilities", "class_index"]
     props = {prop.key: prop.value for prop in model.metadata_props}
     assert json.loads(props["class_names"])[0] == "T-shirt/top"
-    assert json.loads(props["input_size"]) == [28, 28, 1]
     assert "1/255" in props["preprocessing"] and props["lowering"] == "factorized"
     dft = onnx.load(
         export_model(trained_runs["cf"], "onnx", tmp_path, "cf", lowering="dft") / "model.onnx"
     )
     assert dft.opset_import[0].version == 20
-    assert {node.op_type for node in dft.graph.node} <= MODEL_OPS | {"DFT"}
+    dft_ops = {node.op_type for node in dft.graph.node}
+    assert "DFT" in dft_ops and dft_ops <= MODEL_OPS | {
+        "DFT",
+        "Constant",
+        "Slice",
+        "Split",
+        "Unsqueeze",
+    }
 
 
 def test_savedmodel_has_a_named_serving_signature_with_spectral_ops(trained_runs, tmp_path, rng):
@@ -123,7 +145,8 @@ def test_savedmodel_has_a_named_serving_signature_with_spectral_ops(trained_runs
     }
     assert {"RFFT2D", "IRFFT2D"} <= ops
     metadata = json.loads((folder / "assets.extra" / "cfconv.json").read_text())
-    assert metadata["class_names"][9] == "Ankle boot" and metadata["input_size"] == [28, 28, 1]
+    assert metadata["class_names"][9] == "Ankle boot"
+    assert metadata["inputs"] == [["image", [None, 28, 28, 1], "float32"]]
 
 
 def test_spatial_baseline_exports_and_verifies_through_the_cli(trained_runs, tmp_path, capsys):
@@ -201,15 +224,15 @@ def test_state_freeze_reports_identical_accuracy(trained_runs, tmp_path):
 
 
 def test_large_weights_go_to_an_external_data_file(tiny_config, tmp_path, rng):
-    from export.freeze import freeze_model
-
     model = freeze_model(trained_tiny_model(tiny_config, "cf", (8, 8, 1), 3))
-    path = save_onnx(build_onnx(model, ["a", "b", "c"]), tmp_path, external_threshold=0)
+    signature = signature_of(model, ["a", "b", "c"])
+    path = save_onnx(build_onnx(model, signature), tmp_path, external_threshold=0)
     assert (tmp_path / ONNX_DATA_FILE).stat().st_size > 0
-    assert path.stat().st_size < (tmp_path / ONNX_DATA_FILE).stat().st_size
-    images = rng.uniform(0, 255, (3, 8, 8, 1)).astype(np.float32)
-    expected = class_probabilities(model, tf.constant(images)).numpy()
-    assert relative(onnx_probabilities(path, images), expected) <= 1e-4
+    initializers = onnx.load(path, load_external_data=False).graph.initializer
+    external = {t.name for t in initializers if t.data_location == onnx.TensorProto.EXTERNAL}
+    assert {"cfconv_kernel_1_real", "cfconv_kernel_1_imag"} <= external  # 5.6 kB each
+    inputs = random_inputs(signature, 3, rng)
+    assert relative_error(onnx_runner(path)(inputs), keras_runner(model, signature)(inputs)) <= 1e-4
 
 
 def staged_or_versions(base) -> list[str]:
@@ -228,7 +251,7 @@ def test_bad_export_requests_fail_clearly_and_leave_nothing_behind(
     corrupt.write_bytes(b"PK\x03\x04 definitely not a keras archive")
     with pytest.raises(ValueError, match="not a readable Keras model"):
         export_model(corrupt, "onnx", out, "cf")
-    with pytest.raises(ValueError, match="source='mlp'"):
+    with pytest.raises(ValueError, match="cfconv_0: .* freeze with source='mlp'"):
         export_model(run, "onnx", out, "cf", input_size=(40, 40))
     with pytest.raises(ValueError, match="invalid model name"):
         export_model(run, "onnx", out, "../cf")
@@ -256,21 +279,94 @@ def test_cli_export_errors_are_messages_not_tracebacks(trained_runs, tmp_path, c
     assert main(["verify", str(tmp_path / "nope")]) == 2
 
 
-def test_models_outside_the_exported_family_get_clear_errors():
-    inputs = keras.Input((6, 6, 2))
-    per_channel = keras.layers.Rescaling([0.5, 2.0])(inputs)
-    pooled = keras.layers.GlobalAveragePooling2D()(per_channel)
-    scaled = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(pooled))
-    with pytest.raises(ValueError, match="only a scalar scale and offset are exported"):
-        build_onnx(scaled, ["a", "b"])
-    unpooled = keras.Model(inputs, keras.layers.Conv2D(2, 3, padding="same")(inputs))
-    with pytest.raises(ValueError, match="must end in pooling and Dense layers"):
-        build_onnx(unpooled, ["a", "b"])
-    dense_on_images = keras.Model(inputs, keras.layers.Dense(2)(inputs))
-    with pytest.raises(ValueError, match="Dense is exported only after pooling"):
-        build_onnx(dense_on_images, ["a", "b"])
-    flattened = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
-    with pytest.raises(ValueError, match="layer type Flatten has no ONNX lowering"):
-        build_onnx(flattened, ["a", "b"])
-    with pytest.raises(ValueError, match="unknown ONNX lowering 'fft'"):
-        build_onnx(scaled, ["a", "b"], "fft")
+@keras.saving.register_keras_serializable(package="cfconv_tests")
+class LogGamma(keras.layers.Layer):
+    """A layer built from an op tf2onnx has no handler for (``Lgamma``)."""
+
+    def call(self, inputs):
+        return tf.math.lgamma(inputs + 1.0)
+
+
+def test_ops_nothing_converts_get_a_message_naming_them(tmp_path, capsys):
+    inputs = keras.Input((6, 6, 2), name="image")
+    x = keras.layers.GlobalAveragePooling2D()(LogGamma(name="log_gamma")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    with pytest.raises(
+        ValueError, match=r"could not convert these ops to ONNX: Lgamma \(.*log_gamma"
+    ):
+        build_onnx(model, signature_of(model))
+    model.save(tmp_path / "odd.keras")
+    assert (
+        main(["export", str(tmp_path / "odd.keras"), "--format", "onnx", "--out", str(tmp_path)])
+        == 2
+    )
+    error = capsys.readouterr().err
+    assert "Lgamma" in error and "--format savedmodel" in error and "Traceback" not in error
+    assert not (tmp_path / "odd").exists() or not any((tmp_path / "odd").iterdir())
+
+
+def test_trainable_models_are_frozen_before_conversion(tiny_config, tmp_path, rng):
+    model = trained_tiny_model(tiny_config, "cf", (8, 8, 1), 3)
+    with pytest.raises(ValueError, match="trainable CF-Conv layers: freeze it first"):
+        build_onnx(model, signature_of(model))
+    path = export_onnx(model, tmp_path, class_names=["a", "b", "c"])
+    signature = signature_of(model, ["a", "b", "c"])
+    inputs = random_inputs(signature, 3, rng)
+    assert relative_error(onnx_runner(path)(inputs), keras_runner(model, signature)(inputs)) <= 1e-4
+
+
+def test_regression_models_export_as_what_they_are(tmp_path, capsys):
+    inputs = keras.Input((8, 6, 1), name="image")
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inputs))
+    keras.Model(inputs, keras.layers.Dense(1, name="value")(x)).save(tmp_path / "reg.keras")
+    args = ["export", str(tmp_path / "reg.keras"), "--out", str(tmp_path / "out")]
+    assert main([*args, "--format", "triton"]) == 0
+    graph = onnx.load(tmp_path / "out" / "reg" / "1" / "model.onnx").graph
+    assert [value.name for value in graph.output] == ["value"]
+    config = (tmp_path / "out" / "reg" / "config.pbtxt").read_text()
+    assert 'name: "value" data_type: TYPE_FP32 dims: [ 1 ]' in config
+    assert "probabilities" not in config and not (tmp_path / "out" / "reg" / "labels.txt").exists()
+    labels = labels_file(tmp_path, 2)
+    assert main([*args, "--format", "onnx", "--labels", str(labels)]) == 2
+    assert "not a classifier" in capsys.readouterr().err
+
+
+def test_keras_model_export_to_onnx_runs_after_importing_the_package(tiny_config, tmp_path, rng):
+    """Keras' own ``model.export(..., format="onnx")``, trained and frozen, at tf2onnx's default
+    opset: the FFT handlers registered by ``import cfconv_tf`` make a file onnxruntime runs."""
+    trained = trained_tiny_model(tiny_config, "cf", (9, 10, 2), 3)
+    images = rng.uniform(0, 255, (4, 9, 10, 2)).astype(np.float32)
+    for name, model in (("trained", trained), ("frozen", freeze_model(trained))):
+        expected = model(images).numpy()  # also marks the model as called, as Keras requires
+        path = tmp_path / f"{name}.onnx"
+        model.export(path, format="onnx", verbose=False)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (got,) = session.run(None, {session.get_inputs()[0].name: images})
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max(), name
+        ops = {node.op_type for node in onnx.load(path).graph.node}
+        assert not any("FFT" in op or op == "Bitcast" for op in ops), ops
+
+
+def test_a_plain_import_registers_every_class_for_loading(tiny_config, tmp_path):
+    trained = trained_tiny_model(tiny_config.replace(generator="factorized"), "cf", (8, 8, 1), 3)
+    trained.save(tmp_path / "trained.keras")
+    freeze_model(trained).save(tmp_path / "frozen.keras")
+    script = (
+        "import sys, keras, cfconv_tf\n"
+        "for path in sys.argv[1:]:\n"
+        "    print(type(keras.models.load_model(path).layers[2]).__name__)\n"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(tmp_path / "trained.keras"),
+            str(tmp_path / "frozen.keras"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["CFConv2D", "FrozenSpectralConv2D"]

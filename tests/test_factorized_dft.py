@@ -1,21 +1,14 @@
-"""The factorized DFT plan against numpy's FFT, and the lowering built on it in onnxruntime."""
+"""The factorized DFT plan against numpy's FFT, and the convolution built on it."""
 
 from __future__ import annotations
 
-import keras
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 import tensorflow as tf
-from conftest import onnx_model_x_to_y
 
-from cfconv_tf.frozen import FrozenSpectralConv2D
 from cfconv_tf.spectral import hermitian_project
 from export.factorized_dft import FactorizedDFT
-from export.onnx_builder import GraphBuilder
-from export.onnx_model import build_onnx
-from export.onnx_spectral import LOWERINGS, spectral_conv_factorized
+from export.onnx_spectral import factorized_spectral_conv2d
 
 # (height, width, height_first, width_first): odd, even, non-square, prime, trivial splits
 SPLITS = [(12, 10, 3, 5), (12, 10, 4, 2), (12, 10, 1, 10), (12, 10, 12, 1), (9, 15, 3, 5),
@@ -50,7 +43,7 @@ def test_forward_stages_give_the_dft_in_the_stated_order(
 
 
 @pytest.mark.parametrize("height,width,height_first,width_first", SPLITS)
-def test_factorized_lowering_equals_numpy_fft_convolution_for_every_split(
+def test_factorized_convolution_equals_numpy_fft_convolution_for_every_split(
     height, width, height_first, width_first, rng
 ):
     plan = FactorizedDFT(height, width, width_first, height_first)
@@ -59,12 +52,9 @@ def test_factorized_lowering_equals_numpy_fft_convolution_for_every_split(
         rng.uniform(-1, 1, (height, width // 2 + 1, cin, cout)).astype(np.float32) for _ in range(2)
     )
     kr, ki = (t.numpy() for t in hermitian_project(tf.constant(kr), tf.constant(ki), width))
-    g = GraphBuilder()
-    g.rename(spectral_conv_factorized(g, "x", kr, ki, width, plan), "y")
-    model = onnx_model_x_to_y(g, [width, height, "n", cin], [width, height, "n", cout])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = rng.standard_normal((batch, height, width, cin)).astype(np.float32)
-    y = session.run(None, {"x": x.transpose(2, 1, 0, 3)})[0].transpose(2, 1, 0, 3)
+    ordered = [tf.constant(part) for part in plan.kernel_order(kr, ki)]
+    y = factorized_spectral_conv2d(tf.constant(x), *ordered, plan).numpy()
     spectrum = np.fft.rfft2(x.astype(np.float64), axes=(1, 2))
     expected = np.fft.irfft2(
         np.einsum("nhwi,hwio->nhwo", spectrum, kr + 1j * ki.astype(np.float64)),
@@ -72,56 +62,6 @@ def test_factorized_lowering_equals_numpy_fft_convolution_for_every_split(
         axes=(1, 2),
     )
     assert np.abs(y - expected).max() <= 1e-5 * np.abs(expected).max()
-
-
-def test_layers_of_one_size_with_other_splits_keep_their_own_matrices(rng):
-    """Two 12x10 layers in one graph, split differently: each must use its own stages."""
-    height, width, channels = 12, 10, 2
-    kernels = []
-    for _ in range(2):
-        parts = [rng.uniform(-1, 1, (height, 6, channels, channels)) for _ in range(2)]
-        kernels.append([t.numpy() for t in hermitian_project(*parts, width)])
-    g = GraphBuilder()
-    y = "x"
-    for (kr, ki), plan in zip(
-        kernels,
-        (FactorizedDFT(height, width, 5, 3), FactorizedDFT(height, width, 2, 4)),
-        strict=True,
-    ):
-        y = spectral_conv_factorized(g, y, kr.astype(np.float32), ki.astype(np.float32), 10, plan)
-    g.rename(y, "y")
-    shape = [width, height, "n", channels]
-    model = onnx_model_x_to_y(g, shape, shape)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    x = rng.standard_normal((2, height, width, channels))
-    got = session.run(None, {"x": x.astype(np.float32).transpose(2, 1, 0, 3)})[0]
-    expected = x
-    for kr, ki in kernels:
-        spectrum = np.fft.rfft2(expected, axes=(1, 2))
-        mixed = np.einsum("nhwi,hwio->nhwo", spectrum, kr + 1j * ki)
-        expected = np.fft.irfft2(mixed, s=(height, width), axes=(1, 2))
-    got = got.transpose(2, 1, 0, 3)
-    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
-
-
-@pytest.mark.parametrize("height,width,cin,cout", [(12, 10, 3, 2), (9, 15, 1, 4), (7, 8, 2, 2)])
-def test_multiply_adds_count_the_lowerings_matmuls(height, width, cin, cout):
-    zeros = np.zeros((height, width // 2 + 1, cin, cout), np.float32)
-    g = GraphBuilder()
-    g.rename(spectral_conv_factorized(g, "x", zeros, zeros, width), "y")
-    model = onnx_model_x_to_y(g, [width, height, 1, cin], [width, height, 1, cout])
-    inferred = onnx.shape_inference.infer_shapes(model).graph
-    shapes = {
-        value.name: [dim.dim_value for dim in value.type.tensor_type.shape.dim]
-        for value in [*inferred.value_info, *inferred.input, *inferred.output]
-    }
-    shapes.update({init.name: list(init.dims) for init in inferred.initializer})
-    counted = sum(
-        int(np.prod(shapes[node.output[0]])) * shapes[node.input[0]][-1]
-        for node in inferred.node
-        if node.op_type == "MatMul"
-    )
-    assert counted == FactorizedDFT.for_size(height, width, cout).multiply_adds(cin, cout)
 
 
 def test_kernel_order_extends_the_half_spectrum_hermitian(rng):
@@ -157,33 +97,5 @@ def test_bad_plans_and_kernels_get_clear_errors():
     with pytest.raises(ValueError, match=r"do not match a 8x10 layer \(expected \(8, 6\)"):
         plan.kernel_order(np.zeros((8, 5, 1, 1)), np.zeros((8, 5, 1, 1)))
     with pytest.raises(ValueError, match="a 8x10 plan for a 8x12 layer"):
-        spectral_conv_factorized(
-            GraphBuilder(), "x", np.zeros((8, 7, 1, 1)), np.zeros((8, 7, 1, 1)), 12, plan
-        )
-
-
-def test_mixed_spatial_and_spectral_model_in_every_lowering(rng):
-    """Layouts change between Conv2D (NCHW) and spectral layers; pooling reads either."""
-    shape = (10, 9, 2)
-    inputs = keras.Input(shape)
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = FrozenSpectralConv2D(3, activation="relu", name="spectral_1")(x)
-    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(x)
-    x = FrozenSpectralConv2D(3, activation="relu", name="spectral_2")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
-    for layer in model.layers:
-        if isinstance(layer, FrozenSpectralConv2D):
-            parts = [rng.uniform(-1, 1, layer.kernel_real.shape) for _ in range(2)]
-            width = layer.input_size[1]
-            layer.kernel_real.assign(hermitian_project(*parts, width)[0])
-            layer.kernel_imag.assign(hermitian_project(*parts, width)[1])
-    images = rng.uniform(0, 255, (5, *shape)).astype(np.float32)
-    expected = model(images).numpy()
-    for lowering in LOWERINGS:
-        onnx_model = build_onnx(model, ["a", "b", "c"], lowering)
-        session = ort.InferenceSession(
-            onnx_model.SerializeToString(), providers=["CPUExecutionProvider"]
-        )
-        probabilities = session.run(["probabilities"], {"image": images})[0]
-        assert np.abs(probabilities - expected).max() <= 1e-4 * np.abs(expected).max(), lowering
+        zeros = tf.zeros((1, 8, 12, 1))
+        factorized_spectral_conv2d(zeros, tf.zeros((48, 1, 1)), tf.zeros((48, 1, 1)), plan)

@@ -119,7 +119,105 @@ def test_bad_freeze_requests_are_rejected(tiny_config):
     model = trained_tiny_model(tiny_config, "cf", (8, 8, 1), 3)
     with pytest.raises(ValueError, match="unknown kernel source"):
         freeze_model(model, source="average")
-    with pytest.raises(ValueError, match="freeze at 12x12 with source='mlp'"):
+    expected = "cfconv_0: .* 8x8 grid .* now sees 12x12; freeze with source='mlp'"
+    with pytest.raises(ValueError, match=expected):
         freeze_model(model, input_size=(12, 12))
     with pytest.raises(ValueError, match="input size"):
         freeze_model(model, source="mlp", input_size=(0, 12))
+
+
+def small_cf(filters: int, name: str | None = None) -> CFConv2D:
+    return CFConv2D(
+        filters,
+        samples=0.5,
+        generator="factorized",
+        generator_rank=4,
+        hidden_units=(8,),
+        kernel_scale="auto",
+        activation="relu",
+        name=name,
+    )
+
+
+def pooled_model(head: str = "pool") -> keras.Model:
+    """CF at 16x12 -> 2x2 pooling -> CF at 8x6 -> a pooled or a flattened head."""
+    inputs = keras.Input((16, 12, 1), name="image")
+    x = small_cf(3, "outer")(inputs)
+    x = small_cf(3, "inner")(keras.layers.MaxPooling2D()(x))
+    if head == "pool":
+        x = keras.layers.GlobalAveragePooling2D()(x)
+    else:
+        x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="head")(x))
+
+
+def test_each_layer_freezes_on_its_own_grid_at_a_new_input_size(rng):
+    model = pooled_model()
+    model(rng.uniform(0, 255, (2, 16, 12, 1)).astype(np.float32), training=True)
+    same = freeze_model(model)  # at the trained size, from the state: no re-sampling
+    assert same.get_layer("inner").input_size == (8, 6)
+    frozen = freeze_model(model, source="mlp", input_size=(32, 24))
+    assert frozen.get_layer("outer").input_size == (32, 24)
+    assert frozen.get_layer("inner").input_size == (16, 12)  # scaled like the input
+    for name in ("outer", "inner"):
+        grid = frozen.get_layer(name).input_size
+        expected = model.get_layer(name).inference_kernel("mlp", grid)
+        for got, want in zip(frozen.get_layer(name).get_weights(), expected, strict=True):
+            np.testing.assert_allclose(got, want.numpy(), rtol=1e-6, atol=1e-7)
+    assert frozen(rng.uniform(0, 255, (2, 32, 24, 1)).astype(np.float32)).shape == (2, 2)
+
+
+def test_sizes_a_model_cannot_take_are_refused_naming_the_layer(rng):
+    flattened = pooled_model("flatten")
+    with pytest.raises(ValueError, match="head: its weights do not fit the input size"):
+        freeze_model(flattened, source="mlp", input_size=(32, 24))
+    with pytest.raises(ValueError, match="outer: .* 16x12 grid .* now sees 32x24"):
+        freeze_model(pooled_model(), input_size=(32, 24))
+    image, other = keras.Input((8, 8, 1)), keras.Input((8, 8, 1))
+    two = keras.Model([image, other], keras.layers.Add()([small_cf(1)(image), other]))
+    with pytest.raises(ValueError, match="one image input"):
+        freeze_model(two, source="mlp", input_size=(16, 16))
+
+
+def test_shared_layers_stay_shared_and_nested_models_freeze(rng):
+    shared = small_cf(2, "shared")
+    inner_input = keras.Input((6, 6, 2))
+    inner = keras.Model(inner_input, small_cf(2, "nested")(inner_input), name="block")
+    inputs = keras.Input((6, 6, 2), name="image")
+    left, right = shared(inputs), shared(inner(inputs))
+    model = keras.Model(inputs, keras.layers.Concatenate()([left, right]))
+    images = rng.uniform(0, 1, (3, 6, 6, 2)).astype(np.float32)
+    frozen = freeze_model(model)
+    spectral = [
+        layer for layer in frozen._flatten_layers() if isinstance(layer, FrozenSpectralConv2D)
+    ]
+    assert sorted(layer.name for layer in spectral) == ["nested", "shared"]
+    np.testing.assert_allclose(frozen(images).numpy(), model(images).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_subclassed_models_get_a_clear_error():
+    class Custom(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.spectral = small_cf(2)
+
+        def call(self, inputs):
+            return self.spectral(inputs)
+
+    model = Custom()
+    model(np.zeros((1, 6, 6, 1), np.float32))
+    with pytest.raises(ValueError, match="subclassed keras.Model.*Functional"):
+        freeze_model(model)
+
+
+def test_a_dtype_policy_for_every_layer(rng):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = pooled_model()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    frozen = freeze_model(model, dtype="float32")
+    assert {layer.dtype_policy.name for layer in frozen.layers[1:]} == {"float32"}
+    kept = freeze_model(model)
+    assert {layer.dtype_policy.name for layer in kept.layers[1:]} == {"mixed_float16"}
+    assert kept.outputs[0].dtype == "float16" and frozen.outputs[0].dtype == "float32"

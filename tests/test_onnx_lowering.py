@@ -1,78 +1,118 @@
-"""The ONNX lowerings of one spectral convolution against numpy's FFT convolution."""
+"""One frozen spectral layer through each ONNX lowering, against numpy's FFT convolution."""
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import tensorflow as tf
-from conftest import onnx_model_x_to_y
 
+from cfconv_tf import FrozenSpectralConv2D
 from cfconv_tf.spectral import hermitian_project
-from export.onnx_builder import GraphBuilder
-from export.onnx_spectral import LAYOUTS, LOWERINGS, spectral_conv
+from export.factorized_dft import FactorizedDFT
+from export.onnx_export import COMPLEX_TYPES, build_onnx
+from export.onnx_spectral import LOWERINGS
+from export.signature import signature_of
 
 # Every op a lowering may use; the DFT op only in the "dft" lowering.
-ALLOWED_OPS = {"Transpose", "Reshape", "MatMul", "Slice", "Sub", "Add", "Concat"}
+ALLOWED_OPS = {
+    "Transpose",
+    "Reshape",
+    "MatMul",
+    "Add",
+    "Sub",
+    "Concat",
+    "Split",
+    "Slice",
+    "Unsqueeze",
+    "Squeeze",
+    "Identity",
+}
+DFT_OPS = {"DFT", "Constant"}
+SHAPES = [  # batch, height, width, cin, cout: odd, even, non-square, prime, one channel
+    (2, 7, 7, 3, 5),
+    (1, 8, 8, 1, 2),
+    (3, 6, 9, 2, 3),
+    (2, 9, 6, 4, 1),
+    (1, 16, 10, 3, 3),
+    (2, 15, 12, 2, 2),
+    (1, 11, 13, 2, 3),
+]
 
 
-def _shape(layout: str, sizes: dict[str, int | str]) -> list[int | str]:
-    return [sizes[axis] for axis in layout]
+def random_kernel(rng, height: int, width: int, cin: int, cout: int):
+    """A random half-spectrum kernel with Hermitian DC (and Nyquist) columns."""
+    parts = [rng.uniform(-1, 1, (height, width // 2 + 1, cin, cout)) for _ in range(2)]
+    return [
+        t.numpy() for t in hermitian_project(*(tf.constant(p, tf.float32) for p in parts), width)
+    ]
 
 
-def single_layer_model(lowering: str, kernel_real, kernel_imag, width: int) -> onnx.ModelProto:
-    """One spectral layer; input and output in the lowering's own layout."""
-    g = GraphBuilder()
-    y = spectral_conv(g, lowering, "x", kernel_real, kernel_imag, width)
-    g.rename(y, "y")
+def single_layer(kernel_real: np.ndarray, kernel_imag: np.ndarray, width: int) -> keras.Model:
     height, _, cin, cout = kernel_real.shape
-    layout = LAYOUTS[lowering]
-    sizes = {"N": "n", "H": height, "W": width}
-    x_shape, y_shape = (_shape(layout, {**sizes, "C": channels}) for channels in (cin, cout))
-    return onnx_model_x_to_y(g, x_shape, y_shape, LOWERINGS[lowering])
+    inputs = keras.Input((height, width, cin), name="x")
+    layer = FrozenSpectralConv2D(cout, name="spectral")
+    model = keras.Model(inputs, layer(inputs))
+    layer.set_weights([kernel_real, kernel_imag])
+    return model
+
+
+def numpy_convolution(x: np.ndarray, kernel_real: np.ndarray, kernel_imag: np.ndarray):
+    """``irfft2(sum_i rfft2(x_i) K_io)`` in float64, ``x`` ``[N, H, W, Cin]``."""
+    height, width = x.shape[1:3]
+    spectrum = np.fft.rfft2(x.astype(np.float64), axes=(1, 2))
+    kernel = kernel_real.astype(np.float64) + 1j * kernel_imag
+    return np.fft.irfft2(
+        np.einsum("nhwi,hwio->nhwo", spectrum, kernel), s=(height, width), axes=(1, 2)
+    )
 
 
 @pytest.mark.parametrize("lowering", sorted(LOWERINGS))
-@pytest.mark.parametrize(
-    "shape",
-    [
-        (2, 7, 7, 3, 5),
-        (1, 8, 8, 1, 2),
-        (3, 6, 9, 2, 3),
-        (2, 9, 6, 4, 1),
-        (1, 16, 10, 3, 3),
-        (2, 15, 12, 2, 2),
-        (1, 11, 13, 2, 3),
-    ],
-)
+@pytest.mark.parametrize("shape", SHAPES)
 def test_lowering_equals_numpy_fft_convolution(lowering, shape, rng):
     batch, height, width, cin, cout = shape
-    x = rng.standard_normal((batch, cin, height, width)).astype(np.float32)
-    kr, ki = (
-        rng.uniform(-1, 1, (height, width // 2 + 1, cin, cout)).astype(np.float32) for _ in range(2)
-    )
-    kr, ki = (t.numpy() for t in hermitian_project(tf.constant(kr), tf.constant(ki), width))
-    model = single_layer_model(lowering, kr, ki, width)
-    onnx.checker.check_model(model, full_check=True)
-    ops = {node.op_type for node in model.graph.node}
-    assert ops <= ALLOWED_OPS | ({"DFT"} if lowering == "dft" else set()), ops
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    to_layout = ["NCHW".index(axis) for axis in LAYOUTS[lowering]]
-    y = session.run(None, {"x": x.transpose(to_layout)})[0].transpose(np.argsort(to_layout))
-    spectrum = np.fft.rfft2(x.astype(np.float64), axes=(2, 3))  # [N, Cin, H, Wf]
-    mixed = np.einsum("nihw,hwio->nohw", spectrum, kr + 1j * ki.astype(np.float64))
-    expected = np.fft.irfft2(mixed, s=(height, width), axes=(2, 3))
+    kernel_real, kernel_imag = random_kernel(rng, height, width, cin, cout)
+    model = single_layer(kernel_real, kernel_imag, width)
+    proto = build_onnx(model, signature_of(model), lowering)
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.opset_import[0].version == LOWERINGS[lowering]
+    ops = {node.op_type for node in proto.graph.node}
+    assert ops <= ALLOWED_OPS | (DFT_OPS if lowering == "dft" else set()), ops
+    assert ("DFT" in ops) == (lowering == "dft")
+    typed = [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]
+    assert not {value.type.tensor_type.elem_type for value in typed} & COMPLEX_TYPES
+    assert not {init.data_type for init in proto.graph.initializer} & COMPLEX_TYPES
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((batch, height, width, cin)).astype(np.float32)
+    (y,) = session.run(None, {"x": x})
+    expected = numpy_convolution(x, kernel_real, kernel_imag)
     assert np.abs(y - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
-def test_unknown_lowering_is_rejected():
+@pytest.mark.parametrize("height,width,cin,cout", [(12, 10, 3, 2), (9, 15, 1, 4), (7, 8, 2, 2)])
+def test_factorized_graph_does_the_multiply_adds_the_plan_counts(height, width, cin, cout, rng):
+    model = single_layer(*random_kernel(rng, height, width, cin, cout), width)
+    proto = build_onnx(model, signature_of(model), "factorized")
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1  # one image
+    inferred = onnx.shape_inference.infer_shapes(proto).graph
+    shapes = {
+        value.name: [dim.dim_value for dim in value.type.tensor_type.shape.dim]
+        for value in [*inferred.value_info, *inferred.input, *inferred.output]
+    }
+    shapes.update({init.name: list(init.dims) for init in inferred.initializer})
+    counted = sum(
+        int(np.prod(shapes[node.output[0]])) * shapes[node.input[0]][-1]
+        for node in inferred.node
+        if node.op_type == "MatMul"
+    )
+    assert counted == FactorizedDFT.for_size(height, width, cout).multiply_adds(cin, cout)
+
+
+def test_bad_lowering_requests_are_refused(rng):
+    model = single_layer(*random_kernel(rng, 4, 4, 1, 1), 4)
     with pytest.raises(ValueError, match="unknown ONNX lowering 'fftw'"):
-        spectral_conv(
-            GraphBuilder(),
-            "fftw",
-            "x",
-            np.zeros((2, 2, 1, 1), np.float32),
-            np.zeros((2, 2, 1, 1), np.float32),
-            2,
-        )
+        build_onnx(model, signature_of(model), "fftw")
+    with pytest.raises(ValueError, match="the dft lowering needs opset >= 20"):
+        build_onnx(model, signature_of(model), "dft", opset=18)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.parity import onnx_session
+from export.ort_session import onnx_session
 from export.pipeline import export_model
 
 MAX_BODY_MB = 1

@@ -2,9 +2,9 @@
 
 Exports the benchmark's frozen CF model (:func:`cfconv_tf.bench.infer.frozen_cf_model`)
 in an ONNX lowering, runs it under onnxruntime's profiler, and adds up each node's median
-kernel time by *stage*: a MatMul is named by the constant it multiplies (``kernel_real``,
-``rfft_w1``, ``dft_h2``, ... as :mod:`export.onnx_spectral` names them, so every layer's
-stage of one kind adds up), any other node by its op type.
+kernel time by *stage*: a MatMul of the factorized lowering by its stage (``kernel_real``,
+``rfft_w1``, ``dft_h2``, ... as :func:`export.onnx_spectral.factorized_spectral_conv2d`
+names them, so every layer's stage of one kind adds up), any other node by its op type.
 """
 
 from __future__ import annotations
@@ -22,18 +22,20 @@ import onnx
 import onnxruntime as ort
 
 from cfconv_tf.bench.infer import frozen_cf_model
-from export.onnx_model import build_onnx
+from export.onnx_export import build_onnx
+from export.signature import signature_of
 
 
 def node_stages(model: onnx.ModelProto) -> dict[str, str]:
-    """Node name -> stage: ``MatMul:<constant>`` or the op type."""
-    constants = {init.name for init in model.graph.initializer}
+    """Node name -> stage: ``MatMul:<stage>`` or the op type.
+
+    tf2onnx names nodes after their TensorFlow ops, ``<model>/<layer>/<stage>_stage``.
+    """
     stages = {}
     for node in model.graph.node:
-        weights = [name for name in node.input if name in constants]
-        if node.op_type == "MatMul" and weights:
-            # constants are named "<hint>_<counter>"; the hint says which stage it is
-            stages[node.name] = "MatMul:" + re.sub(r"_\d+$", "", weights[-1])
+        stage = re.fullmatch(r"(\w+)_stage(_\d+)?", node.name.rsplit("/", 1)[-1])
+        if node.op_type == "MatMul" and stage:
+            stages[node.name] = f"MatMul:{stage.group(1)}"
         else:
             stages[node.name] = node.op_type
     return stages
@@ -84,7 +86,7 @@ def run_profile(
 ) -> list[dict]:
     """One row per (batch, stage), largest first, with its share of the summed time."""
     model = frozen_cf_model(size, 3, 2, conv_layers)
-    onnx_model = build_onnx(model, ["0", "1"], lowering)
+    onnx_model = build_onnx(model, signature_of(model, ["0", "1"]), lowering)
     rng = np.random.default_rng(0)
     rows = []
     for batch in batch_sizes:

@@ -76,6 +76,16 @@ INFER_COLUMNS = [
 
 PROFILE_COLUMNS = ["lowering", "batch", "stage", "median_ms", "share"]
 
+ONNX_COLUMNS = [
+    "model",
+    "batch",
+    "median_ms",
+    "images_per_s",
+    "ratio_to_first",
+    "max_difference_to_first",
+    "file",
+]
+
 LAYER_COLUMNS = ["stage", "input_size", "batch", "channels", "median_ms", "ratio_to_3x3"]
 
 SERVE_COLUMNS = [
@@ -151,6 +161,11 @@ def write_report(results: dict, out: Path, command: str) -> None:
         sections += [
             "## Where the exported CF model's onnxruntime time goes",
             markdown_table(results["profile"], PROFILE_COLUMNS),
+        ]
+    if "onnx" in results:
+        sections += [
+            "## ONNX files side by side (the first file is the reference)",
+            markdown_table(results["onnx"], ONNX_COLUMNS),
         ]
     if "serve" in results:
         sections += [

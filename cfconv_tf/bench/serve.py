@@ -28,8 +28,8 @@ from cfconv_tf.bench.timing import median, time_calls
 from cfconv_tf.config import load_model_config
 from cfconv_tf.models import build_model
 from export.freeze import freeze_model
-from export.onnx_model import build_onnx, save_onnx
-from export.parity import onnx_session
+from export.onnx_export import export_onnx
+from export.ort_session import onnx_session
 
 LATENCY_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
@@ -110,9 +110,7 @@ def run_serve(
     image = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
     rows = []
     with tempfile.TemporaryDirectory(prefix="cfconv-bench-serve-") as tmp:
-        folder = Path(tmp) / "repo" / "cf" / "1"
-        folder.mkdir(parents=True)
-        path = save_onnx(build_onnx(model, ["0", "1"]), folder)
+        path = export_onnx(model, Path(tmp) / "repo" / "cf" / "1", class_names=["0", "1"])
 
         progress("onnxruntime loop")
         session = onnx_session(path)

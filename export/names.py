@@ -1,0 +1,21 @@
+"""Names shared by the exporters and the server: files, tensors, metadata keys.
+
+Imports nothing, so the server (which reads exported models with onnxruntime alone)
+can use them without loading TensorFlow.
+"""
+
+ONNX_FILE = "model.onnx"
+ONNX_DATA_FILE = "model.onnx.data"  # ONNX external data, for models over 2 GB
+SAVEDMODEL_FILE = "saved_model.pb"
+METADATA_FILE = "assets.extra/cfconv.json"  # inside a SavedModel folder
+TRITON_CONFIG_FILE = "config.pbtxt"
+LABELS_FILE = "labels.txt"
+
+# The classifier extras an export adds to a classifier's own outputs.
+PROBABILITIES = "probabilities"
+CLASS_INDEX = "class_index"
+
+# Keys of the model metadata (ONNX metadata_props, the SavedModel's METADATA_FILE).
+CLASS_NAMES_KEY = "class_names"
+PREPROCESSING_KEY = "preprocessing"
+LOWERING_KEY = "lowering"

@@ -1,0 +1,262 @@
+"""A Keras model with CF-Conv layers -> an ONNX model, through tf2onnx.
+
+The whole model is converted by tf2onnx, so every layer it knows (normalization,
+pooling, strides, residuals, several inputs and outputs, ...) converts as usual; the
+project contributes only the form of the spectral layers (:mod:`export.onnx_spectral`)
+and the handlers for TensorFlow's FFT ops (:mod:`export.tf2onnx_handlers`).
+
+The spectral kernels enter the traced function as extra inputs and become ONNX
+initializers after the conversion. tf2onnx copies every constant of a graph several
+times while it converts (freezing, rewriting, one deep copy per optimizer pass): with
+the paper's six 150x150 32->32 kernels (0.6 GB) inside the graph it needs more than
+24 GB; as inputs they cost nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import keras
+import numpy as np
+import onnx
+import tensorflow as tf
+import tf2onnx
+from onnx import TensorProto, numpy_helper
+
+from cfconv_tf.frozen import FrozenSpectralConv2D, convolution_override
+from cfconv_tf.layers import CFConv2D
+from export.freeze import freeze_model
+from export.names import CLASS_NAMES_KEY, LOWERING_KEY, ONNX_DATA_FILE, ONNX_FILE
+from export.onnx_spectral import LOWERINGS, kernel_operands, lowered_convolution
+from export.signature import Signature, serving_function, signature_of
+from export.tf2onnx_handlers import transforms_as
+
+EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of weights above which they go to a side file
+CONVERTER_MAX_OPSET = 18  # tf2onnx 1.17's newest; higher opsets come from onnx's converter
+COMPLEX_TYPES = {TensorProto.COMPLEX64, TensorProto.COMPLEX128}
+
+
+def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer of ``model``, in nested models and inside other layers too, each once."""
+    return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def spectral_layers(model: keras.Model) -> list[FrozenSpectralConv2D]:
+    """The model's frozen spectral layers."""
+    return [layer for layer in all_layers(model) if isinstance(layer, FrozenSpectralConv2D)]
+
+
+@contextlib.contextmanager
+def _converter_errors() -> Iterator[list[str]]:
+    """Collect tf2onnx's error messages (and keep its progress chatter off the console)."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage().splitlines()[0])
+
+    logger = logging.getLogger("tf2onnx")
+    handler, level, propagate = Collect(logging.ERROR), logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.ERROR)
+    logger.propagate = False
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def _convert(
+    model: keras.Model, signature: Signature, lowering: str, opset: int
+) -> tuple[onnx.ModelProto, list[str]]:
+    """Trace ``model`` with its spectral layers in the lowering's form and convert it.
+
+    Returns the ONNX model (kernels as initializers) and tf2onnx's error messages.
+    """
+    layers = spectral_layers(model)
+    kernels = {
+        f"cfconv_kernel_{index}_{part}": value
+        for index, layer in enumerate(layers)
+        for part, value in zip(("real", "imag"), kernel_operands(layer, lowering), strict=True)
+    }
+    specs = signature.input_specs + [
+        tf.TensorSpec(value.shape, tf.float32, name=name) for name, value in kernels.items()
+    ]
+    serve = serving_function(model, signature)
+    count = len(signature.inputs)
+
+    def traced(*tensors: tf.Tensor) -> dict[str, tf.Tensor]:
+        parts = dict(zip(kernels, tensors[count:], strict=True))
+        by_layer = {
+            id(layer): (parts[f"cfconv_kernel_{i}_real"], parts[f"cfconv_kernel_{i}_imag"])
+            for i, layer in enumerate(layers)
+        }
+
+        def convolve(layer: FrozenSpectralConv2D, x: tf.Tensor) -> tf.Tensor:
+            return lowered_convolution(lowering, layer, x, *by_layer[id(layer)])
+
+        with convolution_override(convolve):
+            return serve(*tensors[:count])
+
+    transforms = "dft" if lowering == "dft" else "matmul"
+    proto, errors = convert_function(traced, specs, opset, transforms)
+    graph = proto.graph
+    inputs = [value for value in graph.input if value.name not in kernels]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    outputs = {value.name: value for value in graph.output}  # tf2onnx sorts them by name
+    del graph.output[:]
+    graph.output.extend(outputs[info.name] for info in signature.outputs)
+    graph.initializer.extend(
+        numpy_helper.from_array(value, name) for name, value in kernels.items()
+    )
+    return proto, errors
+
+
+def convert_function(
+    function: Callable, specs: list[tf.TensorSpec], opset: int, transforms: str = "matmul"
+) -> tuple[onnx.ModelProto, list[str]]:
+    """tf2onnx's conversion of ``function`` at ``opset``, FFTs written as ``transforms``.
+
+    tf2onnx writes at most :data:`CONVERTER_MAX_OPSET`; onnx's version converter takes
+    the model the rest of the way. Returns the model and tf2onnx's error messages.
+    """
+    with transforms_as(transforms), _converter_errors() as errors:
+        proto, _ = tf2onnx.convert.from_function(
+            tf.function(function, autograph=False),
+            input_signature=specs,
+            opset=min(opset, CONVERTER_MAX_OPSET),
+        )
+    if opset > CONVERTER_MAX_OPSET:
+        proto = onnx.version_converter.convert_version(proto, opset)
+    return proto, errors
+
+
+def _check_converted(proto: onnx.ModelProto, errors: list[str]) -> None:
+    """Refuse a graph with ops that are not standard ONNX or with complex tensors."""
+    unconverted = sorted(
+        {
+            f"{node.op_type} ({node.name})"
+            for node in proto.graph.node
+            if not onnx.defs.has(node.op_type, node.domain or "")
+        }
+    )
+    if unconverted:
+        reasons = "; ".join(dict.fromkeys(errors)) or "no handler"
+        raise ValueError(
+            f"tf2onnx could not convert these ops to ONNX: {', '.join(unconverted[:8])}"
+            f"{' ...' if len(unconverted) > 8 else ''} (tf2onnx: {reasons}). The names say "
+            f"which layer they come from; export that model as a SavedModel "
+            f"(--format savedmodel), or replace the layer with one built from ops tf2onnx "
+            f"converts."
+        )
+    graph = proto.graph
+    typed = [*graph.input, *graph.output, *graph.value_info]
+    complex_names = [v.name for v in typed if v.type.tensor_type.elem_type in COMPLEX_TYPES]
+    complex_names += [t.name for t in graph.initializer if t.data_type in COMPLEX_TYPES]
+    if complex_names:
+        raise ValueError(f"the converted graph keeps complex tensors: {complex_names[:5]}")
+
+
+def build_onnx(
+    model: keras.Model,
+    signature: Signature,
+    lowering: str = "factorized",
+    opset: int | None = None,
+    metadata: dict[str, str] | None = None,
+) -> onnx.ModelProto:
+    """Convert a model (frozen here if it is not) to an ONNX model (checked, not saved).
+
+    Args:
+        signature: the inputs and outputs to export (:func:`export.signature.signature_of`).
+        lowering: ``"factorized"`` (opset 17, default), ``"matmul"`` (opset 17) or
+            ``"dft"`` (opset 20); see :mod:`export.onnx_spectral`.
+        opset: at least the lowering's minimum.
+        metadata: extra ``metadata_props`` (the class names and lowering are added).
+
+    Raises:
+        ValueError: unknown lowering, too low an opset, or ops tf2onnx cannot convert.
+    """
+    if lowering not in LOWERINGS:
+        raise ValueError(f"unknown ONNX lowering {lowering!r}; choose one of {list(LOWERINGS)}")
+    opset = opset or LOWERINGS[lowering]
+    if opset < LOWERINGS[lowering]:
+        raise ValueError(f"the {lowering} lowering needs opset >= {LOWERINGS[lowering]}")
+    if _has_trainable_cf_layers(model):
+        raise ValueError(
+            f"{model.name} has trainable CF-Conv layers: freeze it first "
+            f"(export.freeze.freeze_model), or call export_onnx, which does"
+        )
+    half = sorted(
+        {layer.name for layer in all_layers(model) if layer.compute_dtype == "bfloat16"}
+    )
+    if half:
+        raise ValueError(
+            f"layers {half[:4]} compute in bfloat16, which onnxruntime's CPU kernels lack; "
+            f"freeze with dtype='float32' (cfconv export --dtype float32) to export in float32"
+        )
+    proto, errors = _convert(model, signature, lowering, opset)
+    _check_converted(proto, errors)
+    proto.producer_name = "cfconv-tf (tf2onnx)"
+    properties = {LOWERING_KEY: lowering, **(metadata or {})}
+    if signature.class_names is not None:
+        properties[CLASS_NAMES_KEY] = json.dumps(list(signature.class_names))
+    onnx.helper.set_model_props(proto, properties)
+    return proto
+
+
+def _has_trainable_cf_layers(model: keras.Model) -> bool:
+    return any(isinstance(layer, CFConv2D) for layer in all_layers(model))
+
+
+def export_onnx(
+    model: keras.Model,
+    folder: str | Path,
+    lowering: str = "factorized",
+    opset: int | None = None,
+    class_names: list[str] | None = None,
+) -> Path:
+    """Freeze (if it has trainable CF-Conv layers), convert and save ``folder/model.onnx``.
+
+    The one call for a Keras model in Python; ``class_names`` make a classifier's export
+    add ``probabilities`` and ``class_index``. Returns the ``model.onnx`` path.
+    """
+    if _has_trainable_cf_layers(model):
+        model = freeze_model(model)
+    proto = build_onnx(model, signature_of(model, class_names), lowering, opset)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return save_onnx(proto, folder)
+
+
+def save_onnx(
+    onnx_model: onnx.ModelProto, folder: Path, external_threshold: int = EXTERNAL_DATA_THRESHOLD
+) -> Path:
+    """Check and write ``folder/model.onnx``; weights over the threshold go to a side file.
+
+    Protobuf cannot serialize a message over 2 GB, so large models keep their
+    initializers in ``model.onnx.data`` (ONNX external data), which onnxruntime reads
+    from beside the model file.
+    """
+    path = Path(folder) / ONNX_FILE
+    weight_bytes = sum(np.prod(t.dims, dtype=np.int64) * 4 for t in onnx_model.graph.initializer)
+    if weight_bytes > external_threshold:
+        onnx.save_model(
+            onnx_model,
+            path,
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=ONNX_DATA_FILE,
+            size_threshold=1024,
+        )
+        onnx.checker.check_model(str(path), full_check=True)
+    else:
+        onnx.checker.check_model(onnx_model, full_check=True)
+        onnx.save_model(onnx_model, path)
+    return path
