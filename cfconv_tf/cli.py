@@ -9,18 +9,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out
-
-from cfconv_tf.distribution import (  # noqa: E402
+from cfconv_tf import native_logs
+from cfconv_tf.distribution import (
     DEFAULT_COLLECTIVE_TIMEOUT,
     STRATEGIES,
     PeerFailure,
     make_strategy,
 )
-from cfconv_tf.layers import KERNEL_SOURCES  # noqa: E402
-from cfconv_tf.sampling import validate_samples  # noqa: E402
-from export.onnx_spectral import LOWERINGS  # noqa: E402
-from export.pipeline import FORMATS  # noqa: E402
+from cfconv_tf.layers import KERNEL_SOURCES
+from cfconv_tf.sampling import validate_samples
+from export.onnx_spectral import LOWERINGS
+from export.pipeline import FORMATS
 
 
 def _samples(text: str) -> int | float:
@@ -76,10 +75,10 @@ def _seed_list(text: str) -> list[int]:
 
 
 def _labelled_path(text: str) -> tuple[str, Path]:
-    """``label=path`` (an existing file)."""
+    """``label=path``."""
     label, separator, path = text.partition("=")
-    if not separator or not label or not Path(path).is_file():
-        raise argparse.ArgumentTypeError(f"expected LABEL=FILE with an existing file, got {text!r}")
+    if not separator or not label or not path:
+        raise argparse.ArgumentTypeError(f"expected LABEL=FILE, got {text!r}")
     return label, Path(path)
 
 
@@ -386,6 +385,9 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cfconv", description=__doc__)
+    parser.add_argument(
+        "--verbose", action="store_true", help="show TensorFlow's C++ logs (hidden by default)"
+    )
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     train = verbs.add_parser("train", help="train a CF-Conv or spatial CNN")
@@ -560,9 +562,15 @@ def _add_freeze_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    if args.verbose and native_logs.muted and command_line:
+        # TensorFlow fixed its log level when the package imported it: start again with
+        # the user's choice in the environment
+        os.environ[native_logs.LEVEL_VARIABLE] = "0"
+        os.execv(sys.executable, [sys.executable, "-m", "cfconv_tf.cli", *argv])
     try:
         args.run(args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:

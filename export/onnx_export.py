@@ -105,7 +105,13 @@ def _convert(
             return serve(*tensors[:count])
 
     transforms = "dft" if lowering == "dft" else "matmul"
-    proto, errors = convert_function(traced, specs, opset, transforms)
+    try:
+        proto, errors = convert_function(traced, specs, opset, transforms)
+    except Exception as error:  # tf2onnx's own failures, of any type: one clear message
+        raise ValueError(
+            f"tf2onnx failed to convert {model.name}: {type(error).__name__}: {error}. "
+            f"Export it as a SavedModel (--format savedmodel) instead."
+        ) from error
     graph = proto.graph
     inputs = [value for value in graph.input if value.name not in kernels]
     del graph.input[:]

@@ -67,6 +67,9 @@ def run_onnx_files(
     Raises:
         ValueError: the files take different inputs, or inputs that cannot be made up.
     """
+    missing = [str(path) for path in files.values() if not Path(path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"no ONNX file at {', '.join(missing)}")
     sessions = {label: onnx_session(path) for label, path in files.items()}
     signatures = {label: _signature(session) for label, session in sessions.items()}
     first = next(iter(sessions))
