@@ -92,11 +92,8 @@ def _convert(
     count = len(signature.inputs)
 
     def traced(*tensors: tf.Tensor) -> dict[str, tf.Tensor]:
-        parts = dict(zip(kernels, tensors[count:], strict=True))
-        by_layer = {
-            id(layer): (parts[f"cfconv_kernel_{i}_real"], parts[f"cfconv_kernel_{i}_imag"])
-            for i, layer in enumerate(layers)
-        }
+        parts = tensors[count:]  # each layer's real part, then its imaginary part
+        by_layer = {id(layer): parts[2 * i : 2 * i + 2] for i, layer in enumerate(layers)}
 
         def convolve(layer: FrozenSpectralConv2D, x: tf.Tensor) -> tf.Tensor:
             return lowered_convolution(lowering, layer, x, *by_layer[id(layer)])
@@ -199,9 +196,7 @@ def build_onnx(
             f"{model.name} has trainable CF-Conv layers: freeze it first "
             f"(export.freeze.freeze_model), or call export_onnx, which does"
         )
-    half = sorted(
-        {layer.name for layer in all_layers(model) if layer.compute_dtype == "bfloat16"}
-    )
+    half = sorted({layer.name for layer in all_layers(model) if layer.compute_dtype == "bfloat16"})
     if half:
         raise ValueError(
             f"layers {half[:4]} compute in bfloat16, which onnxruntime's CPU kernels lack; "
