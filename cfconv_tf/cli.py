@@ -20,6 +20,7 @@ from cfconv_tf.layers import KERNEL_SOURCES
 from cfconv_tf.sampling import validate_samples
 from export.onnx_spectral import LOWERINGS
 from export.pipeline import FORMATS
+from serving.cli import add_serve_arguments
 
 
 def _samples(text: str) -> int | float:
@@ -293,8 +294,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     results = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "peak_gflops": peak_matmul_gflops((1024,) if quick else (1024, 2048, 4096)),
     }
+    if suites != ("onnx",):  # the onnx suite compares files with each other only
+        results["peak_gflops"] = peak_matmul_gflops((1024,) if quick else (1024, 2048, 4096))
     for suite in suites:
         if suite == "layer":
             from cfconv_tf.bench.stages import run_layer_stages
@@ -368,19 +370,14 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    from serving.app import ServerSettings
-    from serving.server import serve
+    """Serve in a fresh ``python -m serving`` process: it never loads TensorFlow."""
+    from serving.cli import run, settings_from
 
-    settings = ServerSettings(
-        model_repo=Path(args.model_repo),
-        backend=args.backend,
-        max_batch_size=args.max_batch_size,
-        max_delay_ms=args.max_delay_ms,
-        max_body_bytes=int(args.max_body_mb * 2**20),
-        poll_seconds=args.poll_seconds,
-        threads=args.threads,
-    )
-    serve(settings, args.host, args.port, args.log_level)
+    settings_from(args)  # bad options fail here, with this command's name
+    if args.command_line:
+        serve_argv = args.argv[args.argv.index("serve") + 1 :]
+        os.execv(sys.executable, [sys.executable, "-m", "serving", *serve_argv])
+    run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -496,27 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--dataset", help="also compare on this dataset's test images")
     verify.set_defaults(run=_cmd_verify)
 
-    serve = verbs.add_parser("serve", help="serve a model repository over HTTP")
-    serve.add_argument("--model-repo", required=True, help="<repo>/<name>/<version>/ folders")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8500)
-    serve.add_argument("--backend", choices=("onnxruntime", "tf"), default="onnxruntime")
-    serve.add_argument("--max-batch-size", type=_positive, default=32)
-    serve.add_argument(
-        "--max-delay-ms",
-        type=float,
-        default=0.0,
-        help="extra wait for company per batch (requests queued meanwhile batch anyway)",
+    serve = verbs.add_parser(
+        "serve",
+        help="serve a model repository over HTTP",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    serve.add_argument("--max-body-mb", type=float, default=32.0, help="larger bodies get 413")
-    serve.add_argument(
-        "--poll-seconds",
-        type=float,
-        default=2.0,
-        help="how often the repository is scanned for new versions",
-    )
-    serve.add_argument("--threads", type=_positive, help="onnxruntime intra-op threads")
-    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+    add_serve_arguments(serve)
     serve.set_defaults(run=_cmd_serve)
 
     bench = verbs.add_parser("bench", help="time training and inference side by side")
@@ -539,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="LABEL=FILE",
-        help="onnx suite: an ONNX file to time (twice or more; the first is the reference)",
+        help="onnx suite: an ONNX file to time (repeat; the first is the reference)",
     )
     bench.add_argument("--out", default="runs/bench", help="folder for results.json/md/png")
     bench.set_defaults(run=_cmd_bench)
@@ -565,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    args.argv = argv
+    args.argv, args.command_line = argv, command_line
     if args.verbose and native_logs.muted and command_line:
         # TensorFlow fixed its log level when the package imported it: start again with
         # the user's choice in the environment

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import tensorflow as tf
@@ -206,11 +206,12 @@ class CFConv2D(keras.layers.Layer):
         # Under tf.distribute every replica computes the same update (same positions,
         # same mirrored MLP weights); "only_first_replica" makes the first replica's
         # write the one every copy receives, so the copies cannot drift apart.
+        initial_scale = functools.cache(self._initial_scale)  # evaluated once, when needed
         self.state_real, self.state_imag = (
             self.add_weight(
                 name=name,
                 shape=self.kernel_shape,
-                initializer=self._state_part_initializer(stream),
+                initializer=self._state_part_initializer(stream, initial_scale),
                 trainable=False,
                 dtype="float32",
                 autocast=False,
@@ -229,7 +230,7 @@ class CFConv2D(keras.layers.Layer):
         self.generator_scale = self.add_weight(
             name="generator_scale",
             shape=(),
-            initializer=lambda shape, dtype: tf.constant(self._initial_scale(), dtype),
+            initializer=lambda shape, dtype: tf.constant(initial_scale(), dtype),
             trainable=False,
             dtype="float32",
             autocast=False,
@@ -237,8 +238,10 @@ class CFConv2D(keras.layers.Layer):
         )
         self.input_spec = keras.InputSpec(ndim=4, axes={-1: int(channels)})
 
-    def _state_part_initializer(self, stream: int):
+    def _state_part_initializer(self, stream: int, scale: Callable[[], float]):
         """The initializer of one state variable (``stream`` 0: real, 1: imaginary).
+
+        ``scale`` gives ``generator_scale``'s initial value (for ``"generator"``).
 
         ``"cfconv_uniform"`` draws each part from its own stateless stream of the
         layer's seed, so the real and imaginary parts are independent (one seeded
@@ -250,9 +253,7 @@ class CFConv2D(keras.layers.Layer):
             )
         if self.state_initializer == "generator":
             generator = (self.real_generator, self.imag_generator)[stream]
-            return lambda shape, dtype: tf.cast(
-                generator.kernel(shape) * self._initial_scale(), dtype
-            )
+            return lambda shape, dtype: tf.cast(generator.kernel(shape) * scale(), dtype)
         return self.state_initializer
 
     def _initial_scale(self) -> float:

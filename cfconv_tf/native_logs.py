@@ -16,8 +16,10 @@ def quiet_tensorflow_import() -> None:
     (absl's "All log messages before absl::InitializeLog()" line, oneDNN and CUDA
     notes), so the process's stderr is pointed at /dev/null for the import;
     ``TF_CPP_MIN_LOG_LEVEL=3`` keeps the later ones (a CPU machine's "failed call to
-    cuInit") off too. A user who sets ``TF_CPP_MIN_LOG_LEVEL`` gets TensorFlow's own
-    behaviour.
+    cuInit") off too. That level also hides TensorFlow's C++ error lines (errors that
+    stop a program still reach Python as exceptions); child processes inherit it. A
+    user who sets ``TF_CPP_MIN_LOG_LEVEL`` (or runs ``cfconv --verbose``) gets
+    TensorFlow's own behaviour.
     """
     global muted
     if "tensorflow" in sys.modules or LEVEL_VARIABLE in os.environ:

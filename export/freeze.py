@@ -26,6 +26,9 @@ from cfconv_tf.frozen import FrozenSpectralConv2D
 from cfconv_tf.layers import KERNEL_SOURCES, CFConv2D
 from export.signature import input_infos
 
+# symbolic inputs, structured as the model's ``input``
+Inputs = keras.KerasTensor | list[keras.KerasTensor] | dict[str, keras.KerasTensor]
+
 
 def load_trained_model(path: str | Path) -> keras.Model:
     """Load a ``.keras`` model, or a run directory's ``model.keras``, with clear errors."""
@@ -64,18 +67,17 @@ def _as_functional(model: keras.Model) -> keras.Model:
         raise ValueError(
             f"{model.name} is a subclassed keras.Model: freezing rebuilds the model from its "
             f"layer graph, which only Functional and Sequential models have. Build it "
-            f"functionally (keras.Input -> layers -> keras.Model), or nest it as a layer "
-            f"of one."
+            f"functionally (keras.Input -> layers -> keras.Model)."
         )
     return model
 
 
-def _new_inputs(model: keras.Model, input_size: tuple[int, int] | None):
+def _new_inputs(model: keras.Model, input_size: tuple[int, int] | None) -> Inputs:
     """Fresh inputs for ``model`` (same names and dtypes); the image input resized."""
     infos = input_infos(model)
     shapes = [info.shape for info in infos]
     if input_size is not None:
-        height, width, channels = image_input_size(model)
+        channels = image_input_size(model)[2]
         shapes = [
             (shape[0], *input_size, channels) if len(shape) == 4 else shape for shape in shapes
         ]
@@ -100,7 +102,7 @@ def _copy_weights(original: keras.layers.Layer, copy: keras.layers.Layer, source
         ) from error
 
 
-def _freeze(model: keras.Model, inputs, source: str, dtype: str | None) -> keras.Model:
+def _freeze(model: keras.Model, inputs: Inputs, source: str, dtype: str | None) -> keras.Model:
     """Rebuild the Functional ``model`` on ``inputs`` with frozen CF layers and copied weights."""
     copies: dict[int, keras.layers.Layer] = {}
     pairs: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []

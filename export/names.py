@@ -9,6 +9,7 @@ ONNX_DATA_FILE = "model.onnx.data"  # ONNX external data, for models over 2 GB
 SAVEDMODEL_FILE = "saved_model.pb"
 METADATA_FILE = "assets.extra/cfconv.json"  # inside a SavedModel folder
 TRITON_CONFIG_FILE = "config.pbtxt"
+SIGNATURE_NAME = "serving_default"  # the SavedModel signature TF Serving calls
 LABELS_FILE = "labels.txt"
 
 # The classifier extras an export adds to a classifier's own outputs.

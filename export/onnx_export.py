@@ -6,10 +6,9 @@ project contributes only the form of the spectral layers (:mod:`export.onnx_spec
 and the handlers for TensorFlow's FFT ops (:mod:`export.tf2onnx_handlers`).
 
 The spectral kernels enter the traced function as extra inputs and become ONNX
-initializers after the conversion. tf2onnx copies every constant of a graph several
-times while it converts (freezing, rewriting, one deep copy per optimizer pass): with
-the paper's six 150x150 32->32 kernels (0.6 GB) inside the graph it needs more than
-24 GB; as inputs they cost nothing.
+initializers after the conversion: tf2onnx copies every constant of a graph several
+times while it converts (freezing, rewriting, one deep copy per optimizer pass), which
+for large spectral kernels takes more memory than the conversion itself (docs/export.md).
 """
 
 from __future__ import annotations
@@ -57,7 +56,11 @@ def _converter_errors() -> Iterator[list[str]]:
 
     class Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            messages.append(record.getMessage().splitlines()[0])
+            if record.exc_info and record.exc_info[1] is not None:  # a handler's exception
+                message = str(record.exc_info[1]).removeprefix("make_sure failure: ")
+            else:
+                message = record.getMessage()
+            messages.append(message.splitlines()[0])
 
     logger = logging.getLogger("tf2onnx")
     handler, level, propagate = Collect(logging.ERROR), logger.level, logger.propagate
@@ -141,7 +144,7 @@ def convert_function(
     return proto, errors
 
 
-def _check_converted(proto: onnx.ModelProto, errors: list[str]) -> None:
+def check_converted(proto: onnx.ModelProto, errors: list[str]) -> None:
     """Refuse a graph with ops that are not standard ONNX or with complex tensors."""
     unconverted = sorted(
         {
@@ -203,7 +206,7 @@ def build_onnx(
             f"freeze with dtype='float32' (cfconv export --dtype float32) to export in float32"
         )
     proto, errors = _convert(model, signature, lowering, opset)
-    _check_converted(proto, errors)
+    check_converted(proto, errors)
     proto.producer_name = "cfconv-tf (tf2onnx)"
     properties = {LOWERING_KEY: lowering, **(metadata or {})}
     if signature.class_names is not None:

@@ -5,16 +5,17 @@ Each runner maps the model's inputs by name (numpy arrays) to its outputs by nam
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from export.names import SIGNATURE_NAME
 from export.ort_session import onnx_session
-from export.savedmodel import SIGNATURE_NAME
 from export.signature import Signature, serving_function
+from export.tensor_info import TensorInfo
 
 Arrays = dict[str, np.ndarray]
 Runner = Callable[[Arrays], Arrays]
@@ -53,10 +54,10 @@ def onnx_runner(path: str | Path) -> Runner:
     return lambda inputs: dict(zip(names, session.run(names, inputs), strict=True))
 
 
-def random_inputs(signature: Signature, batch: int, rng: np.random.Generator) -> Arrays:
+def random_inputs(inputs: Sequence[TensorInfo], batch: int, rng: np.random.Generator) -> Arrays:
     """Inputs to probe a model with: pixels in [0, 255] for images, N(0, 1) otherwise."""
     arrays = {}
-    for info in signature.inputs:
+    for info in inputs:
         shape = (batch, *(size or 1 for size in info.shape[1:]))
         values = rng.uniform(0, 255, shape) if len(shape) == 4 else rng.standard_normal(shape)
         arrays[info.name] = values.astype(info.dtype)

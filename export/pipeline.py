@@ -28,7 +28,7 @@ from export.parity import (
     savedmodel_runner,
 )
 from export.savedmodel import write_savedmodel
-from export.signature import classifier_units, signature_of
+from export.signature import classifier_units, input_infos, signature_of
 from export.triton import write_repository_entry
 
 FORMATS = ("savedmodel", "onnx", "triton")
@@ -103,17 +103,14 @@ def freeze_and_report(
 ) -> dict:
     """Freeze, save to ``out`` (.keras) and report trained vs frozen test accuracy.
 
-    Accuracy is reported for an image classifier whose dataset is known.
+    Sizes are reported for a model with one image input, accuracy for an image
+    classifier whose dataset is known.
     """
     trained = load_trained_model(model_path)
     frozen = freeze_model(trained, source, input_size, dtype)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.staging.keras")
-    frozen.save(staging)
-    staging.replace(out)
+    one_image = sum(len(info.shape) == 4 for info in input_infos(trained)) == 1
     report = {"source": source, "out": str(out)}
-    if input_size is not None or any(len(t.shape) == 4 for t in trained.inputs):
+    if one_image:
         height, width, _ = image_input_size(trained)
         frozen_size = image_input_size(frozen)[:2]
         report.update({"trained_size": [height, width], "frozen_size": list(frozen_size)})
@@ -124,6 +121,11 @@ def freeze_and_report(
             report["frozen_accuracy"] = accuracy(
                 frozen, test_split(model_path, frozen_size, dataset, evaluate_limit)
             )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.staging.keras")
+    frozen.save(staging)
+    staging.replace(out)
     return report
 
 
@@ -205,7 +207,7 @@ def verify_exports(
     candidates = {"frozen keras": keras_runner(frozen, signature)}
     candidates.update({f"savedmodel {p}": savedmodel_runner(p) for p in savedmodels})
     candidates.update({f"onnxruntime {p}": onnx_runner(p) for p in onnx_files})
-    inputs = {"random": random_inputs(signature, samples, np.random.default_rng(seed))}
+    inputs = {"random": random_inputs(signature.inputs, samples, np.random.default_rng(seed))}
     if (dataset or run_dir_of(model_path)) and len(signature.inputs) == 1:
         height, width, _ = image_input_size(trained)
         images, _ = next(iter(test_split(model_path, (height, width), dataset).batch(samples)))

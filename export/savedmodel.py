@@ -12,10 +12,8 @@ from pathlib import Path
 
 import keras
 
-from export.names import METADATA_FILE
+from export.names import METADATA_FILE, SIGNATURE_NAME
 from export.signature import Signature, serving_function
-
-SIGNATURE_NAME = "serving_default"
 
 
 def write_savedmodel(

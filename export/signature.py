@@ -22,17 +22,9 @@ import keras
 import tensorflow as tf
 
 from export.names import CLASS_INDEX, PROBABILITIES
+from export.tensor_info import TensorInfo
 
 Outputs = dict[str, tf.Tensor]
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorInfo:
-    """One named tensor; ``shape`` has ``None`` for the batch (and any other free) axis."""
-
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: str  # numpy dtype name, e.g. "float32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,14 +71,14 @@ def input_infos(model: keras.Model) -> tuple[TensorInfo, ...]:
     return tuple(infos)
 
 
-def _as_call_inputs(model: keras.Model, tensors: Sequence[tf.Tensor]):
-    """The inputs as the model's call takes them: one tensor, or a list in input order."""
-    return tensors[0] if len(tensors) == 1 else list(tensors)
+def _call(model: keras.Model, tensors: Sequence) -> Outputs:
+    """Call the model in inference mode on its inputs in order; outputs by name.
 
-
-def _raw_outputs(model: keras.Model, tensors: Sequence[tf.Tensor]) -> Outputs:
-    """Call the model in inference mode; its outputs as a name -> tensor dict."""
-    result = model(_as_call_inputs(model, tensors), training=False)
+    ``tensors`` may be real or symbolic; the inputs are packed as the model takes them (one
+    tensor, a list, or a dict by name).
+    """
+    packed = tensors[0] if len(tensors) == 1 else keras.tree.pack_sequence_as(model.input, tensors)
+    result = model(packed, training=False)
     if isinstance(result, dict):
         return dict(result)
     flat = list(result) if isinstance(result, list | tuple) else [result]
@@ -106,14 +98,12 @@ def classifier_units(model: keras.Model) -> int | None:
     if len(outputs) != 1 or len(outputs[0].shape) != 2:
         return None
     layer = _source_layer(outputs[0])
-    if isinstance(layer, keras.layers.Softmax):
-        activation = "softmax"
-    else:
-        activation = keras.activations.serialize(getattr(layer, "activation", None) or "linear")
+    activation = getattr(layer, "activation", None)
     units = outputs[0].shape[-1]
-    if activation == "softmax" and units and units >= 2:
+    softmax = isinstance(layer, keras.layers.Softmax) or activation is keras.activations.softmax
+    if softmax and units and units >= 2:
         return int(units)
-    if activation == "sigmoid" and units == 1:
+    if activation is keras.activations.sigmoid and units == 1:
         return 2
     return None
 
@@ -122,9 +112,10 @@ def serving_function(model: keras.Model, signature: Signature) -> Callable[..., 
     """``fn(*inputs) -> {name: tensor}``: the model's outputs plus the classifier extras."""
 
     def serve(*tensors: tf.Tensor) -> Outputs:
-        outputs = _raw_outputs(model, tensors)
+        outputs = _call(model, tensors)
         if signature.class_names is not None:
             (scores,) = outputs.values()
+            outputs.pop(PROBABILITIES, None)  # the extra takes the name, after the others
             probabilities = tf.cast(scores, tf.float32)
             if probabilities.shape[-1] == 1:
                 probabilities = tf.concat([1.0 - probabilities, probabilities], axis=-1)
@@ -138,6 +129,8 @@ def serving_function(model: keras.Model, signature: Signature) -> Callable[..., 
 def signature_of(model: keras.Model, class_names: Sequence[str] | None = None) -> Signature:
     """The model's export signature; ``class_names`` are used only for a classifier.
 
+    Output shapes and dtypes come from a symbolic call (no graph is traced).
+
     Raises:
         ValueError: a classifier given a wrong number of class names.
     """
@@ -146,11 +139,15 @@ def signature_of(model: keras.Model, class_names: Sequence[str] | None = None) -
     names = tuple(class_names) if class_names is not None and classes else None
     if names is not None and len(names) != classes:
         raise ValueError(f"{len(names)} class names for a {classes}-class model")
-    draft = Signature(inputs, (), names)
-    specs = draft.input_specs
-    traced = tf.function(serving_function(model, draft)).get_concrete_function(*specs)
-    outputs = tuple(
-        TensorInfo(name, tuple(spec.shape), spec.dtype.name)
-        for name, spec in traced.structured_outputs.items()
-    )
-    return Signature(inputs, outputs, names)
+    symbolic = [keras.Input(batch_shape=info.shape, dtype=info.dtype) for info in inputs]
+    outputs = [
+        TensorInfo(name, (None, *tensor.shape[1:]), keras.backend.standardize_dtype(tensor.dtype))
+        for name, tensor in _call(model, symbolic).items()
+    ]
+    if names is not None:
+        outputs = [info for info in outputs if info.name != PROBABILITIES]
+        outputs += [
+            TensorInfo(PROBABILITIES, (None, classes), "float32"),
+            TensorInfo(CLASS_INDEX, (None,), "int64"),
+        ]
+    return Signature(inputs, tuple(outputs), names)

@@ -22,7 +22,7 @@ become ``Identity``. Each transform is written as (see :func:`transforms_as`):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 
 import numpy as np
@@ -64,8 +64,8 @@ def _node(ctx, op_type: str, inputs: list[str], shape: list[int], dtype: int, **
     return ctx.make_node(op_type, inputs, attr=attrs, shapes=[shape], dtypes=[dtype]).output[0]
 
 
-def _fft_size(ctx, node) -> tuple[int, int]:
-    """``(H, W)`` of a 2D transform: its constant ``fft_length``, checked against the data."""
+def _fft_size(node) -> tuple[int, int]:
+    """``(H, W)`` of a 2D transform: its constant ``fft_length``."""
     length = node.inputs[1]
     utils.make_sure(length.is_const(), "%s: fft_length must be a constant", node.name)
     height, width = (int(size) for size in length.get_tensor_value(as_list=True))
@@ -174,9 +174,17 @@ def _check_opset(ctx, node) -> str:
 
 
 def _rfft2d(ctx, node, **kwargs) -> None:
-    """``RFFT2D(x [..., H, W])`` -> float ``[..., H, W//2+1, 2]``."""
+    """``RFFT2D(x [..., H, W])`` -> float ``[..., H, W//2+1, 2]``.
+
+    A transform read only by ``ComplexAbs`` is left to tf2onnx's own handler, which
+    converts exactly that pattern.
+    """
+    consumers = ctx.find_output_consumers(node.output[0])
+    if consumers and all(consumer.type == "ComplexAbs" for consumer in consumers):
+        _tf2onnx_handler("RFFT2D", ctx.opset)(ctx, node, **kwargs)
+        return
     kind = _check_opset(ctx, node)
-    height, width = _fft_size(ctx, node)
+    height, width = _fft_size(node)
     x, shape = node.input[0], ctx.get_shape(node.input[0])
     utils.make_sure(
         shape is not None and shape[-2:] == [height, width],
@@ -203,7 +211,7 @@ def _rfft2d(ctx, node, **kwargs) -> None:
 def _irfft2d(ctx, node, **kwargs) -> None:
     """``IRFFT2D`` of float pairs ``[..., H, W//2+1, 2]`` -> ``[..., H, W]``."""
     kind = _check_opset(ctx, node)
-    height, width = _fft_size(ctx, node)
+    height, width = _fft_size(node)
     shape = ctx.get_shape(node.output[0])
     utils.make_sure(
         shape is not None and shape[-2:] == [height, width],
@@ -255,14 +263,24 @@ def _bitcast(ctx, node, **kwargs) -> None:
     node.type = "Identity"
 
 
-def _register(names: list[str], handler) -> None:
-    """Register ``handler`` for ``names`` at opset 1 and wherever tf2onnx has its own."""
+_TF2ONNX_HANDLERS: dict[str, dict[int, Callable]] = {}  # op -> opset -> tf2onnx's handler
+
+
+def _tf2onnx_handler(name: str, opset: int) -> Callable:
+    """tf2onnx's own handler of ``name`` for ``opset`` (the newest at or below it)."""
+    versions = _TF2ONNX_HANDLERS[name]
+    return versions[max(version for version in versions if version <= opset)]
+
+
+def _register(name: str, handler: Callable) -> None:
+    """Register ``handler`` for ``name`` at opset 1 and wherever tf2onnx has its own (kept)."""
     opsets = tf_op.get_opsets().get(constants.ONNX_DOMAIN, [])
-    versions = {1} | {v for v, ops in enumerate(opsets) if any(name in ops for name in names)}
-    for version in sorted(versions):
-        tf_op.register_handler(handler, version, names, constants.ONNX_DOMAIN, {})
+    own = {v: ops[name][0] for v, ops in enumerate(opsets) if name in ops}
+    _TF2ONNX_HANDLERS[name] = own
+    for version in sorted({1, *own}):
+        tf_op.register_handler(handler, version, [name], constants.ONNX_DOMAIN, {})
 
 
-_register(["RFFT2D"], _rfft2d)
-_register(["IRFFT2D"], _irfft2d)
-_register(["Bitcast"], _bitcast)
+_register("RFFT2D", _rfft2d)
+_register("IRFFT2D", _irfft2d)
+_register("Bitcast", _bitcast)

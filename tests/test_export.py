@@ -58,7 +58,7 @@ def test_every_runtime_computes_the_trained_model(tiny_config, tmp_path, shape, 
     model.save(tmp_path / "model.keras")
     labels = labels_file(tmp_path, classes)
     signature = signature_of(model, [f"class {index}" for index in range(classes)])
-    inputs = random_inputs(signature, 6, rng)
+    inputs = random_inputs(signature.inputs, 6, rng)
     expected = keras_runner(model, signature)(inputs)
     assert expected["probabilities"].shape == (6, classes)
     saved = export_model(
@@ -231,7 +231,7 @@ def test_large_weights_go_to_an_external_data_file(tiny_config, tmp_path, rng):
     initializers = onnx.load(path, load_external_data=False).graph.initializer
     external = {t.name for t in initializers if t.data_location == onnx.TensorProto.EXTERNAL}
     assert {"cfconv_kernel_1_real", "cfconv_kernel_1_imag"} <= external  # 5.6 kB each
-    inputs = random_inputs(signature, 3, rng)
+    inputs = random_inputs(signature.inputs, 3, rng)
     assert relative_error(onnx_runner(path)(inputs), keras_runner(model, signature)(inputs)) <= 1e-4
 
 
@@ -311,7 +311,7 @@ def test_trainable_models_are_frozen_before_conversion(tiny_config, tmp_path, rn
         build_onnx(model, signature_of(model))
     path = export_onnx(model, tmp_path, class_names=["a", "b", "c"])
     signature = signature_of(model, ["a", "b", "c"])
-    inputs = random_inputs(signature, 3, rng)
+    inputs = random_inputs(signature.inputs, 3, rng)
     assert relative_error(onnx_runner(path)(inputs), keras_runner(model, signature)(inputs)) <= 1e-4
 
 

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import onnx
 import pytest
+import tensorflow as tf
 
 from cfconv_tf import CFConv2D, FrozenSpectralConv2D
 from export.freeze import freeze_model
@@ -49,7 +50,7 @@ def cf(filters: int, activation: str | None = "relu", name: str | None = None) -
 
 def softmax_head(units: int) -> keras.layers.Dense:
     # float32 output, as Keras recommends under mixed precision
-    return keras.layers.Dense(units, activation="softmax", dtype="float32")
+    return keras.layers.Dense(units, activation="softmax", dtype="float32", name="head")
 
 
 def pooled_strided(shape=(15, 15, 3)) -> keras.Model:
@@ -72,7 +73,7 @@ def residual_sigmoid() -> keras.Model:
     x = keras.layers.Conv2D(4, 1)(keras.layers.Rescaling(1 / 255)(inputs))
     x = keras.layers.Add()([x, cf(4)(x)])
     x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="yes")(x))
 
 
 def concatenated_branches() -> keras.Model:
@@ -148,34 +149,48 @@ def sequential_in_memory() -> keras.Model:
     return model
 
 
-ZOO: dict[str, Callable[[], keras.Model]] = {
-    "bn-pool-strided-odd": pooled_strided,
-    "residual-add-sigmoid": residual_sigmoid,
-    "concatenate-grayscale": concatenated_branches,
-    "dropout-flatten": dropout_flatten_head,
-    "layernorm-depthwise": layer_norm_depthwise,
-    "two-outputs": two_outputs,
-    "dense-output": dense_map,
-    "regression": regression,
-    "nested-shared-two-inputs": nested_shared_two_inputs,
-    "sequential-in-memory": sequential_in_memory,
+def dict_inputs_embedding() -> keras.Model:
+    """Inputs given as a dict; the output an embedding (pooled features, no activation)."""
+    image = keras.Input((9, 9, 2), name="image")
+    scale = keras.Input((1,), name="scale")
+    x = keras.layers.GlobalAveragePooling2D()(cf(4)(keras.layers.Rescaling(1 / 255)(image)))
+    embedding = keras.layers.Concatenate(name="embedding")([x, scale])
+    return keras.Model({"image": image, "scale": scale}, embedding)
+
+
+CLASSIFIER = ["head", "probabilities", "class_index"]
+# name -> (builder, the export's input names, its output names)
+ZOO: dict[str, tuple[Callable[[], keras.Model], list[str], list[str]]] = {
+    "bn-pool-strided-odd": (pooled_strided, ["image"], CLASSIFIER),
+    "residual-add-sigmoid": (residual_sigmoid, ["image"], ["yes", *CLASSIFIER[1:]]),
+    "concatenate-grayscale": (concatenated_branches, ["image"], CLASSIFIER),
+    "dropout-flatten": (dropout_flatten_head, ["image"], CLASSIFIER),
+    "layernorm-depthwise": (layer_norm_depthwise, ["image"], CLASSIFIER),
+    "two-outputs": (two_outputs, ["image"], ["kind", "score"]),
+    "dense-output": (dense_map, ["image"], ["logits"]),
+    "regression": (regression, ["image"], ["value"]),
+    "nested-shared-two-inputs": (nested_shared_two_inputs, ["image", "meta"], CLASSIFIER),
+    "dict-inputs-embedding": (dict_inputs_embedding, ["image", "scale"], ["embedding"]),
+    "sequential-in-memory": (sequential_in_memory, [], CLASSIFIER),  # inputs named by Keras
 }
 
 
 def train_step(model: keras.Model, rng: np.random.Generator) -> None:
-    """One epoch of two batches on random data (class targets for softmax outputs)."""
-    inputs = random_inputs(signature_of(model), 8, rng)
+    """One epoch of two batches on random data (class targets for softmax outputs, else
+    regression targets)."""
+    inputs = random_inputs(signature_of(model).inputs, 8, rng)
     targets, losses = [], []
     for tensor in model.outputs:
-        classes = tensor.shape[-1]
-        if len(tensor.shape) == 2 and classes > 1:
-            targets.append(rng.integers(0, classes, 8))
+        activation = getattr(tensor._keras_history.operation, "activation", None)
+        if activation is keras.activations.softmax:
+            targets.append(rng.integers(0, tensor.shape[-1], 8))
             losses.append("sparse_categorical_crossentropy")
         else:
             targets.append(rng.standard_normal((8, *tensor.shape[1:])).astype(np.float32))
             losses.append("mse")
     model.compile(optimizer="adam", loss=losses if len(losses) > 1 else losses[0])
-    x = list(inputs.values()) if len(inputs) > 1 else next(iter(inputs.values()))
+    arrays = list(inputs.values())
+    x = arrays[0] if len(arrays) == 1 else keras.tree.pack_sequence_as(model.input, arrays)
     y = targets if len(targets) > 1 else targets[0]
     model.fit(x, y, batch_size=4, epochs=1, verbose=0)
 
@@ -185,8 +200,15 @@ def pbtxt_names(config: str, section: str) -> list[str]:
     return re.findall(r'\bname: "([^"]+)"', block)
 
 
-def check_exports(trained: keras.Model, tmp_path, rng, tolerance: float = TOLERANCE) -> dict:
-    """``.keras`` round trip, freeze, every export; returns the relative errors by runtime."""
+def check_exports(
+    trained: keras.Model,
+    tmp_path,
+    rng,
+    inputs: list[str] | None = None,
+    outputs: list[str] | None = None,
+) -> dict:
+    """``.keras`` round trip, freeze, every export; the exports take ``inputs`` and return
+    ``outputs`` (when given). Returns the relative errors by runtime."""
     trained.save(tmp_path / "trained.keras")
     loaded = keras.models.load_model(tmp_path / "trained.keras")  # registered on import
     frozen = freeze_model(loaded)
@@ -194,44 +216,49 @@ def check_exports(trained: keras.Model, tmp_path, rng, tolerance: float = TOLERA
     assert any(isinstance(layer, FrozenSpectralConv2D) for layer in frozen._flatten_layers())
     classes = signature_of(frozen).outputs[0].shape[-1]
     signature = signature_of(frozen, [f"c{index}" for index in range(max(classes or 2, 2))])
-    inputs = random_inputs(signature, 3, rng)
-    expected = keras_runner(trained, signature)(inputs)
-    assert list(expected) == [info.name for info in signature.outputs]
+    inputs = inputs or [info.name for info in signature.inputs]
+    outputs = outputs or [info.name for info in signature.outputs]
+    arrays = random_inputs(signature.inputs, 3, rng)
+    expected = keras_runner(trained, signature)(arrays)
 
     write_savedmodel(frozen, signature, tmp_path / "savedmodel", {})
+    saved = tf.saved_model.load(str(tmp_path / "savedmodel")).signatures["serving_default"]
+    assert sorted(saved.structured_input_signature[1]) == sorted(inputs)
+    assert sorted(saved.structured_outputs) == sorted(outputs)
     errors = {
-        "savedmodel": relative_error(savedmodel_runner(tmp_path / "savedmodel")(inputs), expected)
+        "savedmodel": relative_error(savedmodel_runner(tmp_path / "savedmodel")(arrays), expected)
     }
     for lowering in sorted(LOWERINGS):
         folder = tmp_path / lowering
         folder.mkdir()
         path = save_onnx(build_onnx(frozen, signature, lowering), folder)
         graph = onnx.load(path).graph
-        assert [value.name for value in graph.input] == [info.name for info in signature.inputs]
-        assert [value.name for value in graph.output] == [info.name for info in signature.outputs]
-        errors[lowering] = relative_error(onnx_runner(path)(inputs), expected)
+        assert [value.name for value in graph.input] == inputs
+        assert [value.name for value in graph.output] == outputs
+        errors[lowering] = relative_error(onnx_runner(path)(arrays), expected)
     config = triton_config("m", signature)
-    assert pbtxt_names(config, "input") == [info.name for info in signature.inputs]
-    assert pbtxt_names(config, "output") == [info.name for info in signature.outputs]
-    assert max(errors.values()) <= tolerance, errors
+    assert pbtxt_names(config, "input") == inputs
+    assert pbtxt_names(config, "output") == outputs
+    assert max(errors.values()) <= TOLERANCE, errors
     return errors
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_model_trains_freezes_and_exports_with_parity(name, tmp_path, rng):
     keras.utils.set_random_seed(int(rng.integers(2**31)))
-    model = ZOO[name]()
+    build, inputs, outputs = ZOO[name]
+    model = build()
     train_step(model, rng)
-    check_exports(model, tmp_path, rng)
+    check_exports(model, tmp_path, rng, inputs or None, outputs)
 
 
 def test_classifier_extras_only_for_classifiers_with_names():
     classifier, scores = pooled_strided(), two_outputs()
-    head = classifier.layers[-1].name
     named = signature_of(classifier, ["a", "b", "c"])
-    assert [info.name for info in named.outputs] == [head, "probabilities", "class_index"]
+    assert [info.name for info in named.outputs] == CLASSIFIER
     assert named.outputs[-1].dtype == "int64" and named.outputs[-1].shape == (None,)
-    assert [info.name for info in signature_of(classifier).outputs] == [head]
+    assert [info.name for info in signature_of(classifier).outputs] == ["head"]
+    assert signature_of(dict_inputs_embedding(), ["a", "b"]).class_names is None
     assert [info.name for info in signature_of(scores, ["a", "b", "c"]).outputs] == [
         "kind",
         "score",
@@ -269,7 +296,7 @@ def test_mixed_precision_model_trains_freezes_and_exports(policy, tmp_path, rng)
         folder = tmp_path / "float32"
         folder.mkdir()
         path = save_onnx(build_onnx(as_float, signature), folder)
-        inputs = random_inputs(signature, 3, rng)
+        inputs = random_inputs(signature.inputs, 3, rng)
         # against the float32 computation of the same weights
         assert (
             relative_error(onnx_runner(path)(inputs), keras_runner(as_float, signature)(inputs))

@@ -221,3 +221,28 @@ def test_a_dtype_policy_for_every_layer(rng):
     kept = freeze_model(model)
     assert {layer.dtype_policy.name for layer in kept.layers[1:]} == {"mixed_float16"}
     assert kept.outputs[0].dtype == "float16" and frozen.outputs[0].dtype == "float32"
+
+
+def test_a_nested_subclassed_model_is_refused_too():
+    class Block(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.spectral = small_cf(2)
+
+        def call(self, inputs):
+            return self.spectral(inputs)
+
+    inputs = keras.Input((6, 6, 1))
+    model = keras.Model(inputs, Block()(inputs))
+    with pytest.raises(ValueError, match="subclassed keras.Model"):
+        freeze_model(model)
+
+
+def test_freeze_report_of_a_two_image_model_saves_and_reports_no_sizes(tmp_path):
+    from export.pipeline import freeze_and_report
+
+    left, right = keras.Input((8, 8, 1), name="left"), keras.Input((8, 8, 1), name="right")
+    merged = keras.layers.Add()([small_cf(1)(left), right])
+    keras.Model([left, right], merged).save(tmp_path / "two.keras")
+    report = freeze_and_report(tmp_path / "two.keras", tmp_path / "frozen.keras")
+    assert "trained_size" not in report and (tmp_path / "frozen.keras").is_file()

@@ -21,13 +21,12 @@ from cfconv_tf.bench.timing import median, time_calls
 from cfconv_tf.config import load_model_config
 from cfconv_tf.models import build_model
 from export.freeze import freeze_model
-from export.onnx_export import export_onnx
-from export.parity import keras_runner, onnx_runner, savedmodel_runner
+from export.onnx_export import build_onnx, save_onnx
+from export.parity import Runner, keras_runner, onnx_runner, savedmodel_runner
 from export.savedmodel import write_savedmodel
 from export.signature import signature_of
 
 BASELINE = "spatial 3x3"
-INPUT_NAME = "image"  # the input of the paper's network (cfconv_tf.models.build_model)
 # ONNX lowering of the CF model -> how its FLOPs are counted (cfconv_tf.bench.flops)
 SPECTRAL_LOWERINGS = {"factorized": "dft-factorized", "matmul": "dft-matmul", "dft": "fft"}
 
@@ -55,18 +54,25 @@ def benchmark_models(
 
 
 def runtimes(name: str, model: keras.Model, workdir: Path) -> Iterator[tuple[str, Callable, str]]:
-    """``(runtime, runner, spectral implementation for FLOPs)`` for one model."""
+    """``(runtime, runner of images, spectral implementation for FLOPs)`` for one model."""
     class_names = [str(index) for index in range(max(int(model.outputs[0].shape[-1]), 2))]
     signature = signature_of(model, class_names)
-    yield "keras", keras_runner(model, signature), "fft"
+    (image,) = (info.name for info in signature.inputs)
+
+    def on_images(run: Runner) -> Callable:
+        return lambda images: run({image: images})
+
+    yield "keras", on_images(keras_runner(model, signature)), "fft"
     folder = workdir / name.replace(" ", "_")
     write_savedmodel(model, signature, folder / "savedmodel", {})
-    yield "savedmodel", savedmodel_runner(folder / "savedmodel"), "fft"
+    yield "savedmodel", on_images(savedmodel_runner(folder / "savedmodel")), "fft"
     lowerings = SPECTRAL_LOWERINGS if name == "cf" else ("factorized",)
     for lowering in lowerings:
-        path = export_onnx(model, folder / f"onnx_{lowering}", lowering, class_names=class_names)
+        target = folder / f"onnx_{lowering}"
+        target.mkdir(parents=True)
+        path = save_onnx(build_onnx(model, signature, lowering), target)
         label = f"onnxruntime {lowering}" if name == "cf" else "onnxruntime"
-        yield label, onnx_runner(path), SPECTRAL_LOWERINGS[lowering]
+        yield label, on_images(onnx_runner(path)), SPECTRAL_LOWERINGS[lowering]
 
 
 def run_infer(
@@ -112,7 +118,7 @@ def run_infer(
                         continue
                     images = rng.uniform(0, 255, (batch, size, size, channels)).astype(np.float32)
                     runs = time_calls(
-                        lambda run=runner, images=images: run({INPUT_NAME: images}),
+                        lambda run=runner, images=images: run(images),
                         repeats,
                         warmup=1,
                         budget_seconds=budget_seconds,
