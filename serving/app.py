@@ -1,11 +1,19 @@
-"""The ASGI application: TF Serving REST, KServe v2, an image endpoint and a demo page."""
+"""The ASGI application: TF Serving REST, KServe v2 (with Triton's extensions), an image
+endpoint and a demo page for image classifiers.
+
+The event loop only routes: parsing bodies, decoding images, converting JSON to arrays
+and encoding answers run on a small pool of worker threads, and each model version
+infers on its own lane (:mod:`serving.batching`), so health probes answer at once
+whatever the other requests carry.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
+import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,98 +21,131 @@ import numpy as np
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
+from export.names import PROBABILITIES
 from serving import kserve, tfserving
-from serving.errors import ClientError, PayloadTooLarge
-from serving.inputs import decode_image
-from serving.metrics import RequestMiddleware, ServerMetrics
-from serving.repository import ModelRepository
+from serving.devices import execution_providers
+from serving.errors import ClientError, HTTPError, NotFound, PayloadTooLarge, RequestTimeout
+from serving.guard import GuardMiddleware
+from serving.images import PixelBudget, decode_image
+from serving.metrics import CLIENT_GONE, RequestMiddleware, ServerMetrics
+from serving.repository import AVAILABLE, ModelRepository, ServedModel
+from serving.settings import ServerSettings
 
 log = logging.getLogger("cfconv.serve")
 STATIC = Path(__file__).parent / "static"
+TOP_K = re.compile(r"[0-9]{1,4}")
 
 
-@dataclasses.dataclass(frozen=True)
-class ServerSettings:
-    model_repo: Path
-    backend: str = "onnxruntime"
-    max_batch_size: int = 32
-    max_delay_ms: float = 0.0
-    max_body_bytes: int = 32 * 2**20
-    poll_seconds: float = 2.0
-    threads: int | None = None  # onnxruntime intra-op threads (default: all cores)
+def _numpy_scalar(value: object) -> object:
+    if isinstance(value, np.generic):  # orjson takes numpy arrays, not numpy scalars
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def encode_json(content: object) -> bytes:
+    return orjson.dumps(content, default=_numpy_scalar, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def json_response(content: object, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(
-        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY),
-        status,
-        headers=headers,
-        media_type="application/json",
-    )
+    return Response(encode_json(content), status, headers=headers, media_type="application/json")
+
+
+async def off_loop(request: Request, function: Callable, *args):
+    """Run CPU-heavy ``function(*args)`` on the worker threads, not the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(request.app.state.work, function, *args)
+
+
+async def answer(request: Request, content: object, headers: dict | None = None) -> Response:
+    """A JSON answer, encoded off the event loop (outputs can be large)."""
+    body = await off_loop(request, encode_json, content)
+    return Response(body, 200, headers=headers, media_type="application/json")
 
 
 async def read_body(request: Request) -> bytes:
-    """The request body, refusing (413) anything over the configured limit."""
-    limit = request.app.state.settings.max_body_bytes
+    """The request body within the size limit (413) and the body deadline (408)."""
+    settings: ServerSettings = request.app.state.settings
+    limit = settings.max_body_bytes
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"a request body of {declared} bytes exceeds the {limit}-byte limit")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(settings.body_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"the request body exceeds the {limit}-byte limit")
+                chunks.append(chunk)
+    except TimeoutError as error:
+        raise RequestTimeout(
+            f"the request body did not arrive within {settings.body_timeout_s:g} s"
+        ) from error
     return b"".join(chunks)
 
 
-async def read_json(request: Request) -> object:
+def _json(body: bytes) -> object:
     try:
-        return orjson.loads(await read_body(request))
+        return orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise ClientError(f"malformed JSON: {error}") from error
+
+
+def budget(request: Request) -> PixelBudget:
+    settings: ServerSettings = request.app.state.settings
+    return PixelBudget(settings.max_image_pixels, settings.max_request_pixels)
 
 
 def repository(request: Request) -> ModelRepository:
     return request.app.state.repository
 
 
-def served_model(request: Request):
+def served_model(request: Request) -> ServedModel:
     params = request.path_params
     return repository(request).get(params["name"], params.get("version"))
 
 
 # --- TensorFlow Serving REST ---------------------------------------------------------
+def _parse_predict(body: bytes, model: ServedModel, pixels: PixelBudget):
+    return tfserving.parse_predict(_json(body), model.backend, pixels)
+
+
 async def tf_predict(request: Request) -> Response:
     model = served_model(request)
-    images, row_format = tfserving.parse_predict(await read_json(request), model)
-    outputs = await model.predict(images)
-    return json_response(tfserving.predict_response(outputs, row_format))
+    body = await read_body(request)
+    inputs, row_format = await off_loop(request, _parse_predict, body, model, budget(request))
+    outputs = await model.predict(inputs)
+    return await answer(request, tfserving.predict_response(outputs, row_format))
 
 
 async def tf_status(request: Request) -> Response:
-    model = served_model(request)
-    loaded = repository(request).models[model.name]
-    versions = [model.version] if "version" in request.path_params else sorted(loaded)
-    return json_response(tfserving.status_response(versions))
+    states = repository(request).version_states(request.path_params["name"])
+    version = request.path_params.get("version")
+    if version is not None:
+        states = {number: state for number, state in states.items() if str(number) == version}
+        if not states:
+            raise NotFound(f"model {request.path_params['name']!r} has no version {version[:32]!r}")
+    return json_response(tfserving.status_response(states))
 
 
 async def tf_metadata(request: Request) -> Response:
-    return json_response(tfserving.metadata_response(served_model(request)))
+    model = served_model(request)
+    return json_response(tfserving.metadata_response(model.name, model.version, model.backend))
 
 
-# --- KServe v2 -------------------------------------------------------------------------
+# --- KServe v2 and Triton's extensions --------------------------------------------------
 async def v2_live(request: Request) -> Response:
     return json_response({"live": True})
 
 
 async def v2_ready(request: Request) -> Response:
-    ready = request.app.state.ready
+    ready = request.app.state.ready and not repository(request).stuck()
     return json_response({"ready": ready}, 200 if ready else 503)
 
 
@@ -117,7 +158,7 @@ async def v2_server(request: Request) -> Response:
 async def v2_model(request: Request) -> Response:
     model = served_model(request)
     versions = sorted(repository(request).models[model.name])
-    return json_response(kserve.model_metadata(model, versions))
+    return json_response(kserve.model_metadata(model.name, versions, model.backend))
 
 
 async def v2_model_ready(request: Request) -> Response:
@@ -125,54 +166,110 @@ async def v2_model_ready(request: Request) -> Response:
     return json_response({"name": model.name, "ready": True})
 
 
+def _parse_infer(body: bytes, header_length: str | None, model: ServedModel):
+    infer, binary = kserve.split_body(body, header_length)
+    chosen = kserve.requested_outputs(infer, model.backend)
+    return infer, kserve.parse_infer(infer, binary, model.backend), chosen
+
+
 async def v2_infer(request: Request) -> Response:
     model = served_model(request)
     body = await read_body(request)
-    infer, binary = kserve.split_body(body, request.headers.get(kserve.HEADER_LENGTH))
-    outputs = await model.predict(kserve.parse_infer(infer, binary, model))
-    content, headers = kserve.infer_response(infer, model, outputs)
+    length = request.headers.get(kserve.HEADER_LENGTH)
+    infer, inputs, chosen = await off_loop(request, _parse_infer, body, length, model)
+    outputs = await model.predict(inputs)
+    content, headers = await off_loop(
+        request, kserve.infer_response, infer, model.name, model.version, outputs, chosen
+    )
     media = "application/octet-stream" if headers else "application/json"
     return Response(content, 200, headers=headers, media_type=media)
 
 
-# --- images and the demo page ----------------------------------------------------------
-async def classify(request: Request) -> Response:
-    """An image as a raw body or a multipart ``image`` field -> top-k labels."""
+async def v2_config(request: Request) -> Response:
     model = served_model(request)
-    top_k = request.query_params.get("top_k", "5")
-    if not top_k.isdigit() or int(top_k) < 1:
-        raise ClientError(f"top_k must be a positive integer, got {top_k[:16]!r}")
-    body = await read_body(request)
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+    settings: ServerSettings = request.app.state.settings
+    return json_response(kserve.model_config(model.name, model.backend, settings.max_batch_size))
 
-        async def replay():
-            yield body
 
-        try:
-            form = await MultiPartParser(request.headers, replay()).parse()
-        except MultiPartException as error:
-            raise ClientError(f"malformed multipart upload: {error.message}") from error
-        upload = form.get("image")
-        if upload is None or isinstance(upload, str):
-            raise ClientError('multipart upload needs a file field named "image"')
-        data = await upload.read()
+async def v2_statistics(request: Request) -> Response:
+    repo = repository(request)
+    if "name" in request.path_params:
+        chosen = (
+            [served_model(request)]
+            if "version" in request.path_params
+            else [model for model in repo.models.get(request.path_params["name"], {}).values()]
+        )
+        if not chosen:
+            served_model(request)  # the clear 404
     else:
-        data = body
+        chosen = [model for loaded in repo.models.values() for model in loaded.values()]
+    return json_response(
+        {
+            "model_stats": [
+                kserve.model_statistics(model.name, model.version, model.batcher.statistics)
+                for model in chosen
+            ]
+        }
+    )
+
+
+async def v2_repository_index(request: Request) -> Response:
+    await read_body(request)  # optional {"ready": bool}; read so the connection stays clean
+    entries = [
+        {
+            "name": name,
+            "version": str(version),
+            "state": "READY" if state.state == AVAILABLE else "UNAVAILABLE",
+            "reason": state.error,
+        }
+        for name, versions in sorted(repository(request).states.items())
+        for version, state in sorted(versions.items())
+    ]
+    return json_response(entries)
+
+
+# --- images and the demo page ----------------------------------------------------------
+async def _uploaded_image(request: Request) -> bytes:
+    body = await read_body(request)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return body
+
+    async def replay():
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, replay()).parse()
+    except MultiPartException as error:
+        raise ClientError(f"malformed multipart upload: {error.message}") from error
+    upload = form.get("image")
+    if upload is None or isinstance(upload, str):
+        raise ClientError('a multipart upload needs a file field named "image"')
+    return await upload.read()
+
+
+async def classify(request: Request) -> Response:
+    """An image as a raw body or a multipart ``image`` field -> the top-k labels."""
+    model = served_model(request)
+    classifier = model.backend.image_classifier
+    if classifier is None:
+        raise NotFound(f"model {model.name!r} is not an image classifier; use its :predict")
+    top_k = request.query_params.get("top_k", "5")
+    if not TOP_K.fullmatch(top_k) or int(top_k) < 1:
+        raise ClientError(f"top_k must be a positive integer, got {top_k[:16]!r}")
+    data = await _uploaded_image(request)
     if not data:
         raise ClientError("empty request body: send an image")
-    image = decode_image(data, model.input_size)[None]
-    probabilities = (await model.predict(image))["probabilities"][0]
+    input_name, size = classifier
+    image = await off_loop(request, decode_image, data, size, budget(request))
+    probabilities = (await model.predict({input_name: image[None]}))[PROBABILITIES][0]
     order = np.argsort(-probabilities)[: int(top_k)]
+    names = model.backend.class_names
     return json_response(
         {
             "model": model.name,
             "version": model.version,
             "predictions": [
-                {
-                    "label": model.class_names[i],
-                    "class_index": int(i),
-                    "probability": float(probabilities[i]),
-                }
+                {"label": names[i], "class_index": int(i), "probability": float(probabilities[i])}
                 for i in order
             ],
         }
@@ -180,19 +277,22 @@ async def classify(request: Request) -> Response:
 
 
 async def list_models(request: Request) -> Response:
-    return json_response(
-        {
-            "models": [
-                {
-                    "name": name,
-                    "versions": sorted(loaded),
-                    "input_size": list(loaded[max(loaded)].input_size),
-                    "class_names": loaded[max(loaded)].class_names,
-                }
-                for name, loaded in sorted(repository(request).models.items())
-            ]
-        }
-    )
+    models = []
+    for name, loaded in sorted(repository(request).models.items()):
+        backend = loaded[max(loaded)].backend
+        classifier = backend.image_classifier
+        models.append(
+            {
+                "name": name,
+                "versions": sorted(loaded),
+                "inputs": [[info.name, info.shape, info.dtype] for info in backend.inputs],
+                "outputs": [[info.name, info.shape, info.dtype] for info in backend.outputs],
+                "image_classifier": classifier is not None,
+                "input_size": list(classifier[1]) if classifier else None,
+                "class_names": backend.class_names if classifier else None,
+            }
+        )
+    return json_response({"models": models})
 
 
 async def demo_page(request: Request) -> Response:
@@ -205,8 +305,18 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-async def client_error(request: Request, error: ClientError) -> Response:
-    return json_response({"error": str(error)}, error.status)
+# --- errors ---------------------------------------------------------------------------
+async def http_error(request: Request, error: HTTPError) -> Response:
+    return json_response({"error": str(error)}, error.status, error.headers)
+
+
+async def routing_error(request: Request, error: HTTPException) -> Response:
+    """Starlette's 404/405, in the protocols' JSON error shape."""
+    return json_response({"error": str(error.detail)}, error.status_code, error.headers)
+
+
+async def client_gone(request: Request, error: ClientDisconnect) -> Response:
+    return Response(status_code=CLIENT_GONE)  # nobody reads it; the log says so
 
 
 async def server_error(request: Request, error: Exception) -> Response:
@@ -216,10 +326,6 @@ async def server_error(request: Request, error: Exception) -> Response:
 
 
 def _routes() -> list[Route]:
-    model = "/v1/models/{name}"
-    version = model + "/versions/{version}"
-    v2_model_path = "/v2/models/{name}"
-    v2_version = v2_model_path + "/versions/{version}"
     routes = [
         Route("/", demo_page),
         Route("/models", list_models),
@@ -227,17 +333,21 @@ def _routes() -> list[Route]:
         Route("/v2/health/live", v2_live),
         Route("/v2/health/ready", v2_ready),
         Route("/v2", v2_server),
+        Route("/v2/models/stats", v2_statistics),
+        Route("/v2/repository/index", v2_repository_index, methods=["POST"]),
     ]
-    for base in (model, version):
+    for base in ("/v1/models/{name}", "/v1/models/{name}/versions/{version}"):
         routes += [
             Route(base + ":predict", tf_predict, methods=["POST"]),
             Route(base + "/metadata", tf_metadata),
             Route(base, tf_status),
         ]
-    for base in (v2_model_path, v2_version):
+    for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         routes += [
             Route(base + "/infer", v2_infer, methods=["POST"]),
             Route(base + "/ready", v2_model_ready),
+            Route(base + "/config", v2_config),
+            Route(base + "/stats", v2_statistics),
             Route(base, v2_model),
         ]
     for base in ("/v1/classify/{name}", "/v1/classify/{name}/versions/{version}"):
@@ -245,39 +355,60 @@ def _routes() -> list[Route]:
     return routes
 
 
-def create_app(settings: ServerSettings) -> Starlette:
-    """The server application; models load in its lifespan and are watched for changes."""
+def create_app(settings: ServerSettings, bind_host: str = "127.0.0.1") -> Starlette:
+    """The server application; models load in its lifespan and are watched for changes.
+
+    Raises:
+        ValueError: execution providers that this onnxruntime does not have.
+    """
     server_metrics = ServerMetrics()
+    providers = (
+        execution_providers(settings.device, settings.providers)
+        if settings.backend == "onnxruntime"
+        else ()
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        work = ThreadPoolExecutor(max_workers=settings.work_threads, thread_name_prefix="work")
         repo = ModelRepository(
-            settings.model_repo,
-            settings.backend,
-            executor,
-            settings.threads,
-            settings.max_batch_size,
-            settings.max_delay_ms / 1e3,
+            settings,
+            providers,
             server_metrics.batch_size.observe,
+            lambda name: server_metrics.load_failures.labels(name).inc(),
         )
         await repo.refresh()
-        app.state.repository, app.state.ready = repo, True
-        log.info("serving %s from %s", sorted(repo.models), settings.model_repo)
-        watcher = asyncio.create_task(repo.watch(settings.poll_seconds))
+        app.state.repository, app.state.work, app.state.ready = repo, work, True
+        log.info("serving %s from %s on %s", sorted(repo.models), settings.model_repo, providers)
+        watcher = asyncio.create_task(repo.watch())
         try:
             yield
         finally:
             app.state.ready = False
             watcher.cancel()
             await repo.close()
-            executor.shutdown(wait=True)
+            work.shutdown(wait=False)
 
     app = Starlette(
         routes=_routes(),
         lifespan=lifespan,
-        exception_handlers={ClientError: client_error, Exception: server_error},
+        exception_handlers={
+            HTTPError: http_error,
+            HTTPException: routing_error,
+            ClientDisconnect: client_gone,
+            Exception: server_error,
+        },
     )
     app.state.settings, app.state.metrics, app.state.ready = settings, server_metrics, False
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"]
+        )
+    app.add_middleware(
+        GuardMiddleware,
+        hosts=settings.hosts_for(bind_host),
+        origins=settings.cors_origins,
+        token=settings.auth_token,
+    )
     app.add_middleware(RequestMiddleware, metrics=server_metrics)
     return app

@@ -1,87 +1,205 @@
-"""Dynamic micro-batching: concurrent requests to one model share an inference call.
+"""Dynamic batching on a model version's own inference lane.
 
-Requests that queued up while the previous call ran go into the next call together
-(up to ``max_batch_size`` images), so a lone request never waits; with
-``max_delay > 0`` a batch also waits that long for more company. The call runs in an
-executor thread, off the event loop.
+Each loaded model version has one :class:`MicroBatcher`: a bounded queue and one
+inference thread of its own, so a big request to one model never holds up another.
+Requests that queued up while the previous call ran go into the next call together, up
+to ``max_batch_size`` items (a larger request is split into several calls), so a lone
+request never waits; with ``max_delay > 0`` a batch also waits that long for company.
+A full queue answers 503 at once. Closing a batcher (its version was unloaded, or the
+server stops) refuses new requests with 503 and finishes the queued ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
+import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-Predict = Callable[[np.ndarray], dict[str, np.ndarray]]
+from serving.errors import PayloadTooLarge, ServiceUnavailable
+
+Arrays = dict[str, np.ndarray]
+Predict = Callable[[Arrays], Arrays]
+
+
+@dataclasses.dataclass
+class Statistics:
+    """What Triton's inference statistics report, per model version (times in ns)."""
+
+    inference_count: int = 0  # items inferred
+    execution_count: int = 0  # inference calls
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    queue_ns: int = 0
+    compute_ns: int = 0
+    last_inference_ms: int = 0
+
+
+@dataclasses.dataclass
+class _Item:
+    inputs: Arrays
+    size: int
+    enqueued: float
+    future: asyncio.Future
+
+    def fits_with(self, other: _Item) -> bool:
+        """Whether the two can share a call (same per-item shapes for every input)."""
+        return all(
+            self.inputs[name].shape[1:] == other.inputs[name].shape[1:] for name in self.inputs
+        )
+
+
+def _batch_size(inputs: Arrays) -> int:
+    return len(next(iter(inputs.values())))
 
 
 class MicroBatcher:
-    """Collects ``(images, future)`` pairs and runs them through ``predict`` together."""
+    """Batches ``predict`` calls for one model version on its own thread."""
 
     def __init__(
         self,
         predict: Predict,
-        executor: Executor,
+        lane_name: str,
         max_batch_size: int = 32,
         max_delay: float = 0.0,
+        max_queue: int = 512,
         observe_batch: Callable[[int], None] = lambda size: None,
     ) -> None:
         self.predict = predict
-        self.executor = executor
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay
+        self.max_queue = max_queue
         self.observe_batch = observe_batch
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.statistics = Statistics()
+        self.lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix=lane_name)
+        self.queue: collections.deque[_Item] = collections.deque()
+        self.queued = 0  # items waiting
+        self.closed = False
+        self.wake = asyncio.Event()
         self.task = asyncio.get_running_loop().create_task(self._run())
 
-    async def submit(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Outputs for ``images`` ``[n, H, W, C]``, computed in some batch."""
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put((images, future))
-        return await future
+    async def submit(self, inputs: Arrays) -> Arrays:
+        """Outputs for ``inputs`` (each ``[n, ...]``), computed in one or more batches.
+
+        Raises:
+            ServiceUnavailable: the batcher is closed, or its queue is full (retry).
+            PayloadTooLarge: the request alone is larger than the queue.
+        """
+        size = _batch_size(inputs)
+        if self.closed:
+            raise ServiceUnavailable("this model version was just unloaded; send the request again")
+        if size > self.max_queue:
+            raise PayloadTooLarge(
+                f"a request of {size} items exceeds the queue of {self.max_queue} items per model"
+            )
+        if self.queued + size > self.max_queue:
+            raise ServiceUnavailable(f"the model's queue is full ({self.queued} items waiting)")
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter_ns()
+        chunks = []
+        for begin in range(0, size, self.max_batch_size):
+            chunk = {
+                name: value[begin : begin + self.max_batch_size] for name, value in inputs.items()
+            }
+            item = _Item(chunk, _batch_size(chunk), time.perf_counter_ns(), loop.create_future())
+            self.queue.append(item)
+            chunks.append(item.future)
+        self.queued += size
+        self.wake.set()
+        try:
+            results = await asyncio.gather(*chunks)
+        except Exception:
+            self._count(failed=True, since=start)
+            raise
+        self._count(failed=False, since=start)
+        if len(results) == 1:
+            return results[0]
+        return {name: np.concatenate([part[name] for part in results]) for name in results[0]}
+
+    def _count(self, failed: bool, since: int) -> None:
+        elapsed = time.perf_counter_ns() - since
+        if failed:
+            self.statistics.fail_count += 1
+            self.statistics.fail_ns += elapsed
+        else:
+            self.statistics.success_count += 1
+            self.statistics.success_ns += elapsed
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self.queue.get()]
-            size = len(batch[0][0])
-            deadline = loop.time() + self.max_delay
-            while size < self.max_batch_size:
-                if not self.queue.empty():
-                    item = self.queue.get_nowait()
-                else:
-                    timeout = deadline - loop.time()
-                    if timeout <= 0:
-                        break
-                    try:
-                        item = await asyncio.wait_for(self.queue.get(), timeout)
-                    except TimeoutError:
-                        break
-                batch.append(item)
-                size += len(item[0])
+            while not self.queue:
+                if self.closed:
+                    return
+                self.wake.clear()
+                await self.wake.wait()
+            batch = await self._collect(loop)
             await self._infer(loop, batch)
 
-    async def _infer(self, loop: asyncio.AbstractEventLoop, batch: list) -> None:
-        images = np.concatenate([item[0] for item in batch]) if len(batch) > 1 else batch[0][0]
-        self.observe_batch(len(images))
+    async def _collect(self, loop: asyncio.AbstractEventLoop) -> list[_Item]:
+        """Take the first item and whatever fits with it, waiting up to ``max_delay``."""
+        batch = [self.queue.popleft()]
+        size = batch[0].size
+        deadline = loop.time() + self.max_delay
+        while size < self.max_batch_size:
+            if self.queue:
+                following = self.queue[0]
+                if size + following.size > self.max_batch_size or not following.fits_with(batch[0]):
+                    break
+                batch.append(self.queue.popleft())
+                size += following.size
+                continue
+            timeout = deadline - loop.time()
+            if timeout <= 0 or self.closed:
+                break
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            except TimeoutError:
+                break
+        self.queued -= size
+        return batch
+
+    async def _infer(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
+        names = list(batch[0].inputs)
+        inputs = (
+            batch[0].inputs
+            if len(batch) == 1
+            else {name: np.concatenate([item.inputs[name] for item in batch]) for name in names}
+        )
+        total = sum(item.size for item in batch)
+        self.observe_batch(total)
+        started = time.perf_counter_ns()
+        stats = self.statistics
+        stats.queue_ns += sum(started - item.enqueued for item in batch)
         try:
-            outputs = await loop.run_in_executor(self.executor, self.predict, images)
-        except Exception as error:  # a failed call fails its requests, not the batcher
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
+            outputs = await loop.run_in_executor(self.lane, self.predict, inputs)
+        except Exception as error:  # a failed call fails its requests, not the lane
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
             return
-        start = 0
-        for item_images, future in batch:
-            end = start + len(item_images)
-            if not future.done():
-                future.set_result({name: value[start:end] for name, value in outputs.items()})
-            start = end
+        finally:
+            stats.compute_ns += time.perf_counter_ns() - started
+        stats.inference_count += total
+        stats.execution_count += 1
+        stats.last_inference_ms = time.time_ns() // 1_000_000
+        begin = 0
+        for item in batch:
+            end = begin + item.size
+            if not item.future.done():
+                item.future.set_result({name: value[begin:end] for name, value in outputs.items()})
+            begin = end
 
     async def close(self) -> None:
-        """Finish what is queued, then stop."""
-        while not self.queue.empty():
-            await asyncio.sleep(0.001)
-        self.task.cancel()
+        """Refuse new requests, finish the queued ones, stop the lane."""
+        self.closed = True
+        self.wake.set()
+        await self.task
+        self.lane.shutdown(wait=False)

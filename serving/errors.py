@@ -1,22 +1,58 @@
-"""Client errors the server answers with a 4xx status and a message, never a 500."""
+"""Answers the server gives instead of a result: a status, a message, maybe headers.
+
+Every one is sent as ``{"error": "<message>"}`` (the error shape of TF Serving's REST API
+and of KServe v2); none is a 500. Messages say what was wrong with the request and carry
+no memory addresses or server paths.
+"""
 
 from __future__ import annotations
 
 
-class ClientError(Exception):
-    """A request the server cannot serve as sent; ``status`` is the HTTP status."""
+class HTTPError(Exception):
+    """A request the server answers with ``status`` and ``message`` (and ``headers``)."""
 
     status = 400
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, status: int | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         if status is not None:
             self.status = status
+        self.headers = headers or {}
+
+
+class ClientError(HTTPError):
+    """The request cannot be served as sent (400 unless a subclass says otherwise)."""
+
+
+class Unauthorized(ClientError):
+    status = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ClientError):
+    status = 403
 
 
 class NotFound(ClientError):
     status = 404
 
 
+class RequestTimeout(ClientError):
+    status = 408
+
+
 class PayloadTooLarge(ClientError):
     status = 413
+
+
+class ServiceUnavailable(HTTPError):
+    """The server cannot take the request now (queue full, version unloaded): retry."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})

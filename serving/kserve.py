@@ -1,30 +1,38 @@
-"""The KServe Open Inference Protocol (v2), JSON and the binary tensor extension.
+"""The KServe Open Inference Protocol (v2), JSON and the binary tensor extension, for any
+signature; and the Triton extensions its clients call (model config, repository index,
+inference statistics).
 
-With ``Inference-Header-Content-Length: L`` the body is an L-byte JSON header followed
-by the raw tensor bytes of the inputs whose ``parameters.binary_data_size`` is set (in
-order). Outputs are sent as binary data when the request asks for it per output
+With ``Inference-Header-Content-Length: L`` the body is an L-byte JSON header followed by
+the raw tensor bytes of the inputs whose ``parameters.binary_data_size`` is set, in
+order. Outputs are sent as binary data when the request asks for it per output
 (``parameters.binary_data``) or for all (``parameters.binary_data_output``).
 """
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import orjson
 
+from export.tensor_info import TensorInfo
+from serving.backends import Backend
+from serving.batching import Statistics
 from serving.errors import ClientError
-from serving.inputs import image_tensor
-from serving.repository import ServedModel
+from serving.tensors import KSERVE_NAMES, check_shape, datatype, element_count, fit_to, to_array
 
 HEADER_LENGTH = "inference-header-content-length"
-DATATYPES = {
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "UINT8": np.uint8,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-}
-OUTPUTS = {"probabilities": "FP32", "class_index": "INT64"}
+DIGITS = re.compile(r"[0-9]{1,12}")
+Arrays = dict[str, np.ndarray]
+
+
+def _object(value: object, what: str) -> dict:
+    """An optional JSON object (``parameters``): ``{}`` when absent."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ClientError(f"{what} must be a JSON object")
+    return value
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
@@ -32,7 +40,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     if header_length is None:
         json_part, binary = body, b""
     else:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not DIGITS.fullmatch(header_length) or int(header_length) > len(body):
             raise ClientError(
                 f"invalid Inference-Header-Content-Length {header_length[:32]!r} "
                 f"for a {len(body)}-byte body"
@@ -47,89 +55,163 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     return request, binary
 
 
-def parse_infer(request: dict, binary: bytes, model: ServedModel) -> np.ndarray:
-    """The ``image`` input as float32 ``[N, H, W, C]``."""
-    inputs = request.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise ClientError(f'"inputs" must be a list holding the one input "{model.input_name}"')
-    tensor = inputs[0]
-    if tensor.get("name") != model.input_name:
-        raise ClientError(
-            f'unknown input {tensor.get("name")!r}; the model takes "{model.input_name}"'
-        )
-    datatype, shape = tensor.get("datatype"), tensor.get("shape")
-    if datatype not in DATATYPES:
-        raise ClientError(f"unsupported datatype {datatype!r}; use one of {sorted(DATATYPES)}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ClientError(f'"shape" must be a list of non-negative integers, got {shape!r}')
-    count = int(np.prod(shape)) if shape else 1
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+def _tensor(
+    entry: object, info: TensorInfo, binary: memoryview, offset: int
+) -> tuple[np.ndarray, int]:
+    """One input entry -> its array (the model input's dtype) and the next binary offset."""
+    what = f"input {info.name!r}"
+    request_type = datatype(entry.get("datatype"))
+    shape = check_shape(entry.get("shape"), what)
+    count = element_count(shape)
+    size = _object(entry.get("parameters"), f"{what}: parameters").get("binary_data_size")
     if size is not None:
-        dtype = np.dtype(DATATYPES[datatype])
-        if size != count * dtype.itemsize or size != len(binary):
+        if (
+            type(size) is not int
+            or size != count * request_type.itemsize
+            or offset + size > len(binary)
+        ):
             raise ClientError(
-                f"binary_data_size {size} does not match shape {shape} of "
-                f"{datatype} ({count * dtype.itemsize} bytes; "
-                f"{len(binary)} binary bytes sent)"
+                f"{what}: binary_data_size {str(size)[:32]} does not match shape {list(shape)} "
+                f"of {KSERVE_NAMES[request_type.name]} ({count * request_type.itemsize} bytes) "
+                f"within the {len(binary) - offset} binary bytes left"
             )
-        data = np.frombuffer(binary, dtype=dtype)
+        raw = np.frombuffer(binary[offset : offset + size], dtype=request_type)
+        offset += size
     else:
-        if "data" not in tensor:
-            raise ClientError('the input has neither "data" nor a binary_data_size')
-        try:
-            data = np.asarray(tensor["data"], dtype=DATATYPES[datatype]).reshape(-1)
-        except (ValueError, TypeError) as error:
-            raise ClientError(f"input data is not an array of {datatype}: {error}") from error
-        if data.size != count:
-            raise ClientError(f"input data has {data.size} values, shape {shape} needs {count}")
-    return image_tensor(data.reshape(shape), model.input_size)
+        if "data" not in entry:
+            raise ClientError(f'{what}: neither "data" nor parameters.binary_data_size')
+        data = entry["data"]
+        raw = to_array(data if isinstance(data, list) else [data], request_type, what)
+        if raw.size != count:
+            raise ClientError(f"{what}: {raw.size} values for shape {list(shape)} ({count})")
+    return fit_to(raw.reshape(shape), info, what), offset
+
+
+def parse_infer(request: dict, binary: bytes, backend: Backend) -> Arrays:
+    """The model's inputs from an inference request (every input, each once)."""
+    entries = request.get("inputs")
+    infos = {info.name: info for info in backend.inputs}
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise ClientError(f'"inputs" must be a list of tensors, one per input: {sorted(infos)}')
+    names = [entry.get("name") for entry in entries]
+    if sorted(map(str, names)) != sorted(infos) or len(set(map(str, names))) != len(names):
+        raise ClientError(
+            f"the model takes the inputs {sorted(infos)}; got {[str(n)[:32] for n in names][:8]}"
+        )
+    _object(request.get("parameters"), "parameters")
+    view, offset, arrays = memoryview(binary), 0, {}
+    for entry in entries:
+        arrays[entry["name"]], offset = _tensor(entry, infos[entry["name"]], view, offset)
+    if offset != len(binary):
+        raise ClientError(f"{len(binary) - offset} binary bytes follow the inputs unused")
+    batches = {len(array) for array in arrays.values()}
+    if len(batches) != 1:
+        raise ClientError(f"the inputs have different batch sizes: {sorted(batches)}")
+    return arrays
+
+
+def requested_outputs(request: dict, backend: Backend) -> list[tuple[str, bool]]:
+    """``(output name, as binary)`` for each output to send, checked before inference."""
+    known = [info.name for info in backend.outputs]
+    all_binary = _object(request.get("parameters"), "parameters").get("binary_data_output", False)
+    requested = request.get("outputs")
+    if requested is None:
+        return [(name, all_binary is True) for name in known]
+    if not isinstance(requested, list) or not all(isinstance(item, dict) for item in requested):
+        raise ClientError('"outputs" must be a list of {"name": ...} objects')
+    chosen = []
+    for item in requested:
+        name = item.get("name")
+        if name not in known:
+            raise ClientError(f"unknown output {str(name)[:64]!r}; the model has {known}")
+        binary = _object(item.get("parameters"), f"output {name!r}: parameters").get(
+            "binary_data", all_binary
+        )
+        chosen.append((name, binary is True))
+    return chosen
 
 
 def infer_response(
-    request: dict, model: ServedModel, outputs: dict[str, np.ndarray]
+    request: dict, name: str, version: int, outputs: Arrays, chosen: list[tuple[str, bool]]
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and extra headers (binary when the client asked for it)."""
-    requested = request.get("outputs") or [{"name": name} for name in OUTPUTS]
-    if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
-        raise ClientError('"outputs" must be a list of {"name": ...} objects')
-    all_binary = bool((request.get("parameters") or {}).get("binary_data_output", False))
     header_outputs, blobs = [], []
-    for item in requested:
-        name = item.get("name")
-        if name not in OUTPUTS:
-            raise ClientError(f"unknown output {name!r}; the model has {sorted(OUTPUTS)}")
-        value = np.ascontiguousarray(outputs[name])
-        entry = {"name": name, "datatype": OUTPUTS[name], "shape": list(value.shape)}
-        if (item.get("parameters") or {}).get("binary_data", all_binary):
+    for output, binary in chosen:
+        value = np.ascontiguousarray(outputs[output])
+        entry = {
+            "name": output,
+            "datatype": KSERVE_NAMES[value.dtype.name],
+            "shape": list(value.shape),
+        }
+        if binary:
             blob = value.tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = value.reshape(-1).tolist()
+            entry["data"] = value.reshape(-1)
         header_outputs.append(entry)
-    header = {
-        "model_name": model.name,
-        "model_version": str(model.version),
-        "outputs": header_outputs,
-    }
-    if "id" in request:
+    header = {"model_name": name, "model_version": str(version), "outputs": header_outputs}
+    if isinstance(request.get("id"), str):
         header["id"] = request["id"]
-    body = orjson.dumps(header)
+    body = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return body, {}
     return body + b"".join(blobs), {"Inference-Header-Content-Length": str(len(body))}
 
 
-def model_metadata(model: ServedModel, versions: list[int]) -> dict:
+def _v2_tensor(info: TensorInfo) -> dict:
     return {
-        "name": model.name,
+        "name": info.name,
+        "datatype": KSERVE_NAMES.get(info.dtype, info.dtype.upper()),
+        "shape": [-1 if size is None else size for size in info.shape],
+    }
+
+
+def model_metadata(name: str, versions: list[int], backend: Backend) -> dict:
+    return {
+        "name": name,
         "versions": [str(v) for v in versions],
-        "platform": model.backend.platform,
-        "inputs": [
-            {"name": model.input_name, "datatype": "FP32", "shape": [-1, *model.input_size]}
-        ],
-        "outputs": [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(model.class_names)]},
-            {"name": "class_index", "datatype": "INT64", "shape": [-1]},
-        ],
+        "platform": backend.platform,
+        "inputs": [_v2_tensor(info) for info in backend.inputs],
+        "outputs": [_v2_tensor(info) for info in backend.outputs],
+    }
+
+
+def _config_tensor(info: TensorInfo) -> dict:
+    dims = [-1 if size is None else size for size in info.shape[1:]]
+    return {"name": info.name, "data_type": "TYPE_" + KSERVE_NAMES[info.dtype], "dims": dims or [1]}
+
+
+def model_config(name: str, backend: Backend, max_batch_size: int) -> dict:
+    """Triton's model configuration (``GET /v2/models/{name}/config``)."""
+    return {
+        "name": name,
+        "platform": backend.platform,
+        "max_batch_size": max_batch_size,
+        "input": [_config_tensor(info) for info in backend.inputs],
+        "output": [_config_tensor(info) for info in backend.outputs],
+    }
+
+
+def _duration(count: int, ns: int) -> dict:
+    return {"count": count, "ns": ns}
+
+
+def model_statistics(name: str, version: int, stats: Statistics) -> dict:
+    """One entry of Triton's ``model_stats`` (``GET /v2/models[/{name}]/stats``)."""
+    return {
+        "name": name,
+        "version": str(version),
+        "last_inference": stats.last_inference_ms,
+        "inference_count": stats.inference_count,
+        "execution_count": stats.execution_count,
+        "inference_stats": {
+            "success": _duration(stats.success_count, stats.success_ns),
+            "fail": _duration(stats.fail_count, stats.fail_ns),
+            "queue": _duration(stats.success_count, stats.queue_ns),
+            "compute_input": _duration(stats.execution_count, 0),
+            "compute_infer": _duration(stats.execution_count, stats.compute_ns),
+            "compute_output": _duration(stats.execution_count, 0),
+        },
+        "batch_stats": [],
     }

@@ -1,8 +1,15 @@
-"""Prometheus metrics and request IDs, as a pure ASGI middleware (cheap per request)."""
+"""Prometheus metrics, request IDs and the one log line per request (a pure ASGI middleware).
+
+Request IDs a client sends are kept if they are short and plain (letters, digits and
+``._:-``), else replaced by a fresh one; the log line escapes every control and non-ASCII
+character of the path, so no request can forge or garble a log line. A request whose
+client went away is logged and counted as status 499, not as an error.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 
@@ -11,10 +18,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 log = logging.getLogger("cfconv.serve")
 
 PROTOCOLS = (("/v1/models", "tfserving"), ("/v2", "kserve"), ("/v1/classify", "image"))
+REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+CLIENT_GONE = 499  # nginx's status for "the client closed the connection"
 
 
 def protocol_of(path: str) -> str:
     return next((name for prefix, name in PROTOCOLS if path.startswith(prefix)), "other")
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` with control and non-ASCII characters escaped (``\\r``, ``\\x1b``, ``\\u2028``)."""
+    return text[:limit].encode("unicode_escape").decode("ascii")
 
 
 class ServerMetrics:
@@ -24,7 +38,7 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "cfconv_requests",
-            "HTTP requests by protocol and status",
+            "HTTP requests by protocol and status (499: the client went away)",
             ["protocol", "status"],
             registry=self.registry,
         )
@@ -37,18 +51,24 @@ class ServerMetrics:
         )
         self.batch_size = Histogram(
             "cfconv_batch_size",
-            "images per inference call",
+            "items per inference call",
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         )
         self.models_loaded = Gauge(
             "cfconv_model_versions_loaded", "loaded model versions", registry=self.registry
         )
+        self.load_failures = Counter(
+            "cfconv_model_load_failures",
+            "failed attempts to load a model version",
+            ["model"],
+            registry=self.registry,
+        )
 
 
 class RequestMiddleware:
-    """Give every request an ID (``X-Request-ID``, kept if the client sent one), count
-    it, time it and log one line for it."""
+    """Give every request an ID (``X-Request-ID``, kept if the client sent a plain one),
+    count it, time it and log one line for it."""
 
     def __init__(self, app, metrics: ServerMetrics) -> None:
         self.app = app
@@ -58,10 +78,10 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
+        sent = dict(scope["headers"]).get(b"x-request-id", b"")
+        request_id = sent.decode("ascii") if REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
-        start, status = time.perf_counter(), 500
+        start, status = time.perf_counter(), CLIENT_GONE
 
         async def send_with_id(message) -> None:
             nonlocal status
@@ -69,7 +89,7 @@ class RequestMiddleware:
                 status = message["status"]
                 message["headers"] = [
                     *message.get("headers", []),
-                    (b"x-request-id", request_id.encode("latin-1")),
+                    (b"x-request-id", request_id.encode("ascii")),
                 ]
             await send(message)
 
@@ -81,10 +101,11 @@ class RequestMiddleware:
             self.metrics.requests.labels(protocol, str(status)).inc()
             self.metrics.latency.labels(protocol).observe(elapsed)
             log.info(
-                "request_id=%s %s %s %d %.1fms",
+                "request_id=%s %s %s %d %.1fms%s",
                 request_id,
-                scope["method"],
-                scope["path"],
+                printable(scope["method"], 16),
+                printable(scope["path"]),
                 status,
                 elapsed * 1e3,
+                " (client disconnected)" if status == CLIENT_GONE else "",
             )

@@ -1,10 +1,15 @@
 """The model repository the server serves: ``<root>/<name>/<version>/``.
 
-The layout is the one ``cfconv export`` writes (Triton-style for ONNX, TF Serving
-style for SavedModels). Versions are numeric folder names; hidden staging folders are
-ignored, and because the exporter renames complete folders into place, a version that
-is visible is complete. :meth:`ModelRepository.refresh` loads new versions and drops
-removed ones; requests already holding a version finish on it.
+The layout is the one ``cfconv export`` writes (Triton-style for ONNX, TF Serving style
+for SavedModels). Versions are folders named by plain ASCII digits; anything else in a
+model folder is ignored with one warning, and hidden staging folders silently (the
+exporter renames complete folders into place, so a visible version is complete).
+
+:meth:`ModelRepository.refresh` loads new versions, drops removed ones and retries a
+version that failed to load once its files change; every version's state (``LOADING``,
+``AVAILABLE``, ``FAILED`` with its error, ``UNLOADED``) is kept for the status
+endpoints. One bad entry never stops the others from loading. Requests that already hold
+a version finish on it; requests that reach an unloaded version's queue get 503.
 """
 
 from __future__ import annotations
@@ -12,17 +17,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from concurrent.futures import Executor
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from export.atomic import MODEL_NAME, versions
-from serving.backends import MODEL_FILES, load_backend
+from export.atomic import MODEL_NAME
+from serving.backends import MODEL_FILES, Backend, load_backend
 from serving.batching import MicroBatcher
 from serving.errors import NotFound
+from serving.settings import ServerSettings
 
 log = logging.getLogger("cfconv.serve")
+VERSION = re.compile(r"[0-9]{1,9}")  # ASCII digits only: "²".isdigit() is True
+AVAILABLE, FAILED, UNLOADED = "AVAILABLE", "FAILED", "UNLOADED"
+STUCK_AFTER = 3  # failed scans in a row after which readiness reports the reloader stuck
 
 
 @dataclasses.dataclass
@@ -31,23 +42,29 @@ class ServedModel:
 
     name: str
     version: int
-    backend: object
+    backend: Backend
     batcher: MicroBatcher
 
-    @property
-    def input_size(self) -> tuple[int, int, int]:
-        return self.backend.input_size
+    async def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return await self.batcher.submit(inputs)
 
-    @property
-    def input_name(self) -> str:
-        return self.backend.input_name
 
-    @property
-    def class_names(self) -> list[str]:
-        return self.backend.class_names
+@dataclasses.dataclass
+class VersionState:
+    state: str
+    error: str = ""
+    fingerprint: tuple = ()  # what the files looked like when this state was reached
 
-    async def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        return await self.batcher.submit(images)
+
+def fingerprint(folder: Path) -> tuple:
+    """Names, sizes and modification times of a version folder's files."""
+    return tuple(
+        sorted(
+            (str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns)
+            for path in folder.rglob("*")
+            if path.is_file() and (stat := path.stat())
+        )
+    )
 
 
 class ModelRepository:
@@ -55,102 +72,145 @@ class ModelRepository:
 
     def __init__(
         self,
-        root: Path,
-        backend: str,
-        executor: Executor,
-        threads: int | None,
-        max_batch_size: int,
-        max_delay: float,
-        observe_batch,
+        settings: ServerSettings,
+        providers: tuple[str, ...],
+        observe_batch: Callable[[int], None],
+        count_failure: Callable[[str], None],
     ) -> None:
-        self.root = Path(root)
+        self.root = Path(settings.model_repo)
         if not self.root.is_dir():
             raise FileNotFoundError(f"model repository {self.root} does not exist")
-        self.backend = backend
-        self.executor = executor
-        self.threads = threads
-        self.max_batch_size = max_batch_size
-        self.max_delay = max_delay
+        self.settings = settings
+        self.providers = providers
         self.observe_batch = observe_batch
+        self.count_failure = count_failure
+        self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
         self.models: dict[str, dict[int, ServedModel]] = {}
-        self.failed: dict[tuple[str, int], str] = {}
+        self.states: dict[str, dict[int, VersionState]] = {}
+        self.ignored: set[Path] = set()
+        self.failed_scans = 0
 
-    def _on_disk(self) -> dict[str, list[int]]:
+    def _versions_on_disk(self, folder: Path) -> dict[int, Path]:
+        """Version folders holding the backend's model file; others warned about once."""
         found = {}
-        for folder in sorted(self.root.iterdir()):
-            if folder.is_dir() and MODEL_NAME.match(folder.name):
-                ready = [
-                    v
-                    for v in versions(folder)
-                    if (folder / str(v) / MODEL_FILES[self.backend]).is_file()
-                ]
-                if ready:
-                    found[folder.name] = ready
+        for entry in sorted(folder.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir() and VERSION.fullmatch(entry.name) and int(entry.name) > 0:
+                if (entry / MODEL_FILES[self.settings.backend]).is_file():
+                    found[int(entry.name)] = entry
+            elif entry.is_dir() and entry not in self.ignored:
+                self.ignored.add(entry)
+                log.warning(
+                    "ignoring %r in model %s: not a version number", entry.name, folder.name
+                )
         return found
 
     async def refresh(self) -> None:
-        """Load versions that appeared, drop versions that disappeared."""
-        loop = asyncio.get_running_loop()
-        on_disk = self._on_disk()
-        updated: dict[str, dict[int, ServedModel]] = {}
-        for name, numbers in on_disk.items():
-            current = self.models.get(name, {})
-            updated[name] = {v: current[v] for v in numbers if v in current}
-            for version in numbers:
-                if version in current or (name, version) in self.failed:
-                    continue
-                folder = self.root / name / str(version)
-                try:
-                    backend = await loop.run_in_executor(
-                        self.executor, load_backend, self.backend, folder, self.threads
-                    )
-                except Exception as error:  # a broken export must not stop the server
-                    self.failed[(name, version)] = str(error)
-                    log.error("cannot load %s version %d: %s", name, version, error)
-                    continue
-                batcher = MicroBatcher(
-                    backend.predict,
-                    self.executor,
-                    self.max_batch_size,
-                    self.max_delay,
-                    self.observe_batch,
-                )
-                updated[name][version] = ServedModel(name, version, backend, batcher)
-                log.info("loaded %s version %d from %s", name, version, folder)
-        removed = [
-            model
-            for name, loaded in self.models.items()
-            for version, model in loaded.items()
-            if version not in updated.get(name, {})
-        ]
-        self.models = {name: loaded for name, loaded in updated.items() if loaded}
-        for model in removed:
-            log.info("unloaded %s version %d", model.name, model.version)
-            await model.batcher.close()
+        """Load versions that appeared or changed after a failure, drop removed ones."""
+        seen: set[str] = set()
+        for folder in sorted(self.root.iterdir()):
+            if not folder.is_dir() or not MODEL_NAME.match(folder.name):
+                continue
+            seen.add(folder.name)
+            try:
+                await self._refresh_model(folder.name, self._versions_on_disk(folder))
+            except OSError as error:  # one unreadable model folder stops only itself
+                log.error("cannot scan model %s: %s", folder.name, error)
+        for name in set(self.models) - seen:
+            await self._refresh_model(name, {})
 
-    async def watch(self, interval: float) -> None:
-        """Refresh every ``interval`` seconds until cancelled."""
+    async def _refresh_model(self, name: str, on_disk: dict[int, Path]) -> None:
+        loaded = self.models.setdefault(name, {})
+        states = self.states.setdefault(name, {})
+        for version in sorted(set(loaded) - set(on_disk)):
+            model = loaded.pop(version)
+            states[version] = VersionState(UNLOADED)
+            log.info("unloaded %s version %d", name, version)
+            await model.batcher.close()
+        for version, folder in on_disk.items():
+            if version in loaded:
+                continue
+            files = fingerprint(folder)
+            state = states.get(version)
+            if state is not None and state.state == FAILED and state.fingerprint == files:
+                continue  # retried when its files change
+            await self._load(name, version, folder, files)
+        if not loaded:
+            del self.models[name]
+
+    async def _load(self, name: str, version: int, folder: Path, files: tuple) -> None:
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        try:
+            backend = await loop.run_in_executor(
+                self.loader,
+                load_backend,
+                settings.backend,
+                folder,
+                settings.threads,
+                self.providers,
+            )
+        except Exception as error:  # a broken export must not stop the server
+            message = f"{type(error).__name__}: {error}"[:500]
+            self.states[name][version] = VersionState(FAILED, message, files)
+            self.count_failure(name)
+            log.error("cannot load %s version %d: %s", name, version, message)
+            return
+        batcher = MicroBatcher(
+            backend.predict,
+            f"infer-{name}-{version}",
+            settings.max_batch_size,
+            settings.max_delay_ms / 1e3,
+            settings.max_queue_images,
+            self.observe_batch,
+        )
+        self.models[name][version] = ServedModel(name, version, backend, batcher)
+        self.states[name][version] = VersionState(AVAILABLE, "", files)
+        log.info("loaded %s version %d from %s", name, version, folder)
+
+    async def watch(self) -> None:
+        """Refresh every ``poll_seconds`` until cancelled; a failed scan is logged and
+        counted, and readiness turns false while scans keep failing (:meth:`stuck`)."""
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.settings.poll_seconds)
             try:
                 await self.refresh()
-            except OSError as error:
-                log.error("model repository scan failed: %s", error)
+            except Exception as error:  # keep watching whatever one scan met
+                self.failed_scans += 1
+                log.error(
+                    "model repository scan failed (%d in a row): %s", self.failed_scans, error
+                )
+            else:
+                self.failed_scans = 0
 
-    def get(self, name: str, version: str | int | None = None) -> ServedModel:
+    def stuck(self) -> bool:
+        """Whether the reloader is stuck: its last :data:`STUCK_AFTER` scans failed."""
+        return self.failed_scans >= STUCK_AFTER
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
         """A loaded model version (the newest when ``version`` is None)."""
         loaded = self.models.get(name)
         if not loaded:
-            raise NotFound(f"model {name!r} not found; serving: {sorted(self.models)}")
+            known = sorted(self.models)
+            raise NotFound(f"model {name[:64]!r} not found; serving {known[:20]}")
         if version is None:
             return loaded[max(loaded)]
-        if not str(version).isdigit() or int(version) not in loaded:
+        if not VERSION.fullmatch(version) or int(version) not in loaded:
             raise NotFound(
-                f"model {name!r} has no version {str(version)[:32]!r}; versions: {sorted(loaded)}"
+                f"model {name!r} has no version {version[:32]!r}; versions: {sorted(loaded)}"
             )
         return loaded[int(version)]
+
+    def version_states(self, name: str) -> dict[int, VersionState]:
+        """Every version of ``name`` the server has seen, with its state."""
+        states = self.states.get(name)
+        if not states:
+            raise NotFound(f"model {name[:64]!r} not found; serving {sorted(self.models)[:20]}")
+        return states
 
     async def close(self) -> None:
         for loaded in self.models.values():
             for model in loaded.values():
                 await model.batcher.close()
+        self.loader.shutdown(wait=False)

@@ -216,9 +216,9 @@ BAD_REQUESTS = [
         "/v1/models/cf:predict",
         {"json": {"instances": [[1, 2, 3]]}},
         400,
-        "expected image shape [-1, 28, 28, 1]",
+        "expected shape [-1, 28, 28, 1]",
     ),
-    ("post", "/v1/models/cf:predict", {"json": {"instances": [[["a"]]]}}, 400, "not a rectangular"),
+    ("post", "/v1/models/cf:predict", {"json": {"instances": [[["a"]]]}}, 400, "expected numbers"),
     (
         "post",
         "/v1/models/cf:predict",
@@ -231,7 +231,7 @@ BAD_REQUESTS = [
         "/v1/models/cf:predict",
         {"json": {"instances": [{"b64": base64.b64encode(b"plain text").decode()}]}},
         400,
-        "not a decodable image",
+        "not a decodable",
     ),
     (
         "post",
@@ -252,7 +252,7 @@ BAD_REQUESTS = [
             }
         },
         400,
-        "expected image shape",
+        "expected shape",
     ),
     (
         "post",
@@ -266,7 +266,7 @@ BAD_REQUESTS = [
         "/v2/models/cf/infer",
         {"json": {"inputs": [{"name": "pixels", "shape": [1], "datatype": "FP32", "data": [1]}]}},
         400,
-        "unknown input",
+        "the model takes the inputs ['image']",
     ),
     (
         "post",
@@ -297,7 +297,7 @@ BAD_REQUESTS = [
         400,
         "",
     ),
-    ("post", "/v1/classify/cf", {"content": b"GIF89a not really"}, 400, "not a decodable image"),
+    ("post", "/v1/classify/cf", {"content": b"GIF89a not really"}, 400, "not a decodable"),
     ("post", "/v1/classify/cf", {"content": truncated_png()}, 400, "truncated"),
     ("post", "/v1/classify/cf", {"content": b""}, 400, "empty request body"),
     ("post", "/v1/classify/cf?top_k=-1", {"content": b"x"}, 400, "top_k"),

@@ -1,0 +1,89 @@
+"""Who may talk to the server: the Host allow-list, cross-origin requests, a bearer token.
+
+- ``Host``: only the names the server is meant to be reached by (by default the loopback
+  names when it is bound to loopback), so a web page cannot reach it through a DNS name
+  rebound to 127.0.0.1.
+- ``Origin``: a browser's cross-origin request is refused unless its origin was allowed
+  (``--cors-origin``; CORS headers then come from Starlette's ``CORSMiddleware``), so a
+  page on another site cannot post to the server, not even a "simple" ``text/plain``
+  request that skips the browser's preflight.
+- ``Authorization``: with ``--auth-token-file`` every request but the health probes
+  must send ``Bearer <token>``.
+
+Refusals are JSON ``{"error": ...}`` like every other answer.
+"""
+
+from __future__ import annotations
+
+import hmac
+from urllib.parse import urlsplit
+
+import orjson
+
+HEALTH_PATHS = ("/v2/health/live", "/v2/health/ready")
+
+
+def _host_name(host: str) -> str:
+    """``host[:port]`` -> the lower-case host name (IPv6 keeps its brackets)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+async def _refuse(send, status: int, message: str, headers: list | None = None) -> None:
+    body = orjson.dumps({"error": message})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class GuardMiddleware:
+    """A pure ASGI middleware applying the three checks of the module docstring."""
+
+    def __init__(
+        self, app, hosts: tuple[str, ...], origins: tuple[str, ...], token: str | None
+    ) -> None:
+        self.app = app
+        self.any_host = "*" in hosts
+        self.hosts = {_host_name(host) for host in hosts}
+        self.origins = set(origins)
+        self.token = token
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {name: value.decode("latin-1") for name, value in scope["headers"]}
+        host = headers.get(b"host", "")
+        if not self.any_host and _host_name(host) not in self.hosts:
+            await _refuse(send, 400, f"this server does not answer to Host {host[:64]!r}")
+            return
+        origin = headers.get(b"origin")
+        if origin is not None and origin not in self.origins:
+            parts = urlsplit(origin)
+            if parts.netloc.lower() != host.lower():  # same-origin requests carry one too
+                await _refuse(send, 403, "cross-origin requests are not allowed")
+                return
+        if self.token is not None and scope["path"] not in HEALTH_PATHS:
+            scheme, _, token = headers.get(b"authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode(), self.token.encode()
+            ):
+                await _refuse(
+                    send,
+                    401,
+                    "this server needs 'Authorization: Bearer <token>'",
+                    [(b"www-authenticate", b"Bearer")],
+                )
+                return
+        await self.app(scope, receive, send)
