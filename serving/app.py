@@ -1,10 +1,11 @@
 """The ASGI application: TF Serving REST, KServe v2 (with Triton's extensions), an image
 endpoint and a demo page for image classifiers.
 
-The event loop only routes: parsing bodies, decoding images, converting JSON to arrays
-and encoding answers run on a small pool of worker threads, and each model version
-infers on its own lane (:mod:`serving.batching`), so health probes answer at once
-whatever the other requests carry.
+The event loop only routes: bodies are parsed, images decoded and JSON converted to
+arrays in a small pool of processes (:mod:`serving.parsing`), a few requests at a time;
+answers are encoded on worker threads; each model version infers on its own lane
+(:mod:`serving.batching`). So health probes answer at once whatever the other requests
+carry.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -22,19 +24,26 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from export.names import PROBABILITIES
-from serving import kserve, tfserving
+from serving import kserve, parsing, tfserving
 from serving.devices import execution_providers
-from serving.errors import ClientError, HTTPError, NotFound, PayloadTooLarge, RequestTimeout
+from serving.errors import (
+    ClientError,
+    HTTPError,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+)
 from serving.guard import GuardMiddleware
-from serving.images import PixelBudget, decode_image
+from serving.images import PixelBudget
 from serving.metrics import CLIENT_GONE, RequestMiddleware, ServerMetrics
+from serving.parsing import parser_pool
 from serving.repository import AVAILABLE, ModelRepository, ServedModel
 from serving.settings import ServerSettings
 
@@ -90,11 +99,22 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _json(body: bytes) -> object:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise ClientError(f"malformed JSON: {error}") from error
+async def intake(request: Request, parse: Callable, *args):
+    """``parse(body, *args)`` in a parser process (:mod:`serving.parsing`), a few
+    requests at a time.
+
+    The requests waiting here are not read: uvicorn stops reading their sockets (its flow
+    control), so a crowd of large uploads cannot keep the event loop busy; the body
+    deadline starts when a request's turn comes.
+    """
+    async with request.app.state.intake:
+        body = await read_body(request)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(request.app.state.parsers, parse, body, *args)
+        except BrokenProcessPool as error:  # a parser died (out of memory): start afresh
+            request.app.state.parsers = parser_pool(request.app.state.settings.work_threads)
+            raise ServiceUnavailable("the request could not be parsed now; retry") from error
 
 
 def budget(request: Request) -> PixelBudget:
@@ -112,14 +132,11 @@ def served_model(request: Request) -> ServedModel:
 
 
 # --- TensorFlow Serving REST ---------------------------------------------------------
-def _parse_predict(body: bytes, model: ServedModel, pixels: PixelBudget):
-    return tfserving.parse_predict(_json(body), model.backend, pixels)
-
-
 async def tf_predict(request: Request) -> Response:
     model = served_model(request)
-    body = await read_body(request)
-    inputs, row_format = await off_loop(request, _parse_predict, body, model, budget(request))
+    inputs, row_format = await intake(
+        request, parsing.tf_predict, model.backend.inputs, budget(request)
+    )
     outputs = await model.predict(inputs)
     return await answer(request, tfserving.predict_response(outputs, row_format))
 
@@ -166,20 +183,16 @@ async def v2_model_ready(request: Request) -> Response:
     return json_response({"name": model.name, "ready": True})
 
 
-def _parse_infer(body: bytes, header_length: str | None, model: ServedModel):
-    infer, binary = kserve.split_body(body, header_length)
-    chosen = kserve.requested_outputs(infer, model.backend)
-    return infer, kserve.parse_infer(infer, binary, model.backend), chosen
-
-
 async def v2_infer(request: Request) -> Response:
     model = served_model(request)
-    body = await read_body(request)
     length = request.headers.get(kserve.HEADER_LENGTH)
-    infer, inputs, chosen = await off_loop(request, _parse_infer, body, length, model)
+    backend = model.backend
+    identifier, inputs, chosen = await intake(
+        request, parsing.v2_infer, length, backend.inputs, backend.outputs
+    )
     outputs = await model.predict(inputs)
     content, headers = await off_loop(
-        request, kserve.infer_response, infer, model.name, model.version, outputs, chosen
+        request, kserve.infer_response, identifier, model.name, model.version, outputs, chosen
     )
     media = "application/octet-stream" if headers else "application/json"
     return Response(content, 200, headers=headers, media_type=media)
@@ -229,24 +242,6 @@ async def v2_repository_index(request: Request) -> Response:
 
 
 # --- images and the demo page ----------------------------------------------------------
-async def _uploaded_image(request: Request) -> bytes:
-    body = await read_body(request)
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        return body
-
-    async def replay():
-        yield body
-
-    try:
-        form = await MultiPartParser(request.headers, replay()).parse()
-    except MultiPartException as error:
-        raise ClientError(f"malformed multipart upload: {error.message}") from error
-    upload = form.get("image")
-    if upload is None or isinstance(upload, str):
-        raise ClientError('a multipart upload needs a file field named "image"')
-    return await upload.read()
-
-
 async def classify(request: Request) -> Response:
     """An image as a raw body or a multipart ``image`` field -> the top-k labels."""
     model = served_model(request)
@@ -256,12 +251,10 @@ async def classify(request: Request) -> Response:
     top_k = request.query_params.get("top_k", "5")
     if not TOP_K.fullmatch(top_k) or int(top_k) < 1:
         raise ClientError(f"top_k must be a positive integer, got {top_k[:16]!r}")
-    data = await _uploaded_image(request)
-    if not data:
-        raise ClientError("empty request body: send an image")
     input_name, size = classifier
-    image = await off_loop(request, decode_image, data, size, budget(request))
-    probabilities = (await model.predict({input_name: image[None]}))[PROBABILITIES][0]
+    content_type = request.headers.get("content-type", "")
+    image = await intake(request, parsing.image, content_type, size, budget(request))
+    probabilities = (await model.predict({input_name: image}))[PROBABILITIES][0]
     order = np.argsort(-probabilities)[: int(top_k)]
     names = model.backend.class_names
     return json_response(
@@ -378,7 +371,9 @@ def create_app(settings: ServerSettings, bind_host: str = "127.0.0.1") -> Starle
             lambda name: server_metrics.load_failures.labels(name).inc(),
         )
         await repo.refresh()
+        app.state.parsers = await asyncio.to_thread(parser_pool, settings.work_threads)
         app.state.repository, app.state.work, app.state.ready = repo, work, True
+        app.state.intake = asyncio.Semaphore(2 * settings.work_threads)
         log.info("serving %s from %s on %s", sorted(repo.models), settings.model_repo, providers)
         watcher = asyncio.create_task(repo.watch())
         try:
@@ -388,6 +383,7 @@ def create_app(settings: ServerSettings, bind_host: str = "127.0.0.1") -> Starle
             watcher.cancel()
             await repo.close()
             work.shutdown(wait=False)
+            app.state.parsers.shutdown(wait=False, cancel_futures=True)
 
     app = Starlette(
         routes=_routes(),

@@ -87,10 +87,10 @@ def _tensor(
     return fit_to(raw.reshape(shape), info, what), offset
 
 
-def parse_infer(request: dict, binary: bytes, backend: Backend) -> Arrays:
-    """The model's inputs from an inference request (every input, each once)."""
+def parse_infer(request: dict, binary: bytes, inputs: tuple[TensorInfo, ...]) -> Arrays:
+    """The inputs of a model taking ``inputs`` from an inference request (each once)."""
     entries = request.get("inputs")
-    infos = {info.name: info for info in backend.inputs}
+    infos = {info.name: info for info in inputs}
     if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
         raise ClientError(f'"inputs" must be a list of tensors, one per input: {sorted(infos)}')
     names = [entry.get("name") for entry in entries]
@@ -110,9 +110,10 @@ def parse_infer(request: dict, binary: bytes, backend: Backend) -> Arrays:
     return arrays
 
 
-def requested_outputs(request: dict, backend: Backend) -> list[tuple[str, bool]]:
-    """``(output name, as binary)`` for each output to send, checked before inference."""
-    known = [info.name for info in backend.outputs]
+def requested_outputs(request: dict, outputs: tuple[TensorInfo, ...]) -> list[tuple[str, bool]]:
+    """``(output name, as binary)`` for each of the model's ``outputs`` to send, checked
+    before inference."""
+    known = [info.name for info in outputs]
     all_binary = _object(request.get("parameters"), "parameters").get("binary_data_output", False)
     requested = request.get("outputs")
     if requested is None:
@@ -131,8 +132,17 @@ def requested_outputs(request: dict, backend: Backend) -> list[tuple[str, bool]]
     return chosen
 
 
+def request_id(request: dict) -> str | None:
+    """The request's ``id``, echoed in the answer."""
+    return request["id"] if isinstance(request.get("id"), str) else None
+
+
 def infer_response(
-    request: dict, name: str, version: int, outputs: Arrays, chosen: list[tuple[str, bool]]
+    identifier: str | None,
+    name: str,
+    version: int,
+    outputs: Arrays,
+    chosen: list[tuple[str, bool]],
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and extra headers (binary when the client asked for it)."""
     header_outputs, blobs = [], []
@@ -151,8 +161,8 @@ def infer_response(
             entry["data"] = value.reshape(-1)
         header_outputs.append(entry)
     header = {"model_name": name, "model_version": str(version), "outputs": header_outputs}
-    if isinstance(request.get("id"), str):
-        header["id"] = request["id"]
+    if identifier is not None:
+        header["id"] = identifier
     body = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return body, {}

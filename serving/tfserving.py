@@ -33,13 +33,20 @@ def _values(values: object, info: TensorInfo, budget: PixelBudget) -> np.ndarray
         if size is None:
             raise ClientError(f'{what}: {{"b64": ...}} values are images; this input is not one')
         array = np.stack([decode_b64_image(value, size, budget) for value in values])
-    else:
-        array = to_array(values, np.dtype(info.dtype), what)
+    else:  # example by example: the event loop gets the GIL between them
+        dtype = np.dtype(info.dtype)
+        rows = [to_array(value, dtype, what) for value in values]
+        if len({row.shape for row in rows}) != 1:
+            raise ClientError(f"{what}: the examples have different shapes")
+        array = np.stack(rows)
     return fit_to(array, info, what)
 
 
-def parse_predict(body: object, backend: Backend, budget: PixelBudget) -> tuple[Arrays, bool]:
-    """``(inputs by name, row_format)`` from a decoded request body."""
+def parse_predict(
+    body: object, inputs: tuple[TensorInfo, ...], budget: PixelBudget
+) -> tuple[Arrays, bool]:
+    """``(inputs by name, row_format)`` from a decoded request body, for a model taking
+    ``inputs``."""
     if not isinstance(body, dict):
         raise ClientError("the request body must be a JSON object")
     signature = body.get("signature_name", SIGNATURE_NAME)
@@ -47,7 +54,7 @@ def parse_predict(body: object, backend: Backend, budget: PixelBudget) -> tuple[
         raise ClientError(f"unknown signature_name {str(signature)[:64]!r}; use {SIGNATURE_NAME!r}")
     if ("instances" in body) == ("inputs" in body):
         raise ClientError('give exactly one of "instances" (row format) or "inputs" (columnar)')
-    infos = {info.name: info for info in backend.inputs}
+    infos = {info.name: info for info in inputs}
     if "instances" in body:
         return _rows(body["instances"], infos, budget), True
     columns = body["inputs"]

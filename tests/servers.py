@@ -1,0 +1,68 @@
+"""A real server process for the tests: ``cfconv serve`` on a free port of 127.0.0.1."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+MAX_BODY_MB = 1
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """``cfconv serve`` in a subprocess; stops it with SIGTERM."""
+
+    def __init__(self, repo: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = repo.parent / f"serve-{self.port}.log"
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cfconv_tf.cli",
+                "serve",
+                "--model-repo",
+                str(repo),
+                "--port",
+                str(self.port),
+                "--max-body-mb",
+                str(MAX_BODY_MB),
+                "--poll-seconds",
+                "0.5",
+                *extra,
+            ],
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(self.log.read_text())
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.assert_stopped_gracefully()
+
+    def assert_stopped_gracefully(self) -> None:
+        """uvicorn drains in-flight requests, runs the lifespan shutdown, then re-raises
+        SIGTERM so the exit status says what ended the process."""
+        assert self.process.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in self.log.read_text()

@@ -1,0 +1,602 @@
+"""The server under abuse, as a real process on 127.0.0.1: every request gets an answer
+(never a 500, a hang or a stall of others), any exported model is served by its own
+signature, and the repository, logs and surface hold."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+from servers import Server
+
+from export.pipeline import export_model
+from serving.devices import CPU, CUDA, execution_providers
+
+FLAGS = (
+    "--max-body-mb", "8", "--header-timeout", "1", "--body-timeout", "4", "--keep-alive", "1",
+    "--max-image-pixels", "1000000", "--max-request-pixels", "3000000", "--poll-seconds", "0.3",
+    "--max-connections", "48", "--max-batch-size", "32", "--max-queue-images", "4096",
+)  # fmt: skip
+
+
+def generic_models() -> dict[str, keras.Model]:
+    """Models that are not image classifiers: a regression, a dense map, two inputs."""
+    image = keras.Input((8, 8, 1), name="image")
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(image))
+    meta = keras.Input((3,), name="meta")
+    pair = keras.layers.Dense(2, name="score")(keras.layers.Concatenate()([features, meta]))
+    return {
+        "reg": keras.Model(image, keras.layers.Dense(1, name="value")(features)),
+        "seg": keras.Model(image, keras.layers.Conv2D(2, 3, padding="same", name="logits")(image)),
+        "pair": keras.Model([image, meta], pair),
+    }
+
+
+@pytest.fixture(scope="module")
+def repo(trained_runs, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("abuse") / "models"
+    for name in ("cf", "swap"):
+        export_model(trained_runs["cf"], "triton", root, name)
+    export_model(trained_runs["spatial"], "triton", root, "spatial")
+    for name, model in generic_models().items():
+        path = root.parent / f"{name}.keras"
+        model.save(path)
+        export_model(path, "triton", root, name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repo):
+    running = Server(repo, *FLAGS)
+    yield running
+    started = time.monotonic()
+    running.stop()
+    assert time.monotonic() - started < 15  # shutdown does not wait on orphans
+
+
+def images(count: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, 28, 28, 1)).astype(np.float32)
+
+
+def infer_body(values: list, datatype: str = "FP32", shape=(1, 28, 28, 1), **extra) -> dict:
+    tensor = {"name": "image", "datatype": datatype, "shape": list(shape), "data": values}
+    return {"inputs": [{**tensor, **extra.pop("tensor", {})}], **extra}
+
+
+def png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 128).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+PIXELS = [7] * 784
+MALFORMED = [
+    (
+        "UINT8 300",
+        "post",
+        "/v2/models/cf/infer",
+        {"json": infer_body([300] * 784, "UINT8")},
+        400,
+        "[0, 255]",
+    ),
+    (
+        "INT32 2^40",
+        "post",
+        "/v2/models/cf/infer",
+        {"json": infer_body([2**40] * 784, "INT32")},
+        400,
+        "must lie in",
+    ),
+    (
+        "INT64 2^63",
+        "post",
+        "/v2/models/cf/infer",
+        {"json": infer_body([2**63] * 784, "INT64")},
+        400,
+        "must lie in",
+    ),
+    (
+        "INT64 0.5",
+        "post",
+        "/v2/models/cf/infer",
+        {"json": infer_body([0.5] * 784, "INT64")},
+        400,
+        "integers",
+    ),
+    (
+        "datatype list",
+        "post",
+        "/v2/models/cf/infer",
+        {"json": infer_body(PIXELS, ["FP32"])},
+        400,
+        "unsupported datatype",
+    ),
+    (
+        "shape overflow",
+        "post",
+        "/v2/models/cf/infer",
+        {"json": infer_body([1], shape=[2**62, 4, 1, 1])},
+        400,
+        "values for shape",
+    ),
+    (
+        "negative shape",
+        "post",
+        "/v2/models/cf/infer",
+        {"json": infer_body(PIXELS, shape=[-1, 28, 28, 1])},
+        400,
+        "non-negative",
+    ),
+    (
+        "parameters string",
+        "post",
+        "/v2/models/cf/infer",
+        {"json": infer_body(PIXELS, parameters="x")},
+        400,
+        "parameters must be a JSON object",
+    ),
+    (
+        "parameters list",
+        "post",
+        "/v2/models/cf/infer",
+        {"json": infer_body(PIXELS, tensor={"parameters": [1]})},
+        400,
+        "parameters must be a JSON object",
+    ),
+    (
+        "output parameters",
+        "post",
+        "/v2/models/cf/infer",
+        {"json": infer_body(PIXELS, outputs=[{"name": "probabilities", "parameters": 3}])},
+        400,
+        "parameters must be a JSON object",
+    ),
+    ("version ²", "get", "/v1/models/cf/versions/²", {}, 404, "no version"),
+    ("top_k ²", "post", "/v1/classify/cf?top_k=²", {"content": png(28, 28)}, 400, "top_k"),
+    (
+        "header length ²",
+        "post",
+        "/v2/models/cf/infer",
+        {"content": b"{}", "headers": {"Inference-Header-Content-Length": "²".encode()}},
+        400,
+        "Inference-Header-Content-Length",
+    ),
+    ("ragged", "post", "/v1/models/cf:predict", {"json": {"instances": [[1, 2], [3]]}}, 400, ""),
+    ("unknown route", "get", "/nope", {}, 404, "Not Found"),
+    ("wrong method", "get", "/v2/models/cf/infer", {}, 405, "Method Not Allowed"),
+    (
+        "not a classifier",
+        "post",
+        "/v1/classify/reg",
+        {"content": png(8, 8)},
+        404,
+        "not an image classifier",
+    ),
+    (
+        "oversized image",
+        "post",
+        "/v1/classify/cf",
+        {"content": png(2000, 1000)},
+        413,
+        "pixels per image",
+    ),
+    (
+        "eps",
+        "post",
+        "/v1/classify/cf",
+        {"content": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\n"},
+        400,
+        "not a decodable",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "method,path,options,status,message",
+    [case[1:] for case in MALFORMED],
+    ids=[c[0] for c in MALFORMED],
+)
+def test_malformed_requests_get_a_4xx_json_message(server, method, path, options, status, message):
+    response = getattr(httpx, method)(server.url + path, timeout=30, **options)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert message in error and not re.search(r" at 0x[0-9a-f]+", error), error
+
+
+def test_any_exported_model_is_served_by_its_own_signature(server):
+    x = np.random.default_rng(1).uniform(0, 255, (3, 8, 8, 1)).astype(np.float32)
+    rows = httpx.post(f"{server.url}/v1/models/reg:predict", json={"instances": x.tolist()}).json()
+    assert np.shape(rows["predictions"]) == (3, 1)
+    dense = httpx.post(f"{server.url}/v1/models/seg:predict", json={"instances": x.tolist()}).json()
+    assert np.shape(dense["predictions"]) == (3, 8, 8, 2)
+    meta = [[1.0, 2.0, 3.0]] * 3
+    instances = [{"image": image, "meta": m} for image, m in zip(x.tolist(), meta, strict=True)]
+    pair = httpx.post(f"{server.url}/v1/models/pair:predict", json={"instances": instances}).json()
+    columnar = httpx.post(
+        f"{server.url}/v1/models/pair:predict", json={"inputs": {"image": x.tolist(), "meta": meta}}
+    ).json()
+    np.testing.assert_allclose(pair["predictions"], columnar["outputs"], rtol=1e-6)
+    v2 = httpx.post(
+        f"{server.url}/v2/models/pair/infer",
+        json={
+            "inputs": [
+                {"name": "meta", "datatype": "FP32", "shape": [3, 3], "data": meta},
+                {"name": "image", "datatype": "FP32", "shape": [3, 8, 8, 1], "data": x.tolist()},
+            ]
+        },
+    ).json()
+    (score,) = v2["outputs"]
+    assert score["name"] == "score" and score["shape"] == [3, 2]
+    np.testing.assert_allclose(np.reshape(score["data"], (3, 2)), columnar["outputs"], rtol=1e-5)
+    listed = {model["name"]: model for model in httpx.get(f"{server.url}/models").json()["models"]}
+    assert listed["cf"]["image_classifier"] and not listed["reg"]["image_classifier"]
+    metadata = httpx.get(f"{server.url}/v2/models/pair").json()
+    assert [tensor["name"] for tensor in metadata["inputs"]] == ["image", "meta"]
+
+
+def test_tritonclient_calls_the_extensions_and_reads_errors(server):
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+    config = client.get_model_config("cf")
+    assert config["input"][0]["dims"] == [28, 28, 1] and config["max_batch_size"] == 32
+    index = {(entry["name"], entry["state"]) for entry in client.get_model_repository_index()}
+    assert ("cf", "READY") in index and ("pair", "READY") in index
+    httpx.post(f"{server.url}/v2/models/spatial/infer", json=infer_body(PIXELS))
+    stats = client.get_inference_statistics("spatial")["model_stats"][0]
+    assert stats["name"] == "spatial" and stats["inference_count"] >= 1
+    with pytest.raises(InferenceServerException, match="model 'nope' not found"):
+        client.get_model_metadata("nope")
+
+
+def raw_request(port: int, head: bytes, body: bytes = b"") -> socket.socket:
+    connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+    connection.sendall(head + body)
+    return connection
+
+
+def read_all(connection: socket.socket) -> bytes:
+    chunks = []
+    while chunk := connection.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_version_unloaded_under_a_request_answers_it_at_once(server, repo):
+    body = json.dumps({"instances": images(1).tolist()}).encode()
+    head = (
+        b"POST /v1/models/swap:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    connection = raw_request(server.port, head, body[:100])  # the model is looked up now
+    shutil.rmtree(repo / "swap" / "1")
+    deadline = time.monotonic() + 1.5
+    while (
+        httpx.get(f"{server.url}/v1/models/swap").json()["model_version_status"][0]["state"]
+        != "END"
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    started = time.monotonic()
+    connection.sendall(body[100:])
+    answer = read_all(connection)
+    assert time.monotonic() - started < 2
+    assert answer.startswith(b"HTTP/1.1 503") and b"unloaded" in answer, answer[:300]
+
+
+def test_a_huge_request_is_split_and_other_models_are_not_stalled(server):
+    big = images(2000)
+    body = json.dumps(
+        {"inputs": [{"name": "image", "datatype": "FP32", "shape": list(big.shape),
+                     "parameters": {"binary_data_size": big.nbytes}}]}
+    ).encode()  # fmt: skip
+    done = {}
+
+    def post_big() -> None:
+        started = time.monotonic()
+        response = httpx.post(
+            f"{server.url}/v2/models/cf/infer",
+            content=body + big.tobytes(),
+            headers={"Inference-Header-Content-Length": str(len(body))},
+            timeout=60,
+        )
+        done["big"] = (response.status_code, time.monotonic() - started)
+
+    worker = threading.Thread(target=post_big)
+    worker.start()
+    time.sleep(0.4)
+    started = time.monotonic()
+    small = httpx.post(f"{server.url}/v2/models/spatial/infer", json=infer_body(PIXELS), timeout=30)
+    small_seconds = time.monotonic() - started
+    worker.join()
+    assert small.status_code == 200 and done["big"][0] == 200
+    assert small_seconds < 1.0 and small_seconds < done["big"][1] / 2, (small_seconds, done)
+    metrics = httpx.get(f"{server.url}/metrics").text
+    within = float(re.search(r'cfconv_batch_size_bucket\{le="32.0"\} (\S+)', metrics).group(1))
+    count = float(re.search(r"cfconv_batch_size_count (\S+)", metrics).group(1))
+    assert within == count  # no call took more than --max-batch-size items
+
+
+PROBE = """
+import json, sys, time, httpx
+latencies, deadline = [], time.monotonic() + float(sys.argv[2])
+with httpx.Client(timeout=10) as client:
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        assert client.get(sys.argv[1] + "/v2/health/live").status_code == 200
+        latencies.append(time.monotonic() - started)
+        time.sleep(0.02)
+print(json.dumps(latencies))
+"""
+
+
+def health_prober(url: str, seconds: float) -> subprocess.Popen:
+    """Health probes every 20 ms from a process of their own (this one is busy loading)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", PROBE, url, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+
+
+async def hostile_mix(url: str, seconds: float, clients: int) -> list[int]:
+    """``clients`` loops sending good, malformed and hostile requests; their statuses."""
+    big_json = json.dumps({"instances": images(600).tolist()}).encode()  # ~2.6 MB of JSON
+    requests = [
+        ("/v1/models/cf:predict", {"json": {"instances": images(2).tolist()}}),
+        ("/v2/models/spatial/infer", {"json": infer_body(PIXELS)}),
+        ("/v1/classify/cf", {"content": png(999, 999)}),
+        ("/v1/classify/cf", {"content": png(3000, 3000)}),
+        ("/v1/models/cf:predict", {"content": big_json}),
+        ("/v1/models/cf:predict", {"content": b'{"instances": [[[[1e400]]]]}'}),
+        ("/v2/models/cf/infer", {"json": infer_body([300] * 784, "UINT8")}),
+        ("/v2/models/nope/infer", {"json": {}}),
+        ("/v1/models/cf/versions/²:predict", {"json": {}}),
+    ]
+    statuses: list[int] = []
+    deadline = time.monotonic() + seconds
+    async with httpx.AsyncClient(timeout=60) as client:
+
+        async def loop(offset: int) -> None:
+            turn = offset
+            while time.monotonic() < deadline:
+                path, options = requests[turn % len(requests)]
+                turn += 1
+                statuses.append((await client.post(url + path, **options)).status_code)
+
+        await asyncio.gather(*(loop(offset) for offset in range(clients)))
+    return statuses
+
+
+def test_32_hostile_clients_with_hot_reloads_get_no_500_and_health_stays_fast(server, repo):
+    stop = threading.Event()
+
+    def reload_spatial() -> None:
+        version = 2
+        while not stop.wait(1.0):
+            staging = repo / "spatial" / f".staging-{version}"
+            shutil.copytree(repo / "spatial" / "1", staging)
+            staging.rename(repo / "spatial" / str(version))
+            version += 1
+
+    reloader = threading.Thread(target=reload_spatial)
+    reloader.start()
+    prober = health_prober(server.url, 6.0)
+    try:
+        statuses = asyncio.run(hostile_mix(server.url, 6.0, 32))
+    finally:
+        stop.set()
+        reloader.join()
+    latencies = json.loads(prober.communicate(timeout=60)[0])
+    assert len(statuses) > 100 and 500 not in statuses, sorted(set(statuses))
+    assert set(statuses) <= {200, 400, 404, 413, 503}, sorted(set(statuses))
+    print(
+        f"health p99 {statistics.quantiles(latencies, n=100)[98] * 1e3:.1f} ms, "
+        f"{len(statuses)} requests: {sorted((s, statuses.count(s)) for s in set(statuses))}"
+    )
+    assert statuses.count(200) > 10
+    p99 = statistics.quantiles(latencies, n=100)[98]
+    assert p99 < 0.1, f"health p99 {p99 * 1e3:.0f} ms over {len(latencies)} probes"
+
+
+def closed_after(connection: socket.socket, limit: float, trickle: bytes = b"") -> float:
+    """Seconds until the server closes ``connection`` (sending ``trickle`` every 0.2 s)."""
+    connection.settimeout(0.2)
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        try:
+            if trickle:
+                connection.sendall(trickle)
+            if connection.recv(100) == b"":
+                break
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            break
+    return time.monotonic() - started
+
+
+def test_slow_idle_and_excess_connections_are_bounded(server):
+    idle = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    assert closed_after(idle, 5) < 2  # the header deadline is 1 s
+    trickle = raw_request(server.port, b"GET /v2/health/live HTTP/1.1\r\n")
+    assert closed_after(trickle, 5, trickle=b"X") < 2
+    kept = raw_request(server.port, b"GET /v2 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+    assert closed_after(kept, 5) < 2.5  # idle after a response: keep-alive 1 s
+    slow_body = raw_request(
+        server.port,
+        b"POST /v1/models/cf:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n",
+        b"{",
+    )
+    answer = read_all(slow_body)
+    assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive" in answer, answer[:200]
+    held = [raw_request(server.port, b"GET /v2/health/live HTTP/1.1\r\n") for _ in range(48)]
+    try:
+        assert httpx.get(f"{server.url}/v2", timeout=5).status_code == 503
+    finally:
+        for connection in held:
+            connection.close()
+    time.sleep(0.3)
+    assert httpx.get(f"{server.url}/v2", timeout=5).status_code == 200
+
+
+def test_a_client_that_goes_away_is_logged_as_such_not_as_an_error(server):
+    connection = raw_request(
+        server.port,
+        b"POST /v1/models/cf:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n"
+        b"X-Request-ID: gone-away-1\r\n\r\n",
+        b'{"instances": ',
+    )
+    connection.close()
+    deadline = time.monotonic() + 5
+    while "request_id=gone-away-1" not in server.log.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    line = next(line for line in server.log.read_text().splitlines() if "gone-away-1" in line)
+    assert "499" in line and "client disconnected" in line
+    assert (
+        "internal error" not in server.log.read_text() and "Traceback" not in server.log.read_text()
+    )
+
+
+def test_log_lines_cannot_be_forged_and_request_ids_are_plain(server):
+    httpx.get(
+        f"{server.url}/v2/models/a%0d%0aFORGED%1b%5b31m/ready", headers={"X-Request-ID": "forge-1"}
+    )
+    connection = raw_request(
+        server.port,
+        b"GET /v2 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: \x1b[31mred\r\n"
+        b"Connection: close\r\n\r\n",
+    )
+    answer = read_all(connection).decode("latin-1")
+    request_id = re.search(r"x-request-id: (\S+)", answer, re.I).group(1)
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id)
+    time.sleep(0.3)
+    log = server.log.read_text()
+    assert not any(line.startswith("FORGED") for line in log.splitlines())
+    assert "\x1b" not in log and r"a\r\nFORGED\x1b[31m" in log
+
+
+def test_the_surface_refuses_strange_hosts_and_cross_origin_posts(server):
+    wrong_host = httpx.get(f"{server.url}/v2", headers={"Host": "rebound.example"})
+    assert wrong_host.status_code == 400 and "Host" in wrong_host.json()["error"]
+    cross = httpx.post(
+        f"{server.url}/v1/models/cf:predict",
+        content=json.dumps({"instances": images(1).tolist()}),
+        headers={"Origin": "http://evil.example", "Content-Type": "text/plain"},
+    )
+    assert cross.status_code == 403
+    same = httpx.get(f"{server.url}/v2", headers={"Origin": server.url})
+    assert same.status_code == 200
+
+
+def test_token_and_cors_when_asked_for(repo, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    guarded = Server(
+        repo, "--auth-token-file", str(token), "--cors-origin", "http://app.example",
+        "--allowed-host", "127.0.0.1", "--poll-seconds", "60",
+    )  # fmt: skip
+    try:
+        assert httpx.get(f"{guarded.url}/v2").status_code == 401
+        assert (
+            httpx.get(f"{guarded.url}/v2", headers={"Authorization": "Bearer wrong"}).status_code
+            == 401
+        )
+        headers = {"Authorization": "Bearer s3cret-token"}
+        assert httpx.get(f"{guarded.url}/v2", headers=headers).status_code == 200
+        assert httpx.get(f"{guarded.url}/v2/health/ready").status_code == 200  # probes need none
+        allowed = httpx.get(
+            f"{guarded.url}/v2", headers={**headers, "Origin": "http://app.example"}
+        )
+        assert allowed.headers["access-control-allow-origin"] == "http://app.example"
+        assert httpx.get(f"{guarded.url}/v2", headers={"Host": "localhost:1"}).status_code == 400
+    finally:
+        guarded.stop()
+
+
+def test_the_repository_ignores_odd_names_and_retries_failed_versions(server, repo):
+    (repo / "cf" / "²").mkdir()
+    (repo / "reg" / "7").mkdir()
+    (repo / "reg" / "7" / "model.onnx").write_bytes(b"not a model")
+    deadline = time.monotonic() + 5
+    while (status := httpx.get(f"{server.url}/v1/models/reg").json())["model_version_status"][-1][
+        "version"
+    ] != "7":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    failed = status["model_version_status"][-1]
+    assert failed["state"] == "END" and failed["status"]["error_message"]
+    index = httpx.post(f"{server.url}/v2/repository/index").json()
+    assert {"name": "reg", "version": "7", "state": "UNAVAILABLE"}.items() <= next(
+        entry for entry in index if entry["version"] == "7"
+    ).items()
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'cfconv_model_load_failures_total{model="reg"} 1.0' in metrics
+    assert "ignoring '²' in model cf" in server.log.read_text()
+    shutil.copy(repo / "reg" / "1" / "model.onnx", repo / "reg" / "7" / "model.onnx")
+    while httpx.get(f"{server.url}/v2/models/reg/versions/7/ready").status_code != 200:
+        assert time.monotonic() < deadline + 5
+        time.sleep(0.1)
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+
+
+def test_readiness_reports_a_stuck_reloader(server, repo):
+    moved = repo.with_name("models-away")
+    repo.rename(moved)
+    try:
+        deadline = time.monotonic() + 5
+        while httpx.get(f"{server.url}/v2/health/ready").status_code != 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        moved.rename(repo)
+    deadline = time.monotonic() + 5
+    while httpx.get(f"{server.url}/v2/health/ready").status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_the_onnxruntime_server_process_holds_no_tensorflow(server):
+    mapped = Path(f"/proc/{server.process.pid}/maps").read_text()
+    assert "tensorflow" not in mapped and "onnxruntime" in mapped
+    imported = subprocess.run(
+        [sys.executable, "-c", "import sys, serving.app, serving.cli; "
+         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+         "('tensorflow', 'keras', 'tf2onnx', 'onnx', 'cfconv_tf')))"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert imported.returncode == 0 and imported.stdout.strip() == "[]", imported
+
+
+def test_execution_providers_are_chosen_or_refused_clearly():
+    assert execution_providers("auto", available=[CPU]) == (CPU,)
+    assert execution_providers("cpu", available=[CUDA, CPU]) == (CPU,)
+    assert execution_providers("auto") == (CPU,)  # this machine: no GPU
+    with pytest.raises(ValueError, match="needs onnxruntime-gpu"):
+        execution_providers("cuda", available=[CPU])
+    with pytest.raises(ValueError, match="no GPU is present"):
+        execution_providers("cuda", available=[CUDA, CPU])
+    assert execution_providers("cpu", providers=[CUDA], available=[CUDA, CPU]) == (CUDA, CPU)
+    with pytest.raises(ValueError, match="onnxruntime has no"):
+        execution_providers("auto", providers=["FancyExecutionProvider"], available=[CPU])
+    refused = subprocess.run(
+        [sys.executable, "-m", "serving", "--model-repo", ".", "--device", "cuda"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "needs onnxruntime-gpu" in refused.stderr
