@@ -29,22 +29,12 @@ ORT_TYPES = {
 
 
 def onnx_session(
-    path: str | Path,
-    threads: int | None = None,
-    providers: Sequence[str] = (CPU,),
-    spinning: bool = True,
+    path: str | Path, threads: int | None = None, providers: Sequence[str] = (CPU,)
 ) -> ort.InferenceSession:
-    """An onnxruntime session on ``providers`` (``threads`` intra-op threads, default: all).
-
-    ``spinning=False`` keeps idle intra-op threads from busy-waiting for the next call
-    (a server with a lane per model shares the cores with its other lanes and its event
-    loop; a benchmark calling one session back to back wants them spinning).
-    """
+    """An onnxruntime session on ``providers`` (``threads`` intra-op threads, default: all)."""
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=list(providers))
 
 

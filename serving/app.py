@@ -49,6 +49,7 @@ from serving.settings import ServerSettings
 
 log = logging.getLogger("cfconv.serve")
 STATIC = Path(__file__).parent / "static"
+INLINE_PARSE_BYTES = 1 << 20  # bodies up to this size are parsed on a thread
 TOP_K = re.compile(r"[0-9]{1,4}")
 
 
@@ -100,13 +101,20 @@ async def read_body(request: Request) -> bytes:
 
 
 async def intake(request: Request, parse: Callable, *args):
-    """``parse(body, *args)`` in a parser process (:mod:`serving.parsing`), a few
-    requests at a time.
+    """``parse(body, *args)`` off the event loop.
 
-    The requests waiting here are not read: uvicorn stops reading their sockets (its flow
-    control), so a crowd of large uploads cannot keep the event loop busy; the body
-    deadline starts when a request's turn comes.
+    A body declared small (``Content-Length`` up to :data:`INLINE_PARSE_BYTES`) is read at
+    once and parsed on a worker thread: it holds the GIL for a few milliseconds at most,
+    and many small requests arriving together must all reach the batcher to share a
+    call. A larger (or undeclared) body waits its turn, a few at a time, and is parsed in
+    a parser process (:mod:`serving.parsing`): the requests waiting are not read, so
+    uvicorn stops reading their sockets (its flow control) and a crowd of large uploads
+    cannot keep the event loop busy; the body deadline starts when a request's turn comes.
     """
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) <= INLINE_PARSE_BYTES:
+        body = await read_body(request)
+        return await off_loop(request, parse, body, *args)
     async with request.app.state.intake:
         body = await read_body(request)
         loop = asyncio.get_running_loop()

@@ -64,9 +64,7 @@ class OnnxBackend(Backend):
     ) -> None:
         from export.ort_session import CPU, onnx_session, tensor_infos
 
-        self.session = onnx_session(
-            Path(folder) / ONNX_FILE, threads, providers or (CPU,), spinning=False
-        )
+        self.session = onnx_session(Path(folder) / ONNX_FILE, threads, providers or (CPU,))
         self.providers = tuple(self.session.get_providers())
         self.inputs = tensor_infos(self.session.get_inputs())
         self.outputs = tensor_infos(self.session.get_outputs())
