@@ -7,7 +7,7 @@ Three choices:
   into ``cpu_replicas`` logical devices, which is how the tests and a CPU-only user
   exercise it);
 - ``multiworker``: ``MultiWorkerMirroredStrategy``; every worker runs the same
-  ``cfconv train`` command with its own ``TF_CONFIG`` (see the README).
+  ``cfconv train`` command with its own ``TF_CONFIG`` (see docs/training.md).
 
 CF-Conv layers stay consistent under all of them because each training step draws its
 positions from a stateless seed held in a mirrored weight and writes its spectral state

@@ -122,3 +122,18 @@ class Snapshots(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         key = (self.epochs[-1], batch)
         self.after_step[key] = [w.numpy().copy() for w in self.model.weights]
+
+
+def small_cf(filters: int, activation: str | None = "relu", name: str | None = None, **options):
+    """A small, cheap CF-Conv layer (factorized generator, He-scaled, sparse updates)."""
+    from cfconv_tf import CFConv2D
+
+    settings = {
+        "samples": 0.25,
+        "generator": "factorized",
+        "generator_rank": 4,
+        "hidden_units": (8,),
+        "kernel_scale": "auto",
+        **options,
+    }
+    return CFConv2D(filters, activation=activation, name=name, **settings)

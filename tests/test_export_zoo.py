@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import tensorflow as tf
+from conftest import small_cf
 
 from cfconv_tf import CFConv2D, FrozenSpectralConv2D
 from export.freeze import freeze_model
@@ -34,18 +35,8 @@ from export.triton import triton_config
 
 
 def cf(filters: int, activation: str | None = "relu", name: str | None = None) -> CFConv2D:
-    """A small, cheap CF-Conv layer (factorized generator, sparse updates)."""
-    return CFConv2D(
-        filters,
-        samples=0.25,
-        generator="factorized",
-        generator_rank=4,
-        hidden_units=(8,),
-        kernel_scale="auto",
-        state_initializer="generator",
-        activation=activation,
-        name=name,
-    )
+    """A small CF-Conv layer whose state starts at its generated kernel."""
+    return small_cf(filters, activation, name, state_initializer="generator")
 
 
 def softmax_head(units: int) -> keras.layers.Dense:

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import trained_tiny_model
+from conftest import small_cf, trained_tiny_model
 
 from cfconv_tf.frozen import FrozenSpectralConv2D
 from cfconv_tf.layers import CFConv2D
@@ -126,24 +126,11 @@ def test_bad_freeze_requests_are_rejected(tiny_config):
         freeze_model(model, source="mlp", input_size=(0, 12))
 
 
-def small_cf(filters: int, name: str | None = None) -> CFConv2D:
-    return CFConv2D(
-        filters,
-        samples=0.5,
-        generator="factorized",
-        generator_rank=4,
-        hidden_units=(8,),
-        kernel_scale="auto",
-        activation="relu",
-        name=name,
-    )
-
-
 def pooled_model(head: str = "pool") -> keras.Model:
     """CF at 16x12 -> 2x2 pooling -> CF at 8x6 -> a pooled or a flattened head."""
     inputs = keras.Input((16, 12, 1), name="image")
-    x = small_cf(3, "outer")(inputs)
-    x = small_cf(3, "inner")(keras.layers.MaxPooling2D()(x))
+    x = small_cf(3, name="outer")(inputs)
+    x = small_cf(3, name="inner")(keras.layers.MaxPooling2D()(x))
     if head == "pool":
         x = keras.layers.GlobalAveragePooling2D()(x)
     else:
@@ -180,9 +167,9 @@ def test_sizes_a_model_cannot_take_are_refused_naming_the_layer(rng):
 
 
 def test_shared_layers_stay_shared_and_nested_models_freeze(rng):
-    shared = small_cf(2, "shared")
+    shared = small_cf(2, name="shared")
     inner_input = keras.Input((6, 6, 2))
-    inner = keras.Model(inner_input, small_cf(2, "nested")(inner_input), name="block")
+    inner = keras.Model(inner_input, small_cf(2, name="nested")(inner_input), name="block")
     inputs = keras.Input((6, 6, 2), name="image")
     left, right = shared(inputs), shared(inner(inputs))
     model = keras.Model(inputs, keras.layers.Concatenate()([left, right]))
@@ -195,19 +182,25 @@ def test_shared_layers_stay_shared_and_nested_models_freeze(rng):
     np.testing.assert_allclose(frozen(images).numpy(), model(images).numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_subclassed_models_get_a_clear_error():
-    class Custom(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.spectral = small_cf(2)
+class Block(keras.Model):
+    """A subclassed model holding a CF layer."""
 
-        def call(self, inputs):
-            return self.spectral(inputs)
+    def __init__(self) -> None:
+        super().__init__()
+        self.spectral = small_cf(2)
 
-    model = Custom()
+    def call(self, inputs):
+        return self.spectral(inputs)
+
+
+def test_subclassed_models_alone_or_nested_get_a_clear_error():
+    model = Block()
     model(np.zeros((1, 6, 6, 1), np.float32))
-    with pytest.raises(ValueError, match="subclassed keras.Model.*Functional"):
-        freeze_model(model)
+    inputs = keras.Input((6, 6, 1))
+    nested = keras.Model(inputs, Block()(inputs))
+    for subclassed in (model, nested):
+        with pytest.raises(ValueError, match="subclassed keras.Model.*Functional"):
+            freeze_model(subclassed)
 
 
 def test_a_dtype_policy_for_every_layer(rng):
@@ -221,21 +214,6 @@ def test_a_dtype_policy_for_every_layer(rng):
     kept = freeze_model(model)
     assert {layer.dtype_policy.name for layer in kept.layers[1:]} == {"mixed_float16"}
     assert kept.outputs[0].dtype == "float16" and frozen.outputs[0].dtype == "float32"
-
-
-def test_a_nested_subclassed_model_is_refused_too():
-    class Block(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.spectral = small_cf(2)
-
-        def call(self, inputs):
-            return self.spectral(inputs)
-
-    inputs = keras.Input((6, 6, 1))
-    model = keras.Model(inputs, Block()(inputs))
-    with pytest.raises(ValueError, match="subclassed keras.Model"):
-        freeze_model(model)
 
 
 def test_freeze_report_of_a_two_image_model_saves_and_reports_no_sizes(tmp_path):
