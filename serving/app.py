@@ -15,7 +15,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -78,12 +78,22 @@ async def answer(request: Request, content: object, headers: dict | None = None)
     return Response(body, 200, headers=headers, media_type="application/json")
 
 
-async def read_body(request: Request) -> bytes:
-    """The request body within the size limit (413) and the body deadline (408)."""
-    settings: ServerSettings = request.app.state.settings
-    limit = settings.max_body_bytes
+def declared_length(request: Request) -> int | None:
+    """The body size a request declares: its ``Content-Length`` when that decides it (no
+    ``Transfer-Encoding``, which would take precedence)."""
     declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+    if "transfer-encoding" in request.headers or not (declared.isascii() and declared.isdigit()):
+        return None
+    return int(declared)
+
+
+async def read_body(request: Request, limit: int | None = None) -> bytes:
+    """The request body within ``limit`` (default ``--max-body-mb``; 413 beyond) and the
+    body deadline (408)."""
+    settings: ServerSettings = request.app.state.settings
+    limit = limit or settings.max_body_bytes
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
         raise PayloadTooLarge(f"a request body of {declared} bytes exceeds the {limit}-byte limit")
     chunks, size = [], 0
     try:
@@ -103,26 +113,46 @@ async def read_body(request: Request) -> bytes:
 async def intake(request: Request, parse: Callable, *args):
     """``parse(body, *args)`` off the event loop.
 
-    A body declared small (``Content-Length`` up to :data:`INLINE_PARSE_BYTES`) is read at
-    once and parsed on a worker thread: it holds the GIL for a few milliseconds at most,
-    and many small requests arriving together must all reach the batcher to share a
-    call. A larger (or undeclared) body waits its turn, a few at a time, and is parsed in
-    a parser process (:mod:`serving.parsing`): the requests waiting are not read, so
-    uvicorn stops reading their sockets (its flow control) and a crowd of large uploads
-    cannot keep the event loop busy; the body deadline starts when a request's turn comes.
+    A body declared small (up to :data:`INLINE_PARSE_BYTES`) is read at once and parsed
+    on a worker thread: its parse holds the GIL only briefly, and many small requests
+    arriving together must all reach the batcher to share a call. A larger (or
+    undeclared) body waits its turn, a few at a time, and is parsed in a parser process
+    (:mod:`serving.parsing`): the requests waiting are not read, so uvicorn stops reading
+    their sockets (its flow control) and a crowd of large uploads cannot keep the event
+    loop busy. A request waits for its turn at most the body deadline (then 503), and
+    that deadline starts again when its turn comes.
     """
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) <= INLINE_PARSE_BYTES:
-        body = await read_body(request)
+    state = request.app.state
+    declared = declared_length(request)
+    if declared is not None and declared <= INLINE_PARSE_BYTES:
+        body = await read_body(request, INLINE_PARSE_BYTES)
         return await off_loop(request, parse, body, *args)
-    async with request.app.state.intake:
+    try:
+        async with asyncio.timeout(state.settings.body_timeout_s):
+            await state.intake.acquire()
+    except TimeoutError as error:
+        raise ServiceUnavailable("the server is busy reading other large requests") from error
+    try:
         body = await read_body(request)
+        parsers = state.parsers
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(request.app.state.parsers, parse, body, *args)
+            return await loop.run_in_executor(parsers, parse, body, *args)
         except BrokenProcessPool as error:  # a parser died (out of memory): start afresh
-            request.app.state.parsers = parser_pool(request.app.state.settings.work_threads)
+            await replace_parsers(request.app, parsers)
             raise ServiceUnavailable("the request could not be parsed now; retry") from error
+    finally:
+        state.intake.release()
+
+
+async def replace_parsers(app: Starlette, broken: ProcessPoolExecutor) -> None:
+    """Replace a broken parser pool, once, however many requests saw it break."""
+    async with app.state.parsers_lock:
+        if app.state.parsers is broken:
+            broken.shutdown(wait=False, cancel_futures=True)
+            app.state.parsers = await asyncio.to_thread(
+                parser_pool, app.state.settings.work_threads
+            )
 
 
 def budget(request: Request) -> PixelBudget:
@@ -235,7 +265,7 @@ async def v2_statistics(request: Request) -> Response:
 
 
 async def v2_repository_index(request: Request) -> Response:
-    await read_body(request)  # optional {"ready": bool}; read so the connection stays clean
+    await read_body(request, INLINE_PARSE_BYTES)  # an optional {"ready": bool}, unused
     entries = [
         {
             "name": name,
@@ -320,12 +350,6 @@ async def client_gone(request: Request, error: ClientDisconnect) -> Response:
     return Response(status_code=CLIENT_GONE)  # nobody reads it; the log says so
 
 
-async def server_error(request: Request, error: Exception) -> Response:
-    request_id = request.scope.get("state", {}).get("request_id", "")
-    log.exception("request_id=%s internal error", request_id)
-    return json_response({"error": f"internal error (request id {request_id})"}, 500)
-
-
 def _routes() -> list[Route]:
     routes = [
         Route("/", demo_page),
@@ -382,6 +406,7 @@ def create_app(settings: ServerSettings, bind_host: str = "127.0.0.1") -> Starle
         app.state.parsers = await asyncio.to_thread(parser_pool, settings.work_threads)
         app.state.repository, app.state.work, app.state.ready = repo, work, True
         app.state.intake = asyncio.Semaphore(2 * settings.work_threads)
+        app.state.parsers_lock = asyncio.Lock()
         log.info("serving %s from %s on %s", sorted(repo.models), settings.model_repo, providers)
         watcher = asyncio.create_task(repo.watch())
         try:
@@ -391,7 +416,7 @@ def create_app(settings: ServerSettings, bind_host: str = "127.0.0.1") -> Starle
             watcher.cancel()
             await repo.close()
             work.shutdown(wait=False)
-            app.state.parsers.shutdown(wait=False, cancel_futures=True)
+            await asyncio.to_thread(app.state.parsers.shutdown, True, cancel_futures=True)
 
     app = Starlette(
         routes=_routes(),
@@ -400,13 +425,17 @@ def create_app(settings: ServerSettings, bind_host: str = "127.0.0.1") -> Starle
             HTTPError: http_error,
             HTTPException: routing_error,
             ClientDisconnect: client_gone,
-            Exception: server_error,
         },
     )
     app.state.settings, app.state.metrics, app.state.ready = settings, server_metrics, False
     if settings.cors_origins:
+        headers = ["authorization", "content-type", kserve.HEADER_LENGTH, "x-request-id"]
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"]
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=headers,
+            expose_headers=headers[2:],
         )
     app.add_middleware(
         GuardMiddleware,

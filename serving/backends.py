@@ -23,7 +23,9 @@ from export.names import (
     SIGNATURE_NAME,
 )
 from export.tensor_info import TensorInfo
+from serving.errors import ClientError
 from serving.images import image_size
+from serving.tensors import KSERVE_NAMES
 
 BACKENDS = ("onnxruntime", "tf")
 MODEL_FILES = {"onnxruntime": ONNX_FILE, "tf": SAVEDMODEL_FILE}
@@ -40,6 +42,24 @@ class Backend:
 
     def predict(self, inputs: Arrays) -> Arrays:
         raise NotImplementedError
+
+    def check_servable(self, folder: Path) -> None:
+        """Refuse (at load) a model the server cannot batch or encode.
+
+        Raises:
+            ValueError: a tensor without a free batch axis, or of a type the protocols
+                do not carry.
+        """
+        for info in (*self.inputs, *self.outputs):
+            if info.dtype not in KSERVE_NAMES:
+                raise ValueError(
+                    f"{folder}: tensor {info.name!r} has type {info.dtype}, not served"
+                )
+            if not info.shape or info.shape[0] is not None:
+                raise ValueError(
+                    f"{folder}: tensor {info.name!r} of shape {list(info.shape)} has no free "
+                    f"batch axis; the server batches requests along the first axis"
+                )
 
     @property
     def image_classifier(self) -> tuple[str, tuple[int, int, int]] | None:
@@ -65,7 +85,6 @@ class OnnxBackend(Backend):
         from export.ort_session import CPU, onnx_session, tensor_infos
 
         self.session = onnx_session(Path(folder) / ONNX_FILE, threads, providers or (CPU,))
-        self.providers = tuple(self.session.get_providers())
         self.inputs = tensor_infos(self.session.get_inputs())
         self.outputs = tensor_infos(self.session.get_outputs())
         props = self.session.get_modelmeta().custom_metadata_map
@@ -73,7 +92,14 @@ class OnnxBackend(Backend):
         self._output_names = [info.name for info in self.outputs]
 
     def predict(self, inputs: Arrays) -> Arrays:
-        results = self.session.run(self._output_names, inputs)
+        """The outputs; an input the model itself refuses (e.g. a size its free axes cannot
+        take) is the client's error."""
+        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+        try:
+            results = self.session.run(self._output_names, inputs)
+        except InvalidArgument as error:
+            raise ClientError(f"the model refused the input: {str(error)[-300:]}") from error
         return dict(zip(self._output_names, results, strict=True))
 
 
@@ -82,14 +108,11 @@ class TFBackend(Backend):
 
     platform = "tensorflow_savedmodel"
 
-    def __init__(
-        self, folder: Path, threads: int | None = None, providers: Sequence[str] = ()
-    ) -> None:
+    def __init__(self, folder: Path) -> None:
         import tensorflow as tf
 
         self._tf = tf
         self.signature = tf.saved_model.load(str(folder)).signatures[SIGNATURE_NAME]
-        self.providers = ()
         specs = self.signature.structured_input_signature[1]
         self.inputs = tuple(_tf_info(name, spec) for name, spec in sorted(specs.items()))
         outputs = self.signature.structured_outputs
@@ -119,8 +142,12 @@ def _class_names(value) -> list[str] | None:
 def load_backend(
     kind: str, folder: Path, threads: int | None = None, providers: Sequence[str] = ()
 ) -> Backend:
+    """Load a model version and check that the server can serve it."""
     if kind == "onnxruntime":
-        return OnnxBackend(folder, threads, providers)
-    if kind == "tf":
-        return TFBackend(folder, threads)
-    raise ValueError(f"unknown backend {kind!r}; choose one of {BACKENDS}")
+        backend = OnnxBackend(folder, threads, providers)
+    elif kind == "tf":
+        backend = TFBackend(folder)
+    else:
+        raise ValueError(f"unknown backend {kind!r}; choose one of {BACKENDS}")
+    backend.check_servable(Path(folder))
+    return backend

@@ -5,8 +5,10 @@ inference thread of its own, so a big request to one model never holds up anothe
 Requests that queued up while the previous call ran go into the next call together, up
 to ``max_batch_size`` items (a larger request is split into several calls), so a lone
 request never waits; with ``max_delay > 0`` a batch also waits that long for company.
-A full queue answers 503 at once. Closing a batcher (its version was unloaded, or the
-server stops) refuses new requests with 503 and finishes the queued ones.
+A full queue (``max_queue`` items, or ``max_queue_bytes`` of inputs) answers 503 at once;
+queued work whose request was cancelled is dropped, not computed. Closing a batcher (its
+version was unloaded, or the server stops) refuses new requests with 503 and finishes
+the queued ones.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +25,7 @@ import numpy as np
 
 from serving.errors import PayloadTooLarge, ServiceUnavailable
 
+log = logging.getLogger("cfconv.serve")
 Arrays = dict[str, np.ndarray]
 Predict = Callable[[Arrays], Arrays]
 
@@ -36,6 +40,7 @@ class Statistics:
     success_ns: int = 0
     fail_count: int = 0
     fail_ns: int = 0
+    queue_count: int = 0  # items that left the queue for a call
     queue_ns: int = 0
     compute_ns: int = 0
     last_inference_ms: int = 0
@@ -47,6 +52,10 @@ class _Item:
     size: int
     enqueued: float
     future: asyncio.Future
+
+    @property
+    def nbytes(self) -> int:
+        return sum(value.nbytes for value in self.inputs.values())
 
     def fits_with(self, other: _Item) -> bool:
         """Whether the two can share a call (same per-item shapes for every input)."""
@@ -69,20 +78,24 @@ class MicroBatcher:
         max_batch_size: int = 32,
         max_delay: float = 0.0,
         max_queue: int = 512,
+        max_queue_bytes: int = 2**30,
         observe_batch: Callable[[int], None] = lambda size: None,
     ) -> None:
         self.predict = predict
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
         self.observe_batch = observe_batch
         self.statistics = Statistics()
         self.lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix=lane_name)
         self.queue: collections.deque[_Item] = collections.deque()
         self.queued = 0  # items waiting
+        self.queued_bytes = 0  # and their inputs' bytes
         self.closed = False
         self.wake = asyncio.Event()
         self.task = asyncio.get_running_loop().create_task(self._run())
+        self.task.add_done_callback(self._report_end)
 
     async def submit(self, inputs: Arrays) -> Arrays:
         """Outputs for ``inputs`` (each ``[n, ...]``), computed in one or more batches.
@@ -98,7 +111,8 @@ class MicroBatcher:
             raise PayloadTooLarge(
                 f"a request of {size} items exceeds the queue of {self.max_queue} items per model"
             )
-        if self.queued + size > self.max_queue:
+        nbytes = sum(value.nbytes for value in inputs.values())
+        if self.queued + size > self.max_queue or self.queued_bytes + nbytes > self.max_queue_bytes:
             raise ServiceUnavailable(f"the model's queue is full ({self.queued} items waiting)")
         loop = asyncio.get_running_loop()
         start = time.perf_counter_ns()
@@ -111,6 +125,7 @@ class MicroBatcher:
             self.queue.append(item)
             chunks.append(item.future)
         self.queued += size
+        self.queued_bytes += nbytes
         self.wake.set()
         try:
             results = await asyncio.gather(*chunks)
@@ -140,20 +155,37 @@ class MicroBatcher:
                 self.wake.clear()
                 await self.wake.wait()
             batch = await self._collect(loop)
-            await self._infer(loop, batch)
+            if batch:
+                await self._infer(loop, batch)
+
+    def _next(self) -> _Item | None:
+        """The first queued item whose request still waits (others are dropped)."""
+        while self.queue:
+            item = self.queue.popleft()
+            self.queued -= item.size
+            self.queued_bytes -= item.nbytes
+            if not item.future.done():  # cancelled: its client or the server gave up
+                return item
+        return None
 
     async def _collect(self, loop: asyncio.AbstractEventLoop) -> list[_Item]:
-        """Take the first item and whatever fits with it, waiting up to ``max_delay``."""
-        batch = [self.queue.popleft()]
-        size = batch[0].size
+        """Take the first waiting item and whatever fits with it, waiting up to
+        ``max_delay``."""
+        first = self._next()
+        if first is None:
+            return []
+        batch = [first]
+        size = first.size
         deadline = loop.time() + self.max_delay
         while size < self.max_batch_size:
             if self.queue:
                 following = self.queue[0]
-                if size + following.size > self.max_batch_size or not following.fits_with(batch[0]):
+                if size + following.size > self.max_batch_size or not following.fits_with(first):
                     break
-                batch.append(self.queue.popleft())
-                size += following.size
+                following = self._next()
+                if following is not None:
+                    batch.append(following)
+                    size += following.size
                 continue
             timeout = deadline - loop.time()
             if timeout <= 0 or self.closed:
@@ -163,10 +195,22 @@ class MicroBatcher:
                 await asyncio.wait_for(self.wake.wait(), timeout)
             except TimeoutError:
                 break
-        self.queued -= size
         return batch
 
     async def _infer(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
+        """One call for ``batch``; whatever fails fails its requests, never the lane."""
+        try:
+            results = await self._call(loop, batch)
+        except Exception as error:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        for item, result in zip(batch, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
+
+    async def _call(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> list[Arrays]:
         names = list(batch[0].inputs)
         inputs = (
             batch[0].inputs
@@ -177,25 +221,35 @@ class MicroBatcher:
         self.observe_batch(total)
         started = time.perf_counter_ns()
         stats = self.statistics
+        stats.queue_count += len(batch)
         stats.queue_ns += sum(started - item.enqueued for item in batch)
         try:
             outputs = await loop.run_in_executor(self.lane, self.predict, inputs)
-        except Exception as error:  # a failed call fails its requests, not the lane
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
-            return
         finally:
             stats.compute_ns += time.perf_counter_ns() - started
+        if any(np.ndim(value) == 0 or len(value) != total for value in outputs.values()):
+            raise RuntimeError(f"the model answered {total} items with other batch sizes")
         stats.inference_count += total
         stats.execution_count += 1
         stats.last_inference_ms = time.time_ns() // 1_000_000
-        begin = 0
+        results, begin = [], 0
         for item in batch:
             end = begin + item.size
-            if not item.future.done():
-                item.future.set_result({name: value[begin:end] for name, value in outputs.items()})
+            results.append({name: value[begin:end] for name, value in outputs.items()})
             begin = end
+        return results
+
+    def _report_end(self, task: asyncio.Task) -> None:
+        """A lane that stops by itself fails what waits on it (and says so) instead of
+        leaving it waiting."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("inference lane stopped: %r", task.exception())
+        self.closed = True
+        for item in self.queue:
+            if not item.future.done():
+                item.future.set_exception(ServiceUnavailable("the model's lane stopped"))
+        self.queue.clear()
 
     async def close(self) -> None:
         """Refuse new requests, finish the queued ones, stop the lane."""

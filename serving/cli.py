@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from serving.backends import BACKENDS
 from serving.settings import DEFAULTS, ServerSettings
 
-BACKENDS = ("onnxruntime", "tf")
 DEVICES = ("auto", "cpu", "cuda")
 
 

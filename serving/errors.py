@@ -13,28 +13,13 @@ class HTTPError(Exception):
 
     status = 400
 
-    def __init__(
-        self, message: str, status: int | None = None, headers: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        if status is not None:
-            self.status = status
         self.headers = headers or {}
 
 
 class ClientError(HTTPError):
     """The request cannot be served as sent (400 unless a subclass says otherwise)."""
-
-
-class Unauthorized(ClientError):
-    status = 401
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
-
-
-class Forbidden(ClientError):
-    status = 403
 
 
 class NotFound(ClientError):

@@ -19,7 +19,16 @@ from export.tensor_info import TensorInfo
 from serving.backends import Backend
 from serving.batching import Statistics
 from serving.errors import ClientError
-from serving.tensors import KSERVE_NAMES, check_shape, datatype, element_count, fit_to, to_array
+from serving.tensors import (
+    KSERVE_NAMES,
+    check_shape,
+    datatype,
+    element_count,
+    fit_to,
+    parse_json,
+    same_batch,
+    to_array,
+)
 
 HEADER_LENGTH = "inference-header-content-length"
 DIGITS = re.compile(r"[0-9]{1,12}")
@@ -46,10 +55,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
                 f"for a {len(body)}-byte body"
             )
         json_part, binary = body[: int(header_length)], body[int(header_length) :]
-    try:
-        request = orjson.loads(json_part)
-    except orjson.JSONDecodeError as error:
-        raise ClientError(f"malformed JSON: {error}") from error
+    request = parse_json(json_part)
     if not isinstance(request, dict):
         raise ClientError("the inference request must be a JSON object")
     return request, binary
@@ -94,7 +100,7 @@ def parse_infer(request: dict, binary: bytes, inputs: tuple[TensorInfo, ...]) ->
     if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
         raise ClientError(f'"inputs" must be a list of tensors, one per input: {sorted(infos)}')
     names = [entry.get("name") for entry in entries]
-    if sorted(map(str, names)) != sorted(infos) or len(set(map(str, names))) != len(names):
+    if not all(isinstance(name, str) for name in names) or sorted(names) != sorted(infos):
         raise ClientError(
             f"the model takes the inputs {sorted(infos)}; got {[str(n)[:32] for n in names][:8]}"
         )
@@ -104,10 +110,7 @@ def parse_infer(request: dict, binary: bytes, inputs: tuple[TensorInfo, ...]) ->
         arrays[entry["name"]], offset = _tensor(entry, infos[entry["name"]], view, offset)
     if offset != len(binary):
         raise ClientError(f"{len(binary) - offset} binary bytes follow the inputs unused")
-    batches = {len(array) for array in arrays.values()}
-    if len(batches) != 1:
-        raise ClientError(f"the inputs have different batch sizes: {sorted(batches)}")
-    return arrays
+    return same_batch(arrays)
 
 
 def requested_outputs(request: dict, outputs: tuple[TensorInfo, ...]) -> list[tuple[str, bool]]:
@@ -218,7 +221,7 @@ def model_statistics(name: str, version: int, stats: Statistics) -> dict:
         "inference_stats": {
             "success": _duration(stats.success_count, stats.success_ns),
             "fail": _duration(stats.fail_count, stats.fail_ns),
-            "queue": _duration(stats.success_count, stats.queue_ns),
+            "queue": _duration(stats.queue_count, stats.queue_ns),
             "compute_input": _duration(stats.execution_count, 0),
             "compute_infer": _duration(stats.execution_count, stats.compute_ns),
             "compute_output": _duration(stats.execution_count, 0),

@@ -3,7 +3,9 @@
 Request IDs a client sends are kept if they are short and plain (letters, digits and
 ``._:-``), else replaced by a fresh one; the log line escapes every control and non-ASCII
 character of the path, so no request can forge or garble a log line. A request whose
-client went away is logged and counted as status 499, not as an error.
+client went away is logged and counted as status 499, not as an error; an exception the
+application did not turn into an answer is a 500 with the request's ID, logged with its
+traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 import time
 import uuid
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 log = logging.getLogger("cfconv.serve")
@@ -66,6 +69,19 @@ class ServerMetrics:
         )
 
 
+def _internal_error_body(request_id: str) -> bytes:
+    return orjson.dumps({"error": f"internal error (request id {request_id})"})
+
+
+def _internal_error(request_id: str) -> dict:
+    length = str(len(_internal_error_body(request_id))).encode()
+    return {
+        "type": "http.response.start",
+        "status": 500,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", length)],
+    }
+
+
 class RequestMiddleware:
     """Give every request an ID (``X-Request-ID``, kept if the client sent a plain one),
     count it, time it and log one line for it."""
@@ -95,6 +111,11 @@ class RequestMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:  # a bug, not the client's doing: a 500 with this request's ID
+            log.exception("request_id=%s internal error", request_id)
+            if status == CLIENT_GONE:  # nothing was sent yet
+                await send_with_id(_internal_error(request_id))
+                await send({"type": "http.response.body", "body": _internal_error_body(request_id)})
         finally:
             elapsed = time.perf_counter() - start
             protocol = protocol_of(scope["path"])

@@ -1,8 +1,8 @@
 """Turning request bodies into model inputs, in worker processes.
 
-Parsing a large JSON body (and converting its numbers) holds Python's GIL for tens of
-milliseconds at a time, which in a thread of the server's own process would stall its
-event loop, health probes included. So bodies are parsed in a small pool of processes:
+Parsing a large JSON body (and converting its numbers) holds Python's GIL for as long as
+the parser runs, which in a thread of the server's own process would stall its event
+loop, health probes included. So bodies are parsed in a small pool of processes:
 each function here takes the body and the model's input signature (plain, picklable
 values) and returns arrays, or raises the client error that says what was wrong.
 """
@@ -14,7 +14,6 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
-import orjson
 from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -22,15 +21,9 @@ from export.tensor_info import TensorInfo
 from serving import kserve, tfserving
 from serving.errors import ClientError
 from serving.images import PixelBudget, decode_image
+from serving.tensors import parse_json
 
 Arrays = dict[str, np.ndarray]
-
-
-def parse_json(body: bytes) -> object:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise ClientError(f"malformed JSON: {error}") from error
 
 
 def tf_predict(

@@ -47,9 +47,11 @@ class HeaderDeadlineProtocol(H11Protocol):
             self._cancel()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        # armed first: uvicorn may start a pipelined request right away, which the
+        # deadline must see as started
         if not self.transport.is_closing():
             self._arm()
+        super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()

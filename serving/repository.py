@@ -6,8 +6,8 @@ model folder is ignored with one warning, and hidden staging folders silently (t
 exporter renames complete folders into place, so a visible version is complete).
 
 :meth:`ModelRepository.refresh` loads new versions, drops removed ones and retries a
-version that failed to load once its files change; every version's state (``LOADING``,
-``AVAILABLE``, ``FAILED`` with its error, ``UNLOADED``) is kept for the status
+version that failed to load once its files change; every version's state
+(``AVAILABLE``, ``FAILED`` with its error, ``UNLOADED``) is kept for the status
 endpoints. One bad entry never stops the others from loading. Requests that already hold
 a version finish on it; requests that reach an unloaded version's queue get 503.
 """
@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import re
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +35,8 @@ log = logging.getLogger("cfconv.serve")
 VERSION = re.compile(r"[0-9]{1,9}")  # ASCII digits only: "²".isdigit() is True
 AVAILABLE, FAILED, UNLOADED = "AVAILABLE", "FAILED", "UNLOADED"
 STUCK_AFTER = 3  # failed scans in a row after which readiness reports the reloader stuck
+STUCK_SCAN_SECONDS = 600.0  # a scan (loads included) running longer is stuck
+QUEUED_BODIES = 16  # a version's queue holds at most this many largest bodies of inputs
 
 
 @dataclasses.dataclass
@@ -89,6 +92,8 @@ class ModelRepository:
         self.states: dict[str, dict[int, VersionState]] = {}
         self.ignored: set[Path] = set()
         self.failed_scans = 0
+        self.scan_started: float | None = None
+        self.closing: set[asyncio.Task] = set()
 
     def _versions_on_disk(self, folder: Path) -> dict[int, Path]:
         """Version folders holding the backend's model file; others warned about once."""
@@ -106,32 +111,52 @@ class ModelRepository:
                 )
         return found
 
-    async def refresh(self) -> None:
-        """Load versions that appeared or changed after a failure, drop removed ones."""
-        seen: set[str] = set()
+    def _on_disk(self) -> dict[str, dict[int, Path] | OSError]:
+        """Each model folder's versions, or the error that kept it from being read."""
+        found: dict[str, dict[int, Path] | OSError] = {}
         for folder in sorted(self.root.iterdir()):
-            if not folder.is_dir() or not MODEL_NAME.match(folder.name):
-                continue
-            seen.add(folder.name)
-            try:
-                await self._refresh_model(folder.name, self._versions_on_disk(folder))
-            except OSError as error:  # one unreadable model folder stops only itself
-                log.error("cannot scan model %s: %s", folder.name, error)
-        for name in set(self.models) - seen:
-            await self._refresh_model(name, {})
+            if folder.is_dir() and MODEL_NAME.match(folder.name):
+                try:
+                    found[folder.name] = self._versions_on_disk(folder)
+                except OSError as error:  # one unreadable model folder stops only itself
+                    found[folder.name] = error
+        return found
+
+    async def refresh(self) -> None:
+        """Load versions that appeared or changed after a failure, drop removed ones.
+
+        The folders are read on the loader thread (a repository can be a slow network
+        file system), never on the event loop.
+        """
+        self.scan_started = time.monotonic()
+        try:
+            loop = asyncio.get_running_loop()
+            on_disk = await loop.run_in_executor(self.loader, self._on_disk)
+            for name, versions in on_disk.items():
+                if isinstance(versions, OSError):
+                    log.error("cannot scan model %s: %s", name, versions)
+                else:
+                    await self._refresh_model(name, versions)
+            for name in set(self.models) - set(on_disk):
+                await self._refresh_model(name, {})
+        finally:
+            self.scan_started = None
 
     async def _refresh_model(self, name: str, on_disk: dict[int, Path]) -> None:
+        loop = asyncio.get_running_loop()
         loaded = self.models.setdefault(name, {})
         states = self.states.setdefault(name, {})
         for version in sorted(set(loaded) - set(on_disk)):
             model = loaded.pop(version)
             states[version] = VersionState(UNLOADED)
             log.info("unloaded %s version %d", name, version)
-            await model.batcher.close()
+            closing = asyncio.create_task(model.batcher.close())  # its queue drains apart
+            self.closing.add(closing)
+            closing.add_done_callback(self.closing.discard)
         for version, folder in on_disk.items():
             if version in loaded:
                 continue
-            files = fingerprint(folder)
+            files = await loop.run_in_executor(self.loader, fingerprint, folder)
             state = states.get(version)
             if state is not None and state.state == FAILED and state.fingerprint == files:
                 continue  # retried when its files change
@@ -163,6 +188,7 @@ class ModelRepository:
             settings.max_batch_size,
             settings.max_delay_ms / 1e3,
             settings.max_queue_images,
+            QUEUED_BODIES * settings.max_body_bytes,
             self.observe_batch,
         )
         self.models[name][version] = ServedModel(name, version, backend, batcher)
@@ -185,15 +211,20 @@ class ModelRepository:
                 self.failed_scans = 0
 
     def stuck(self) -> bool:
-        """Whether the reloader is stuck: its last :data:`STUCK_AFTER` scans failed."""
-        return self.failed_scans >= STUCK_AFTER
+        """Whether the reloader is stuck: its last :data:`STUCK_AFTER` scans failed, or a
+        scan has run for :data:`STUCK_SCAN_SECONDS`."""
+        started = self.scan_started
+        hung = started is not None and time.monotonic() - started > STUCK_SCAN_SECONDS
+        return hung or self.failed_scans >= STUCK_AFTER
+
+    def _not_found(self, name: str) -> NotFound:
+        return NotFound(f"model {name[:64]!r} not found; serving {sorted(self.models)[:20]}")
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
         """A loaded model version (the newest when ``version`` is None)."""
         loaded = self.models.get(name)
         if not loaded:
-            known = sorted(self.models)
-            raise NotFound(f"model {name[:64]!r} not found; serving {known[:20]}")
+            raise self._not_found(name)
         if version is None:
             return loaded[max(loaded)]
         if not VERSION.fullmatch(version) or int(version) not in loaded:
@@ -206,11 +237,12 @@ class ModelRepository:
         """Every version of ``name`` the server has seen, with its state."""
         states = self.states.get(name)
         if not states:
-            raise NotFound(f"model {name[:64]!r} not found; serving {sorted(self.models)[:20]}")
+            raise self._not_found(name)
         return states
 
     async def close(self) -> None:
         for loaded in self.models.values():
             for model in loaded.values():
                 await model.batcher.close()
+        await asyncio.gather(*self.closing)
         self.loader.shutdown(wait=False)

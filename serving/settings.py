@@ -10,7 +10,8 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 @dataclasses.dataclass(frozen=True)
 class ServerSettings:
-    """Everything ``create_app`` and ``serve`` need; every field is a ``cfconv serve`` option."""
+    """Everything ``create_app`` and ``serve`` need; all but ``work_threads`` are options of
+    ``cfconv serve``."""
 
     model_repo: Path
     backend: str = "onnxruntime"

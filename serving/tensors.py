@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import orjson
 
 from export.tensor_info import TensorInfo
 from serving.errors import ClientError
@@ -33,6 +34,15 @@ DATATYPES = {
 }
 KSERVE_NAMES = {numpy: kserve for kserve, numpy in DATATYPES.items()}
 MAX_RANK = 16
+MAX_ELEMENTS = 2**40  # of a shape with its zero sizes counted as one: numpy's own bound
+
+
+def parse_json(body: bytes) -> object:
+    """A request body as JSON, or a clear error."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise ClientError(f"malformed JSON: {error}") from error
 
 
 def datatype(name: object) -> np.dtype:
@@ -55,6 +65,8 @@ def check_shape(shape: object, what: str) -> tuple[int, ...]:
             f"{what}: shape must be a list of at most {MAX_RANK} non-negative integers, "
             f"got {str(shape)[:64]}"
         )
+    if math.prod(max(size, 1) for size in shape) > MAX_ELEMENTS:
+        raise ClientError(f"{what}: shape {str(shape)[:64]} is too large")
     return tuple(shape)
 
 
@@ -79,10 +91,14 @@ def convert(raw: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
     """An array of any numeric type -> ``dtype``, refusing values that do not fit."""
     target = np.dtype(dtype)
     kind = raw.dtype.kind
-    if target.kind == "b" or kind == "b":
-        if target.kind != kind:
-            raise ClientError(f"{what}: expected {KSERVE_NAMES[target.name]} values, got booleans")
+    if raw.size == 0:  # nothing to check (an empty JSON list reads as float64)
+        return raw.astype(target)
+    if target.kind == "b":
+        if kind != "b":
+            raise ClientError(f"{what}: expected BOOL values (true or false)")
         return raw
+    if kind == "b":
+        raise ClientError(f"{what}: expected {KSERVE_NAMES[target.name]} values, got booleans")
     if kind not in "iuf":
         raise ClientError(
             f"{what}: expected numbers of type {KSERVE_NAMES[target.name]}"
@@ -116,4 +132,14 @@ def fit_to(array: np.ndarray, info: TensorInfo, what: str) -> np.ndarray:
         raise ClientError(f"{what}: expected shape {expected}, got {list(array.shape)}")
     if array.shape[0] < 1:
         raise ClientError(f"{what}: the batch is empty")
+    if 0 in array.shape[1:]:
+        raise ClientError(f"{what}: shape {list(array.shape)} has an empty axis")
     return convert(array, np.dtype(info.dtype), what)
+
+
+def same_batch(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` (a model's inputs), checked to hold one batch size."""
+    batches = {len(array) for array in arrays.values()}
+    if len(batches) != 1:
+        raise ClientError(f"the inputs have different batch sizes: {sorted(batches)}")
+    return arrays

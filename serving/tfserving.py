@@ -18,7 +18,7 @@ from export.tensor_info import TensorInfo
 from serving.backends import Backend
 from serving.errors import ClientError
 from serving.images import PixelBudget, decode_b64_image, image_size
-from serving.tensors import fit_to, to_array
+from serving.tensors import fit_to, same_batch, to_array
 
 Arrays = dict[str, np.ndarray]
 
@@ -63,7 +63,8 @@ def parse_predict(
             raise ClientError(f'"inputs" must be an object keyed by input name: {sorted(infos)}')
         columns = {next(iter(infos)): columns}
     _check_names(columns, infos)
-    return {name: _values(columns[name], info, budget) for name, info in infos.items()}, False
+    arrays = {name: _values(columns[name], info, budget) for name, info in infos.items()}
+    return same_batch(arrays), False
 
 
 def _rows(instances: object, infos: dict[str, TensorInfo], budget: PixelBudget) -> Arrays:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 MAX_BODY_MB = 1
 
@@ -58,8 +59,12 @@ class Server:
         raise TimeoutError(self.log.read_text())
 
     def stop(self) -> None:
+        """SIGTERM; the server and every process it started (its parsers) must be gone."""
+        children = psutil.Process(self.process.pid).children(recursive=True)
         self.process.send_signal(signal.SIGTERM)
         self.assert_stopped_gracefully()
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"processes outlived the server: {alive}"
 
     def assert_stopped_gracefully(self) -> None:
         """uvicorn drains in-flight requests, runs the lifespan shutdown, then re-raises

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 
 import numpy as np
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from export.tensor_info import TensorInfo
-from serving import kserve, tfserving
+from serving import kserve, parsing, tfserving
 from serving.backends import Backend
 from serving.errors import ClientError, HTTPError, PayloadTooLarge
 from serving.images import PixelBudget, decode_image
@@ -33,7 +34,11 @@ class FakeBackend(Backend):
 
 IMAGE = TensorInfo("image", (None, 4, 4, 1), "float32")
 COUNTS = TensorInfo("counts", (None, 3), "int64")
+FLAGS = TensorInfo("flags", (None, None), "bool")  # a free axis
+PIXELS = TensorInfo("pixels", (None, 2, None), "uint8")
 SINGLE, PAIR = FakeBackend((IMAGE,)), FakeBackend((IMAGE, COUNTS))
+MIXED = FakeBackend((FLAGS, PIXELS))
+BACKENDS = (SINGLE, PAIR, MIXED)
 
 json_values = st.recursive(
     st.none()
@@ -49,9 +54,15 @@ json_values = st.recursive(
 # numbers as text, Unicode digits included ("²".isdigit() is True; int("²") fails)
 digits = st.text(alphabet=st.characters(categories=["Nd", "No"]), min_size=1, max_size=4)
 numeric_text = st.sampled_from(["12", "-1", "1e3", " 5", "0x10"]) | digits
-names = st.sampled_from(["image", "counts", "other", ""]) | st.text(max_size=6) | digits
+names = (
+    st.sampled_from(["image", "counts", "flags", "pixels", "other", ""])
+    | st.text(max_size=6)
+    | digits
+    | st.integers()
+)
 datatypes = st.sampled_from([*DATATYPES, "BYTES", "fp32"]) | json_values
-shapes = st.lists(st.integers(min_value=-2, max_value=2**62), max_size=5) | json_values
+sizes = st.integers(min_value=-2, max_value=4) | st.sampled_from([0, 2**31, 2**62, 2**63])
+shapes = st.lists(sizes, max_size=5) | json_values
 
 
 def png(size: int = 4) -> bytes:
@@ -82,13 +93,14 @@ def answered(call) -> object:
     | json_values
 )
 def test_tf_serving_bodies(body):
-    for backend in (SINGLE, PAIR):
+    for backend in BACKENDS:
         result = answered(
             lambda backend=backend: tfserving.parse_predict(body, backend.inputs, budget())
         )
         if result is not None:
             arrays, _ = result
             assert set(arrays) == {info.name for info in backend.inputs}
+            assert len({len(array) for array in arrays.values()}) == 1  # one batch size
             for info in backend.inputs:
                 assert arrays[info.name].dtype == np.dtype(info.dtype)
 
@@ -122,13 +134,14 @@ tensor_entries = st.fixed_dictionaries(
     binary=st.binary(max_size=64),
 )
 def test_kserve_requests(request, binary):
-    for backend in (SINGLE, PAIR):
+    for backend in BACKENDS:
         answered(lambda backend=backend: kserve.requested_outputs(request, backend.outputs))
         arrays = answered(
             lambda backend=backend: kserve.parse_infer(request, binary, backend.inputs)
         )
         if arrays is not None:
             assert set(arrays) == {info.name for info in backend.inputs}
+            assert len({len(array) for array in arrays.values()}) == 1
 
 
 @FUZZ
@@ -199,3 +212,28 @@ def test_b64_images_feed_image_inputs_only():
     body = {"instances": [{"image": encoded, "counts": {"b64": "AAAA"}}]}
     with pytest.raises(ClientError, match="input 'counts'.*not one"):
         tfserving.parse_predict(body, PAIR.inputs, budget())
+
+
+@FUZZ
+@given(body=st.binary(max_size=300), boundary=st.text(alphabet="abc123-", min_size=1, max_size=8))
+def test_multipart_uploads(body, boundary):
+    part = b'--%s\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n\r\n'
+    upload = part % boundary.encode() + png() + b"\r\n--" + boundary.encode() + b"--\r\n"
+    content_type = f"multipart/form-data; boundary={boundary}"
+    for data in (body, upload, upload[: len(body) % (len(upload) + 1)]):
+        pixels = answered(lambda data=data: parsing.image(data, content_type, (4, 4, 1), budget()))
+        if pixels is not None:
+            assert pixels.shape == (1, 4, 4, 1)
+
+
+@FUZZ
+@given(
+    values=st.lists(st.floats(allow_nan=False, allow_infinity=False, width=32), max_size=6),
+    binary=st.booleans(),
+    identifier=st.none() | st.text(max_size=5),
+)
+def test_kserve_answers_encode(values, binary, identifier):
+    outputs = {"score": np.asarray(values, np.float32).reshape(-1, 1)}
+    body, headers = kserve.infer_response(identifier, "m", 1, outputs, [("score", binary)])
+    header = body[: int(headers["Inference-Header-Content-Length"])] if headers else body
+    assert json.loads(header)["outputs"][0]["shape"] == [len(values), 1]
