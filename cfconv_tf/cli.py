@@ -248,20 +248,19 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> None:
-    from export.parity import TOLERANCE
-    from export.pipeline import parity_failures, verify_exports
+    from export.pipeline import verify_exports
 
     report = verify_exports(args.model, args.savedmodel, args.onnx, args.dataset)
-    for kind, errors in report.items():
+    for kind, errors in report.errors.items():
         for name, error in errors.items():
             print(f"{kind:12s} {name:60s} relative error {error:.2e}")
-    failures = parity_failures(report)
+    failures = report.failures()
     if failures:
         raise ValueError(
-            f"exports differ from the trained model by more than {TOLERANCE}: "
+            f"exports differ from the trained model by more than {report.tolerance:.0e}: "
             + "; ".join(failures)
         )
-    print(f"all exports within {TOLERANCE} of the trained model")
+    print(f"all exports within {report.tolerance:.0e} of the trained model")
 
 
 BENCH_SUITES = ("layer", "train", "infer", "profile", "serve", "onnx", "all")

@@ -20,6 +20,20 @@ from export.tensor_info import TensorInfo
 Arrays = dict[str, np.ndarray]
 Runner = Callable[[Arrays], Arrays]
 TOLERANCE = 1e-4
+# one unit in the last place of a half-precision compute dtype: two runtimes that round
+# the same float16 graph at different points agree to about this, not to TOLERANCE
+HALF_PRECISION_EPSILON = {"float16": 2.0**-10, "bfloat16": 2.0**-7}
+
+
+def tolerance_for(model: keras.Model) -> float:
+    """The parity bound for exports of ``model``: ``TOLERANCE`` when every layer computes
+    in float32, else the machine epsilon of its lowest-precision compute dtype."""
+    computes = {
+        layer.dtype_policy.compute_dtype
+        for layer in model._flatten_layers()
+        if getattr(layer, "dtype_policy", None) is not None
+    }
+    return max([TOLERANCE, *(HALF_PRECISION_EPSILON.get(dtype, 0.0) for dtype in computes)])
 
 
 def keras_runner(model: keras.Model, signature: Signature) -> Runner:

@@ -8,6 +8,7 @@ to evaluate on.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -20,12 +21,12 @@ from export.freeze import freeze_model, image_input_size, load_trained_model
 from export.names import CLASS_NAMES_KEY, PREPROCESSING_KEY
 from export.onnx_export import build_onnx, save_onnx
 from export.parity import (
-    TOLERANCE,
     compare,
     keras_runner,
     onnx_runner,
     random_inputs,
     savedmodel_runner,
+    tolerance_for,
 )
 from export.savedmodel import write_savedmodel
 from export.signature import classifier_units, input_infos, signature_of
@@ -188,6 +189,24 @@ def export_model(
     return final
 
 
+@dataclass(frozen=True)
+class ParityReport:
+    """Relative errors by input kind ("random", "test images") and candidate, and the
+    bound they are held to (see ``tolerance_for``)."""
+
+    errors: dict[str, dict[str, float]]
+    tolerance: float
+
+    def failures(self) -> list[str]:
+        """One line per candidate and input kind beyond the tolerance."""
+        return [
+            f"{name} on {kind}: {error:.2e}"
+            for kind, errors in self.errors.items()
+            for name, error in errors.items()
+            if error > self.tolerance
+        ]
+
+
 def verify_exports(
     model_path: str | Path,
     savedmodels: list[str],
@@ -195,7 +214,7 @@ def verify_exports(
     dataset: str | None = None,
     samples: int = 16,
     seed: int = 0,
-) -> dict[str, dict[str, float]]:
+) -> ParityReport:
     """Relative error of the frozen model and each export against the trained model.
 
     Compared on random inputs and, for an image model whose dataset is known, on real
@@ -213,13 +232,7 @@ def verify_exports(
         images, _ = next(iter(test_split(model_path, (height, width), dataset).batch(samples)))
         inputs["test images"] = {signature.inputs[0].name: images.numpy()}
     reference = keras_runner(trained, signature)
-    return {kind: compare(reference, candidates, arrays) for kind, arrays in inputs.items()}
-
-
-def parity_failures(report: dict[str, dict[str, float]], tolerance: float = TOLERANCE) -> list[str]:
-    return [
-        f"{name} on {kind}: {error:.2e}"
-        for kind, errors in report.items()
-        for name, error in errors.items()
-        if error > tolerance
-    ]
+    return ParityReport(
+        {kind: compare(reference, candidates, arrays) for kind, arrays in inputs.items()},
+        tolerance_for(trained),
+    )

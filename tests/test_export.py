@@ -20,13 +20,14 @@ from export.names import ONNX_DATA_FILE
 from export.onnx_export import build_onnx, export_onnx, save_onnx
 from export.onnx_spectral import LOWERINGS
 from export.parity import (
+    TOLERANCE,
     keras_runner,
     onnx_runner,
     random_inputs,
     relative_error,
     savedmodel_runner,
 )
-from export.pipeline import export_model, parity_failures, verify_exports
+from export.pipeline import export_model, verify_exports
 from export.signature import signature_of
 
 # The paper network's ops in the factorized lowering (a sigmoid head adds Concat and Sub).
@@ -85,9 +86,10 @@ def test_real_images_through_every_export_of_a_trained_run(trained_runs, tmp_pat
         for lowering in sorted(LOWERINGS)
     ]
     report = verify_exports(run, [str(saved)], onnx_files)
-    assert set(report) == {"random", "test images"}
-    assert len(report["test images"]) == 2 + len(LOWERINGS)  # frozen keras, savedmodel, ONNX
-    assert parity_failures(report) == [], report
+    assert set(report.errors) == {"random", "test images"}
+    assert len(report.errors["test images"]) == 2 + len(LOWERINGS)  # keras, savedmodel, ONNX
+    assert report.tolerance == TOLERANCE
+    assert report.failures() == [], report
 
 
 def test_onnx_files_are_valid_real_valued_and_self_describing(trained_runs, tmp_path):
