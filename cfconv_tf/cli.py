@@ -196,6 +196,12 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
     print(f"PNGs and kernels.json written to {args.out}")
 
 
+def _cmd_examples(args: argparse.Namespace) -> None:
+    from cfconv_tf.gallery import draw_examples
+
+    print(f"wrote {draw_examples(args.dataset, args.out, args.rows, args.columns)}")
+
+
 def _cmd_summary(args: argparse.Namespace) -> None:
     from cfconv_tf.models import VARIANTS, build_model, parameter_counts
 
@@ -450,6 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--energy", type=float, default=0.9, help="energy share of the effective kernel size"
     )
     inspect.set_defaults(run=_cmd_inspect)
+
+    examples = verbs.add_parser("examples", help="a PNG of a dataset's test images")
+    examples.add_argument("dataset", help="a dataset name, as --dataset takes")
+    examples.add_argument("--out", required=True, help="the PNG to write")
+    examples.add_argument("--rows", type=_positive, default=3)
+    examples.add_argument("--columns", type=_positive, default=6)
+    examples.set_defaults(run=_cmd_examples)
 
     summary = verbs.add_parser("summary", help="print both variants' parameter counts")
     _add_model_options(summary)

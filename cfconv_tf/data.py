@@ -5,6 +5,8 @@ Sources:
 - ``tfds:NAME`` or a known tfds name such as ``cats_vs_dogs``: tensorflow-datasets
   (downloads on first use, so only for users who are online).
 - ``folder:PATH`` or an existing directory: ``PATH/<class>/*.jpg|png|...``.
+- ``pathfinder:SIZE[:option=value...]``: the procedural long-range task of
+  :mod:`cfconv_tf.pathfinder`, drawn from a seed (offline).
 
 Every split yields ``image`` float32 ``[H, W, C]`` with pixel values in [0, 255] and
 ``label`` int32 (class index). Images are resized and converted between grayscale and
@@ -21,6 +23,9 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+
+from cfconv_tf import pathfinder
+from cfconv_tf.pathfinder import PathfinderSpec, parse_pathfinder
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_ENV = "CFCONV_FASHION_MNIST_DIR"
@@ -58,7 +63,7 @@ class DataSplits:
 
 def dataset_names() -> list[str]:
     """The dataset names ``load_dataset`` accepts without a prefix."""
-    return ["fashion_mnist", *TFDS_NAMES]
+    return ["fashion_mnist", *TFDS_NAMES, "pathfinder:<size>"]
 
 
 def load_dataset(
@@ -84,6 +89,8 @@ def load_dataset(
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     if name == "fashion_mnist":
         splits = _fashion_mnist()
+    elif name.startswith("pathfinder:"):
+        splits = _pathfinder(parse_pathfinder(name), train_limit)
     elif name.startswith("tfds:") or name in TFDS_NAMES:
         splits = _tfds(name.removeprefix("tfds:"), input_size)
     elif name.startswith("folder:") or os.path.isdir(name):
@@ -91,7 +98,7 @@ def load_dataset(
     else:
         raise ValueError(
             f"unknown dataset {name!r}; use one of {dataset_names()}, "
-            f"'tfds:<name>' or 'folder:<path>'"
+            f"'tfds:<name>', 'folder:<path>' or 'pathfinder:<size>[:option=value]'"
         )
     if train_limit is not None:
         if train_limit <= 0:
@@ -197,6 +204,18 @@ def _fashion_mnist() -> DataSplits:
         class_names=FASHION_MNIST_CLASSES,
         image_shape=train_images.shape[1:],
     )
+
+
+def _pathfinder(spec: PathfinderSpec, train_limit: int | None) -> DataSplits:
+    """The three splits of a Pathfinder task; with ``train_limit`` only that many
+    training examples are drawn (example ``i`` does not depend on how many are)."""
+    if train_limit is not None and train_limit > 0:
+        spec = dataclasses.replace(spec, train=min(spec.train, max(train_limit, 2)))
+    train, validation, test = (
+        tf.data.Dataset.from_tensor_slices(pathfinder.load(spec, split))
+        for split in pathfinder.SPLITS
+    )
+    return DataSplits(train, validation, test, pathfinder.CLASS_NAMES, (spec.size, spec.size, 1))
 
 
 def _tfds(name: str, input_size: tuple[int, int] | None) -> DataSplits:
