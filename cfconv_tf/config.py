@@ -22,6 +22,9 @@ from cfconv_tf.layers import (
 from cfconv_tf.sampling import validate_samples
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+# The spatial variant's convolutions: dense k x k (the paper's baseline), or depthwise
+# k x k followed by a pointwise 1 x 1 (the large-kernel CNNs of RepLKNet and SLaK).
+SPATIAL_KINDS = ("dense", "separable")
 # The ModelConfig fields that define a CF-Conv layer's generators.
 GENERATOR_FIELDS = (
     "generator",
@@ -58,6 +61,7 @@ class ModelConfig:
     kernel_scale: float | str = 1.0
     recompute_generators: bool = False
     spatial_kernel_size: int = 3
+    spatial_kind: str = "dense"
     learning_rate: float = 1e-3
     batch_size: int = 32
     epochs: int = 10
@@ -89,6 +93,11 @@ class ModelConfig:
             raise ValueError(
                 f"{self.name}: state_initializer must be one of {NAMED_STATE_INITIALIZERS}, "
                 f"got {self.state_initializer!r}"
+            )
+        if self.spatial_kind not in SPATIAL_KINDS:
+            raise ValueError(
+                f"{self.name}: spatial_kind must be one of {SPATIAL_KINDS}, "
+                f"got {self.spatial_kind!r}"
             )
         if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) <= 0):
             raise ValueError(

@@ -26,8 +26,10 @@ def build_model(
     (softmax).
 
     Args:
-        variant: ``"cf"`` for CF-Conv layers, ``"spatial"`` for ``Conv2D`` layers of
-            ``config.spatial_kernel_size`` with "same" padding.
+        variant: ``"cf"`` for CF-Conv layers, ``"spatial"`` for convolutions of
+            ``config.spatial_kernel_size`` with "same" padding: ``Conv2D``, or
+            ``SeparableConv2D`` (depthwise, then pointwise) when ``config.spatial_kind``
+            is ``"separable"``.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown model variant {variant!r}; choose one of {VARIANTS}")
@@ -54,7 +56,12 @@ def build_model(
                 name=f"cfconv_{index}",
             )
         else:
-            layer = keras.layers.Conv2D(
+            convolution = (
+                keras.layers.SeparableConv2D
+                if config.spatial_kind == "separable"
+                else keras.layers.Conv2D
+            )
+            layer = convolution(
                 config.filters,
                 config.spatial_kernel_size,
                 padding="same",

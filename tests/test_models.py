@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
@@ -49,6 +50,26 @@ def test_spatial_variant_uses_conv2d_with_configured_kernel(tiny_config):
     assert [layer.kernel_size for layer in convs] == [(5, 5)] * tiny_config.conv_layers
 
 
+def test_separable_spatial_variant_is_depthwise_then_pointwise(tiny_config, rng):
+    config = tiny_config.replace(spatial_kernel_size=7, spatial_kind="separable")
+    model = build_model(config, "spatial", (9, 12, 1), 2)
+    convs = [layer for layer in model.layers if layer.name.startswith("conv_")]
+    assert all(isinstance(layer, keras.layers.SeparableConv2D) for layer in convs)
+    assert [layer.kernel_size for layer in convs] == [(7, 7)] * tiny_config.conv_layers
+    assert model(rng.uniform(0, 255, (2, 9, 12, 1)).astype(np.float32)).shape == (2, 1)
+
+
+def test_pathfinder_baselines_match_the_cf_model_in_trainable_parameters():
+    def trainable(name: str, variant: str) -> int:
+        model = build_model(load_model_config(name), variant, (32, 32, 1), 2)
+        return parameter_counts(model)["trainable"]
+
+    cf = trainable("pathfinder_cf", "cf")
+    for baseline in ("pathfinder_cnn_wide", "pathfinder_large_kernel"):
+        assert trainable(baseline, "spatial") == pytest.approx(cf, rel=0.01), baseline
+    assert trainable("pathfinder_cf", "spatial") < cf / 4  # the paper's 3x3 CNN
+
+
 def test_bad_model_requests_are_rejected(tiny_config, tmp_path):
     with pytest.raises(ValueError, match="unknown model variant"):
         build_model(tiny_config, "transformer", (8, 8, 1), 2)
@@ -76,6 +97,7 @@ def test_bad_model_requests_are_rejected(tiny_config, tmp_path):
         ("generator: mlp", "bad: generator must be one of"),
         ("generator_rank: 0", "bad: generator_rank must be a positive integer"),
         ("generator_rank: 2.5", "generator_rank must be a positive integer"),
+        ("spatial_kind: dilated", "bad: spatial_kind must be one of"),
     ]:
         bad.write_text(line + "\n")
         with pytest.raises(ValueError, match=message):
