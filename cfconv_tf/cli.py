@@ -94,8 +94,9 @@ def _add_model_options(parser: argparse.ArgumentParser, sample_list: bool = Fals
             "--samples",
             dest="sample_list",
             type=_sample_list,
-            required=True,
-            help="CF-Conv arms: comma-separated counts, 2^k or fractions",
+            default=[],
+            help="CF-Conv arms: comma-separated counts, 2^k or fractions (none: the "
+            "spatial arm only)",
         )
     else:
         parser.add_argument(
@@ -160,9 +161,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_experiment(args: argparse.Namespace) -> None:
     from cfconv_tf.experiment import experiment_arms, run_experiment
 
-    arms = experiment_arms(args.sample_list, args.scale_to_paper, spatial=not args.no_spatial)
+    config = _configured(args)
+    arms = experiment_arms(
+        args.sample_list, args.scale_to_paper, spatial=not args.no_spatial, config=config
+    )
     rows = run_experiment(
-        _configured(args),
+        config,
         arms,
         args.seeds,
         args.out,
@@ -435,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     experiment.add_argument("--seeds", type=_seed_list, default=[0, 1, 2])
     experiment.add_argument(
-        "--no-spatial", action="store_true", help="leave out the 3x3 baseline arm"
+        "--no-spatial", action="store_true", help="leave out the spatial baseline arm"
     )
     experiment.add_argument("--out", default="runs/experiment", help="experiment directory")
     experiment.set_defaults(run=_cmd_experiment)

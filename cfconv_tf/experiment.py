@@ -56,11 +56,29 @@ def _count_label(count: int) -> str:
     return f"2^{int(exponent)}" if exponent.is_integer() else str(count)
 
 
+def spatial_label(config: ModelConfig) -> str:
+    """The spatial arm's label: its kernel, and ``separable`` when it is, e.g.
+    ``spatial-3x3`` or ``spatial-31x31-separable``."""
+    size = config.spatial_kernel_size
+    return f"spatial-{size}x{size}" + ("-separable" if config.spatial_kind == "separable" else "")
+
+
 def experiment_arms(
-    samples: list[int | float], scale_to_paper: bool, spatial: bool = True
+    samples: list[int | float],
+    scale_to_paper: bool,
+    spatial: bool = True,
+    config: ModelConfig | None = None,
 ) -> list[Arm]:
-    """The arms for ``samples`` (counts or fractions), plus the spatial baseline."""
-    arms = [Arm("spatial-3x3", "spatial")] if spatial else []
+    """The arms for ``samples`` (counts or fractions), plus the spatial variant of
+    ``config`` (default: the 3x3 baseline).
+
+    Raises:
+        ValueError: no arm at all, or fractions given as the paper's counts.
+    """
+    if not samples and not spatial:
+        raise ValueError("nothing to run: give --samples for CF-Conv arms, or keep the spatial arm")
+    label = spatial_label(config) if config is not None else "spatial-3x3"
+    arms = [Arm(label, "spatial")] if spatial else []
     for value in samples:
         if scale_to_paper:
             if not isinstance(value, int):
@@ -185,7 +203,11 @@ def markdown(rows: list[dict], commands: list[str]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        model = "3x3 CNN" if row["variant"] == "spatial" else "CF-Conv"
+        model = (
+            row["arm"].removeprefix("spatial-") + " CNN"
+            if row["variant"] == "spatial"
+            else "CF-Conv"
+        )
         lines.append(
             f"| {row['config']} | {model} | {_samples_text(row)} | "
             f"{','.join(map(str, row['seeds']))} | "

@@ -8,6 +8,7 @@ import pytest
 from conftest import write_config_yaml
 
 from cfconv_tf.cli import main
+from cfconv_tf.config import load_model_config
 from cfconv_tf.experiment import (
     PAPER_KERNEL_ENTRIES,
     experiment_arms,
@@ -30,6 +31,20 @@ def test_paper_counts_become_the_same_fraction_of_the_kernel():
     assert [(a.label, a.samples) for a in plain] == [("cf-2^12", 4096), ("cf-fraction-0.5", 0.5)]
     with pytest.raises(ValueError, match="paper's counts"):
         experiment_arms([0.5], scale_to_paper=True)
+    with pytest.raises(ValueError, match="nothing to run"):
+        experiment_arms([], scale_to_paper=False, spatial=False)
+
+
+def test_baseline_configurations_are_spatial_arms_named_by_their_kernel():
+    wide = load_model_config("pathfinder_cnn_wide")
+    large = load_model_config("pathfinder_large_kernel")
+    assert [arm.label for arm in experiment_arms([], False, config=wide)] == ["spatial-3x3"]
+    (arm,) = experiment_arms([], False, config=large)
+    assert (arm.label, arm.variant) == ("spatial-31x31-separable", "spatial")
+    row = {"config": "pf", "arm": arm.label, "variant": "spatial", "samples": None,
+           "paper_count": None, "seeds": [0], "accuracy_mean": 0.5, "accuracy_std": 0.0,
+           "accuracy_min": 0.5, "accuracy_max": 0.5, "fit_seconds_mean": 3.0}  # fmt: skip
+    assert "| pf | 31x31-separable CNN | - | 0 |" in markdown([row], [])
 
 
 def test_summary_gives_mean_spread_and_extremes_per_arm():
