@@ -93,10 +93,25 @@ def experiment_arms(
 
 
 class FitTimer(keras.callbacks.Callback):
-    """Wall time of ``fit`` (training steps and validation, not the test evaluation)."""
+    """Wall time of ``fit`` (training steps and validation, not the test evaluation),
+    and the learning curve: ``[seconds since fit began, validation accuracy]`` at the
+    end of every epoch."""
 
     def on_train_begin(self, logs=None):
         self.started = time.perf_counter()
+        self.curve: list[list[float]] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        accuracy = next(
+            (
+                value
+                for key, value in (logs or {}).items()
+                if key.startswith("val_") and key.endswith("accuracy")
+            ),
+            None,
+        )
+        if accuracy is not None:
+            self.curve.append([time.perf_counter() - self.started, float(accuracy)])
 
     def on_train_end(self, logs=None):
         self.seconds = time.perf_counter() - self.started
@@ -134,6 +149,7 @@ def run_arm(
         "test_accuracy": result["test"][accuracy_key],
         "test_loss": result["test"]["loss"],
         "fit_seconds": timer.seconds,
+        "curve": timer.curve,
         "trainable_parameters": result["parameters"]["trainable"],
     }
     record_file.write_text(json.dumps(record, indent=2) + "\n")
@@ -145,8 +161,21 @@ def collect_runs(out: Path) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(out.glob(f"*/*/seed-*/{RUN_FILE}"))]
 
 
+def best_within(run: dict, seconds: float) -> float | None:
+    """The best validation accuracy ``run`` reached within ``seconds`` of fit time, or
+    ``None`` when it has no learning curve or no epoch ended that early."""
+    reached = [accuracy for elapsed, accuracy in run.get("curve") or [] if elapsed <= seconds]
+    return max(reached, default=None)
+
+
 def summarize(runs: list[dict]) -> list[dict]:
-    """Per (config, arm): seeds, accuracy mean/std/min/max, mean fit time; sorted."""
+    """Per (config, arm): seeds, accuracy mean/std/min/max, mean fit time, and the
+    accuracy at equal time; sorted.
+
+    Equal time: every arm is judged at the shortest arm's mean fit time (the longest time
+    all arms reached) by the best validation accuracy each run had reached by then.
+    Give the faster arms more epochs for this to compare them at the slower arms' cost.
+    """
     groups: dict[tuple[str, str], list[dict]] = {}
     for run in runs:
         groups.setdefault((run["config"], run["label"]), []).append(run)
@@ -168,6 +197,14 @@ def summarize(runs: list[dict]) -> list[dict]:
                 "accuracy_max": max(accuracies),
                 "fit_seconds_mean": statistics.fmean(m["fit_seconds"] for m in members),
             }
+        )
+    budget = min((row["fit_seconds_mean"] for row in rows), default=0.0)
+    for row in rows:
+        members = [r for r in runs if (r["config"], r["label"]) == (row["config"], row["arm"])]
+        reached = [best_within(member, budget) for member in members]
+        row["equal_time_seconds"] = budget
+        row["equal_time_accuracy"] = (
+            statistics.fmean(reached) if reached and None not in reached else None
         )
     return sorted(rows, key=_row_order)
 
@@ -199,8 +236,9 @@ def markdown(rows: list[dict], commands: list[str]) -> str:
     lines = ["Commands:", "", "```", *commands, "```", ""]
     lines += [
         "| config | model | samples per layer and step | seeds | test accuracy "
-        "mean ± std | min - max | fit time (s) |",
-        "|---|---|---|---|---|---|---|",
+        "mean ± std | min - max | fit time (s) | best validation accuracy within the "
+        "shortest arm's fit time |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         model = (
@@ -213,33 +251,52 @@ def markdown(rows: list[dict], commands: list[str]) -> str:
             f"{','.join(map(str, row['seeds']))} | "
             f"{100 * row['accuracy_mean']:.1f} ± {100 * row['accuracy_std']:.1f} % | "
             f"{100 * row['accuracy_min']:.1f} - {100 * row['accuracy_max']:.1f} % | "
-            f"{row['fit_seconds_mean']:.0f} |"
+            f"{row['fit_seconds_mean']:.0f} | {_equal_time_text(row)} |"
         )
     return "\n".join(lines) + "\n"
 
 
+def _equal_time_text(row: dict) -> str:
+    if row.get("equal_time_accuracy") is None:
+        return "-"
+    return f"{100 * row['equal_time_accuracy']:.1f} % (at {row['equal_time_seconds']:.0f} s)"
+
+
 def plot(rows: list[dict], runs: list[dict], path: Path) -> None:
-    """Test accuracy against samples per step (log) and against fit time, per run."""
+    """Test accuracy against samples per step (log) and against fit time, per run; the
+    validation accuracy of every run against its fit time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     # the legends go below the plots (they would hide points); room for their rows
-    figure, (by_samples, by_time) = plt.subplots(1, 2, figsize=(14, 4.5 + 0.09 * len(rows)))
-    by_time.set_prop_cycle(color=plt.cm.tab20.colors)  # one colour per arm
+    figure, (by_samples, by_time, curves) = plt.subplots(1, 3, figsize=(21, 4.5 + 0.09 * len(rows)))
+    colours = plt.cm.tab20.colors  # one colour per arm
     configs = sorted({row["config"] for row in rows})
     for row in rows:
         members = [r for r in runs if r["label"] == row["arm"] and r["config"] == row["config"]]
         name = f"{row['config']}: {row['arm']}"
         accuracies = [100 * member["test_accuracy"] for member in members]
+        colour = colours[rows.index(row) % len(colours)]
         by_time.scatter(
             [m["fit_seconds"] for m in members],
             accuracies,
             label=name,
             s=18,
+            color=colour,
             marker="osD^vP"[configs.index(row["config"]) % 6],  # colours repeat after 20
         )
+        for index, member in enumerate(m for m in members if m.get("curve")):
+            seconds, validation = zip(*member["curve"], strict=True)
+            curves.plot(
+                seconds,
+                [100 * value for value in validation],
+                color=colour,
+                marker=".",
+                linewidth=1,
+                label=name if index == 0 else None,
+            )
         if row["variant"] == "spatial":
             by_samples.axhspan(
                 100 * row["accuracy_min"], 100 * row["accuracy_max"], alpha=0.2, color="grey"
@@ -277,6 +334,13 @@ def plot(rows: list[dict], runs: list[dict], path: Path) -> None:
     by_time.set_ylabel("test accuracy (%)")
     by_time.set_title("accuracy against training time (each run)")
     by_time.legend(**below, ncol=2)
+    if rows:
+        curves.axvline(rows[0]["equal_time_seconds"], color="grey", linestyle=":")
+    curves.set_xlabel("fit time (s); dotted: the shortest arm's")
+    curves.set_ylabel("validation accuracy (%)")
+    curves.set_title("learning curves (each run)")
+    if curves.get_legend_handles_labels()[0]:
+        curves.legend(**below, ncol=2)
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
 
