@@ -179,7 +179,7 @@ def test_json_numbers_to_typed_arrays(values, dtype):
         ([1e5], "float16", "finite"),
         ([True], "float32", "got booleans"),
         (["1"], "float32", "expected numbers"),
-        ([[1, 2], [3]], "float32", ""),
+        ([[1, 2], [3]], "float32", "not a rectangular array"),
     ],
 )
 def test_values_that_do_not_fit_are_refused_not_wrapped(values, dtype, message):
