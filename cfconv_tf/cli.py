@@ -203,7 +203,10 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
 def _cmd_examples(args: argparse.Namespace) -> None:
     from cfconv_tf.gallery import draw_examples
 
-    print(f"wrote {draw_examples(args.dataset, args.out, args.rows, args.columns)}")
+    picture = draw_examples(
+        args.dataset, args.out, args.rows, args.columns, args.input_size, args.channels
+    )
+    print(f"wrote {picture}")
 
 
 def _cmd_summary(args: argparse.Namespace) -> None:
@@ -267,10 +270,10 @@ def _cmd_verify(args: argparse.Namespace) -> None:
     failures = report.failures()
     if failures:
         raise ValueError(
-            f"exports differ from the trained model by more than {report.tolerance:.0e}: "
+            f"exports differ from the trained model by more than {report.tolerance:.3g}: "
             + "; ".join(failures)
         )
-    print(f"all exports within {report.tolerance:.0e} of the trained model")
+    print(f"all exports within {report.tolerance:.3g} of the trained model")
 
 
 BENCH_SUITES = ("layer", "train", "infer", "profile", "serve", "onnx", "all")
@@ -428,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_cmd_train)
 
     experiment = verbs.add_parser(
-        "experiment", help="3x3 baseline vs CF-Conv at several sample counts, over seeds"
+        "experiment", help="a spatial baseline vs CF-Conv at several sample counts, over seeds"
     )
     _add_model_options(experiment, sample_list=True)
     _add_budget_options(experiment)
@@ -466,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     examples.add_argument("--out", required=True, help="the PNG to write")
     examples.add_argument("--rows", type=_positive, default=3)
     examples.add_argument("--columns", type=_positive, default=6)
+    examples.add_argument("--input-size", type=_size, help="resize to HxW (needed for folders)")
+    examples.add_argument("--channels", type=int, choices=(1, 3), help="convert to 1 or 3 channels")
     examples.set_defaults(run=_cmd_examples)
 
     summary = verbs.add_parser("summary", help="print both variants' parameter counts")

@@ -24,7 +24,8 @@ from cfconv_tf.sampling import validate_samples
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 # The spatial variant's convolutions: dense k x k (the paper's baseline), or depthwise
 # k x k followed by a pointwise 1 x 1 (the large-kernel CNNs of RepLKNet and SLaK).
-SPATIAL_KINDS = ("dense", "separable")
+SEPARABLE = "separable"
+SPATIAL_KINDS = ("dense", SEPARABLE)
 # The ModelConfig fields that define a CF-Conv layer's generators.
 GENERATOR_FIELDS = (
     "generator",

@@ -62,7 +62,7 @@ class DataSplits:
 
 
 def dataset_names() -> list[str]:
-    """The dataset names ``load_dataset`` accepts without a prefix."""
+    """The dataset names ``load_dataset`` accepts, besides ``tfds:`` and ``folder:`` ones."""
     return ["fashion_mnist", *TFDS_NAMES, "pathfinder:<size>"]
 
 

@@ -1,6 +1,7 @@
-"""``cfconv experiment``: the 3x3 baseline against CF-Convs at several sample counts.
+"""``cfconv experiment``: a spatial baseline against CF-Convs at several sample counts.
 
-Every arm (the spatial model, or the CF-Conv model at one sample count) is trained with
+Every arm (the configuration's spatial model, or its CF-Conv model at one sample count)
+is trained with
 :func:`cfconv_tf.training.train` on the same data, budget and seeds, each run in its own
 run directory ``<out>/<config>/<arm>/seed-<k>/`` (so a killed experiment resumes: finished runs
 are kept, an interrupted one resumes from its backup). The report summarizes every run
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import keras
 
-from cfconv_tf.config import ModelConfig
+from cfconv_tf.config import SEPARABLE, ModelConfig
 from cfconv_tf.training import RunSettings, train
 
 PAPER_KERNEL_ENTRIES = 150 * (150 // 2 + 1) * 32 * 32  # one 32->32 layer at 150x150
@@ -60,7 +61,7 @@ def spatial_label(config: ModelConfig) -> str:
     """The spatial arm's label: its kernel, and ``separable`` when it is, e.g.
     ``spatial-3x3`` or ``spatial-31x31-separable``."""
     size = config.spatial_kernel_size
-    return f"spatial-{size}x{size}" + ("-separable" if config.spatial_kind == "separable" else "")
+    return f"spatial-{size}x{size}" + ("-separable" if config.spatial_kind == SEPARABLE else "")
 
 
 def experiment_arms(
@@ -94,14 +95,15 @@ def experiment_arms(
 
 class FitTimer(keras.callbacks.Callback):
     """Wall time of ``fit`` (training steps and validation, not the test evaluation),
-    and the learning curve: ``[seconds since fit began, validation accuracy]`` at the
-    end of every epoch."""
+    and the learning curve: ``[epoch, seconds since fit began, validation accuracy]`` at
+    the end of every epoch. A resumed run's curve starts at a later epoch, timed from
+    the resumption."""
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
         self.started = time.perf_counter()
         self.curve: list[list[float]] = []
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         accuracy = next(
             (
                 value
@@ -111,9 +113,9 @@ class FitTimer(keras.callbacks.Callback):
             None,
         )
         if accuracy is not None:
-            self.curve.append([time.perf_counter() - self.started, float(accuracy)])
+            self.curve.append([epoch, time.perf_counter() - self.started, float(accuracy)])
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict | None = None) -> None:
         self.seconds = time.perf_counter() - self.started
 
 
@@ -163,17 +165,21 @@ def collect_runs(out: Path) -> list[dict]:
 
 def best_within(run: dict, seconds: float) -> float | None:
     """The best validation accuracy ``run`` reached within ``seconds`` of fit time, or
-    ``None`` when it has no learning curve or no epoch ended that early."""
-    reached = [accuracy for elapsed, accuracy in run.get("curve") or [] if elapsed <= seconds]
-    return max(reached, default=None)
+    ``None`` when it has no whole learning curve (none, or a resumed run's, whose times
+    miss the part before the resumption) or no epoch ended that early."""
+    curve = run.get("curve") or []
+    if not curve or curve[0][0] != 0:
+        return None
+    return max((accuracy for _, elapsed, accuracy in curve if elapsed <= seconds), default=None)
 
 
 def summarize(runs: list[dict]) -> list[dict]:
     """Per (config, arm): seeds, accuracy mean/std/min/max, mean fit time, and the
     accuracy at equal time; sorted.
 
-    Equal time: every arm is judged at the shortest arm's mean fit time (the longest time
-    all arms reached) by the best validation accuracy each run had reached by then.
+    Equal time: every arm is judged at the shortest arm's fit time (its slowest seed's:
+    the longest time every run of every arm reached) by the best validation accuracy
+    each run had reached by then.
     Give the faster arms more epochs for this to compare them at the slower arms' cost.
     """
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -198,9 +204,18 @@ def summarize(runs: list[dict]) -> list[dict]:
                 "fit_seconds_mean": statistics.fmean(m["fit_seconds"] for m in members),
             }
         )
-    budget = min((row["fit_seconds_mean"] for row in rows), default=0.0)
+    members_of = {
+        (row["config"], row["arm"]): [
+            run for run in runs if (run["config"], run["label"]) == (row["config"], row["arm"])
+        ]
+        for row in rows
+    }
+    budget = min(
+        (max(run["fit_seconds"] for run in members) for members in members_of.values()),
+        default=0.0,
+    )
     for row in rows:
-        members = [r for r in runs if (r["config"], r["label"]) == (row["config"], row["arm"])]
+        members = members_of[(row["config"], row["arm"])]
         reached = [best_within(member, budget) for member in members]
         row["equal_time_seconds"] = budget
         row["equal_time_accuracy"] = (
@@ -257,6 +272,7 @@ def markdown(rows: list[dict], commands: list[str]) -> str:
 
 
 def _equal_time_text(row: dict) -> str:
+    """The equal-time cell: accuracy and the time it was judged at, or "-"."""
     if row.get("equal_time_accuracy") is None:
         return "-"
     return f"{100 * row['equal_time_accuracy']:.1f} % (at {row['equal_time_seconds']:.0f} s)"
@@ -288,7 +304,7 @@ def plot(rows: list[dict], runs: list[dict], path: Path) -> None:
             marker="osD^vP"[configs.index(row["config"]) % 6],  # colours repeat after 20
         )
         for index, member in enumerate(m for m in members if m.get("curve")):
-            seconds, validation = zip(*member["curve"], strict=True)
+            _, seconds, validation = zip(*member["curve"], strict=True)
             curves.plot(
                 seconds,
                 [100 * value for value in validation],

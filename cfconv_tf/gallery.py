@@ -9,15 +9,22 @@ import numpy as np
 from cfconv_tf.data import load_dataset
 
 
-def draw_examples(dataset: str, out: str | Path, rows: int = 3, columns: int = 6) -> Path:
-    """Write a PNG of the first ``rows * columns`` test images of ``dataset``, each titled
-    with its class name, and return its path."""
+def draw_examples(
+    dataset: str,
+    out: str | Path,
+    rows: int = 3,
+    columns: int = 6,
+    input_size: tuple[int, int] | None = None,
+    channels: int | None = None,
+) -> Path:
+    """Write a PNG of the first ``rows * columns`` test images of ``dataset`` (resized and
+    converted as ``load_dataset`` does), each titled with its class name; return its path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    splits = load_dataset(dataset, train_limit=2)  # only the test split is shown
+    splits = load_dataset(dataset, input_size, channels, train_limit=2)  # shows test only
     count = rows * columns
     images, labels = (np.asarray(part) for part in next(iter(splits.test.batch(count))))
     figure, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 1.9 * rows), squeeze=False)

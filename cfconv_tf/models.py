@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from cfconv_tf.config import ModelConfig
+from cfconv_tf.config import SEPARABLE, ModelConfig
 from cfconv_tf.layers import CFConv2D
 
 VARIANTS = ("cf", "spatial")
@@ -58,7 +58,7 @@ def build_model(
         else:
             convolution = (
                 keras.layers.SeparableConv2D
-                if config.spatial_kind == "separable"
+                if config.spatial_kind == SEPARABLE
                 else keras.layers.Conv2D
             )
             layer = convolution(

@@ -17,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ APART_SLACK = 1.0  # units the markers' distance may miss its target by
 CLEARANCE = 2.0  # units between a path's centre line and every other path's
 MARKER_RADIUS = 1.25  # units (less than CLEARANCE: a marker never touches another path)
 STROKE_RADIUS = 0.3  # units; at least half a pixel, so a path is never broken
+MAX_PATH = 1.1  # the longest path, in widths of the room inside the margin
 ATTEMPTS = 256  # tries to place a path before the image is started over
 RESTARTS = 50  # images started over before a spec is called too crowded
 CANDIDATES = 32  # random curves drawn at once
@@ -74,7 +77,7 @@ class PathfinderSpec:
             )
         if self.dash <= 0 or self.gap <= 0:
             raise ValueError(f"dash and gap must be positive, got {self.dash}, {self.gap}")
-        if self.path_length > 2.5 * (CANVAS - 2 * MARGIN):
+        if self.path_length > MAX_PATH * (CANVAS - 2 * MARGIN):
             raise ValueError(
                 f"paths of {self.length} dashes ({self.path_length:.0f} units) do not fit "
                 f"the {CANVAS:.0f}-unit canvas; use fewer or shorter dashes"
@@ -121,7 +124,8 @@ def parse_pathfinder(name: str) -> PathfinderSpec:
             options[key] = float(value) if types[key] == "float" else int(value)
         except ValueError:
             raise ValueError(
-                f"pathfinder option {key} must be a {types[key]}, got {value!r}"
+                f"pathfinder option {key} must be "
+                f"{'a number' if types[key] == 'float' else 'an integer'}, got {value!r}"
             ) from None
     return PathfinderSpec(**options)
 
@@ -149,13 +153,12 @@ def load(
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; one of {SPLITS}")
     folder = cache or Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "cfconv_tf"))
-    key = hashlib.sha256(f"{spec!r}:{split}:{Path(__file__).read_bytes()!r}".encode()).hexdigest()
-    path = folder / "pathfinder" / f"{key[:24]}.npz"
+    path = folder / "pathfinder" / f"{_cache_key(spec, split)}.npz"
     if path.is_file():
         try:
             with np.load(path) as stored:
                 return stored["images"], stored["labels"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # a damaged file is drawn again
     images, labels = generate(spec, split)
     try:
@@ -166,6 +169,18 @@ def load(
     except OSError:
         pass  # a read-only home still gets its images, only not kept
     return images, labels
+
+
+def _cache_key(spec: PathfinderSpec, split: str) -> str:
+    """What a split's images depend on: the drawing options, the split, its size and
+    this module's code (the other splits' sizes do not count)."""
+    drawing = {
+        field.name: float(value) if field.type == "float" else value
+        for field in dataclasses.fields(spec)
+        if (value := getattr(spec, field.name)) is not None and field.name not in SPLITS
+    }
+    text = json.dumps([drawing, split, getattr(spec, split)], sort_keys=True)
+    return hashlib.sha256(text.encode() + Path(__file__).read_bytes()).hexdigest()[:24]
 
 
 def draw(spec: PathfinderSpec, connected: bool, rng: np.random.Generator) -> np.ndarray:

@@ -51,12 +51,12 @@ def test_summary_gives_mean_spread_extremes_and_accuracy_at_equal_time():
     runs = [
         {"config": "c", "label": "cf-2^12", "variant": "cf", "samples": 4096, "paper_count": None,
          "seed": seed, "test_accuracy": accuracy, "fit_seconds": 10.0 * (seed + 1),
-         "curve": [[5.0 * (seed + 1), accuracy - 0.1], [10.0 * (seed + 1), accuracy]]}
+         "curve": [[0, 5.0 * (seed + 1), accuracy - 0.1], [1, 10.0 * (seed + 1), accuracy]]}
         for seed, accuracy in enumerate([0.5, 0.6, 0.7])
     ] + [
         {"config": "c", "label": "spatial-3x3", "variant": "spatial", "samples": None,
          "paper_count": None, "seed": 0, "test_accuracy": 0.8, "fit_seconds": 15.0,
-         "curve": [[5.0, 0.7], [15.0, 0.8]]}
+         "curve": [[0, 5.0, 0.7], [1, 15.0, 0.8]]}
     ]  # fmt: skip
     rows = summarize(runs)
     assert [row["arm"] for row in rows] == ["spatial-3x3", "cf-2^12"]
@@ -75,7 +75,16 @@ def test_summary_gives_mean_spread_extremes_and_accuracy_at_equal_time():
         "| c | CF-Conv | 2^12 | 0,1,2 | 60.0 ± 10.0 % | 50.0 - 70.0 % | 20 | 53.3 % (at 15 s) |"
         in table
     )
-    # runs without learning curves (older records) have no equal-time accuracy
+    # the fastest arm's slower seeds still count at the budget: it is their time, not the mean
+    runs.append(
+        {**runs[-1], "seed": 1, "fit_seconds": 17.0, "curve": [[0, 6.0, 0.6], [1, 17.0, 0.9]]}
+    )
+    rows = summarize(runs)
+    assert rows[0]["equal_time_seconds"] == 17.0
+    assert rows[0]["equal_time_accuracy"] == pytest.approx((0.8 + 0.9) / 2)
+    # a resumed run (its curve starts after epoch 0) or one without a curve is not judged
+    runs[0]["curve"] = runs[0]["curve"][1:]
+    assert summarize(runs)[1]["equal_time_accuracy"] is None
     for run in runs:
         del run["curve"]
     assert all(row["equal_time_accuracy"] is None for row in summarize(runs))
@@ -97,8 +106,8 @@ def test_cli_experiment_trains_every_arm_and_seed_and_resumes(tiny_config, tmp_p
     }
     for run in results["runs"]:
         assert 0.0 <= run["test_accuracy"] <= 1.0 and run["fit_seconds"] > 0
-        (elapsed, validation), *_ = run["curve"]  # one point per epoch
-        assert 0 < elapsed <= run["fit_seconds"] and 0.0 <= validation <= 1.0
+        (epoch, elapsed, validation), *_ = run["curve"]  # one point per epoch
+        assert epoch == 0 and 0 < elapsed <= run["fit_seconds"] and 0.0 <= validation <= 1.0
     assert (out / "accuracy.png").stat().st_size > 10_000
     assert "cfconv experiment --config" in (out / "results.md").read_text()
     # A second call finds every run done: nothing is trained again.

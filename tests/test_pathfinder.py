@@ -26,8 +26,8 @@ def small_split():
 
 
 def test_names_parse_to_specs_and_back():
-    spec = parse_pathfinder("pathfinder:64:length=14:distractors=3:gap=1.5")
-    assert (spec.size, spec.length, spec.distractors, spec.gap) == (64, 14, 3, 1.5)
+    spec = parse_pathfinder("pathfinder:64:length=14:distractors=3:gap=1.2")
+    assert (spec.size, spec.length, spec.distractors, spec.gap) == (64, 14, 3, 1.2)
     assert parse_pathfinder(spec.name) == spec
     assert PathfinderSpec(size=48).name == "pathfinder:48"
 
@@ -40,8 +40,9 @@ def test_names_parse_to_specs_and_back():
         ("pathfinder:8", "at least 16"),
         ("pathfinder:64:colour=red", "unknown pathfinder option 'colour=red'"),
         ("pathfinder:64:length=", "unknown pathfinder option"),
-        ("pathfinder:64:length=long", "length must be a int"),
+        ("pathfinder:64:length=long", "length must be an integer"),
         ("pathfinder:64:length=60", "do not fit"),
+        ("pathfinder:64:length=16", "do not fit"),
         ("pathfinder:64:gap=0", "must be positive"),
     ],
 )
@@ -141,8 +142,13 @@ def test_splits_are_kept_once_drawn_and_redrawn_when_damaged(tmp_path):
     images, labels = load(spec, "test", tmp_path)
     (stored,) = (tmp_path / "pathfinder").glob("*.npz")
     np.testing.assert_array_equal(load(spec, "test", tmp_path)[0], images)
-    stored.write_bytes(b"not a zip file")
-    np.testing.assert_array_equal(load(spec, "test", tmp_path)[0], images)
+    for damage in (b"not a zip file", stored.read_bytes()[:-100]):  # garbage, truncated
+        stored.write_bytes(damage)
+        np.testing.assert_array_equal(load(spec, "test", tmp_path)[0], images)
+    # the other splits' sizes and how a number is written do not redraw a split
+    same = dataclasses.replace(spec, train=5, gap=int(spec.gap))
+    load(same, "test", tmp_path)
+    assert len(list((tmp_path / "pathfinder").glob("*.npz"))) == 1
     with pytest.raises(ValueError, match="unknown split"):
         load(spec, "holdout", tmp_path)
 
