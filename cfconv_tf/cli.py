@@ -115,7 +115,10 @@ def _add_budget_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         default="fashion_mnist",
-        help="fashion_mnist, cats_vs_dogs, tfds:<name> or folder:<path>",
+        help=(
+            "fashion_mnist, cats_vs_dogs, pathfinder:<size>[:option=value...], "
+            "tfds:<name> or folder:<path>"
+        ),
     )
     parser.add_argument("--epochs", type=_positive)
     parser.add_argument("--batch-size", type=_positive)
