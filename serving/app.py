@@ -88,10 +88,10 @@ def declared_length(request: Request) -> int | None:
 
 
 async def read_body(request: Request, limit: int | None = None) -> bytes:
-    """The request body within ``limit`` (default ``--max-body-mb``; 413 beyond) and the
+    """The request body within ``limit`` (``--max-body-mb`` or less; 413 beyond) and the
     body deadline (408)."""
     settings: ServerSettings = request.app.state.settings
-    limit = limit or settings.max_body_bytes
+    limit = min(limit or settings.max_body_bytes, settings.max_body_bytes)
     declared = declared_length(request)
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"a request body of {declared} bytes exceeds the {limit}-byte limit")

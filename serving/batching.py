@@ -5,10 +5,10 @@ inference thread of its own, so a big request to one model never holds up anothe
 Requests that queued up while the previous call ran go into the next call together, up
 to ``max_batch_size`` items (a larger request is split into several calls), so a lone
 request never waits; with ``max_delay > 0`` a batch also waits that long for company.
-A full queue (``max_queue`` items, or ``max_queue_bytes`` of inputs) answers 503 at once;
-queued work whose request was cancelled is dropped, not computed. Closing a batcher (its
-version was unloaded, or the server stops) refuses new requests with 503 and finishes
-the queued ones.
+A full queue (``max_queue`` items, or ``max_queue_bytes`` of inputs behind other
+requests) answers 503 at once; queued work whose request was cancelled is dropped, not
+computed. Closing a batcher (its version was unloaded, or the server stops) refuses new
+requests with 503 and finishes the queued ones.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class _Item:
 
     @property
     def nbytes(self) -> int:
-        return sum(value.nbytes for value in self.inputs.values())
+        return _nbytes(self.inputs)
 
     def fits_with(self, other: _Item) -> bool:
         """Whether the two can share a call (same per-item shapes for every input)."""
@@ -66,6 +66,10 @@ class _Item:
 
 def _batch_size(inputs: Arrays) -> int:
     return len(next(iter(inputs.values())))
+
+
+def _nbytes(inputs: Arrays) -> int:
+    return sum(value.nbytes for value in inputs.values())
 
 
 class MicroBatcher:
@@ -111,8 +115,10 @@ class MicroBatcher:
             raise PayloadTooLarge(
                 f"a request of {size} items exceeds the queue of {self.max_queue} items per model"
             )
-        nbytes = sum(value.nbytes for value in inputs.values())
-        if self.queued + size > self.max_queue or self.queued_bytes + nbytes > self.max_queue_bytes:
+        nbytes = _nbytes(inputs)
+        if self.queued + size > self.max_queue or (
+            self.queued and self.queued_bytes + nbytes > self.max_queue_bytes
+        ):  # the byte bound stops a pile-up; a request alone may exceed it
             raise ServiceUnavailable(f"the model's queue is full ({self.queued} items waiting)")
         loop = asyncio.get_running_loop()
         start = time.perf_counter_ns()
@@ -158,12 +164,16 @@ class MicroBatcher:
             if batch:
                 await self._infer(loop, batch)
 
+    def _pop(self) -> _Item:
+        item = self.queue.popleft()
+        self.queued -= item.size
+        self.queued_bytes -= item.nbytes
+        return item
+
     def _next(self) -> _Item | None:
         """The first queued item whose request still waits (others are dropped)."""
         while self.queue:
-            item = self.queue.popleft()
-            self.queued -= item.size
-            self.queued_bytes -= item.nbytes
+            item = self._pop()
             if not item.future.done():  # cancelled: its client or the server gave up
                 return item
         return None
@@ -180,12 +190,13 @@ class MicroBatcher:
         while size < self.max_batch_size:
             if self.queue:
                 following = self.queue[0]
+                if following.future.done():  # cancelled: dropped, the next one is checked
+                    self._pop()
+                    continue
                 if size + following.size > self.max_batch_size or not following.fits_with(first):
                     break
-                following = self._next()
-                if following is not None:
-                    batch.append(following)
-                    size += following.size
+                batch.append(self._pop())
+                size += following.size
                 continue
             timeout = deadline - loop.time()
             if timeout <= 0 or self.closed:
@@ -255,5 +266,5 @@ class MicroBatcher:
         """Refuse new requests, finish the queued ones, stop the lane."""
         self.closed = True
         self.wake.set()
-        await self.task
+        await asyncio.gather(self.task, return_exceptions=True)  # a dead lane said why
         self.lane.shutdown(wait=False)

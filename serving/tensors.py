@@ -108,7 +108,7 @@ def convert(raw: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
         if kind == "f":
             raise ClientError(f"{what}: {KSERVE_NAMES[target.name]} values must be integers")
         limits = np.iinfo(target)
-        if raw.size and (int(raw.min()) < limits.min or int(raw.max()) > limits.max):
+        if int(raw.min()) < limits.min or int(raw.max()) > limits.max:
             raise ClientError(
                 f"{what}: values must lie in [{limits.min}, {limits.max}] for "
                 f"{KSERVE_NAMES[target.name]}"
@@ -116,7 +116,7 @@ def convert(raw: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
         return raw.astype(target)
     with np.errstate(over="ignore", invalid="ignore"):
         converted = raw.astype(target)
-    if converted.size and not np.isfinite(converted).all():
+    if not np.isfinite(converted).all():
         raise ClientError(f"{what}: values must be finite numbers within {target.name}'s range")
     return converted
 
