@@ -173,6 +173,14 @@ def best_within(run: dict, seconds: float) -> float | None:
     return max((accuracy for _, elapsed, accuracy in curve if elapsed <= seconds), default=None)
 
 
+def group_runs(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """Runs by (config, arm label)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["config"], run["label"]), []).append(run)
+    return groups
+
+
 def summarize(runs: list[dict]) -> list[dict]:
     """Per (config, arm): seeds, accuracy mean/std/min/max, mean fit time, and the
     accuracy at equal time; sorted.
@@ -182,9 +190,7 @@ def summarize(runs: list[dict]) -> list[dict]:
     each run had reached by then.
     Give the faster arms more epochs for this to compare them at the slower arms' cost.
     """
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for run in runs:
-        groups.setdefault((run["config"], run["label"]), []).append(run)
+    groups = group_runs(runs)
     rows = []
     for (config, label), members in groups.items():
         accuracies = [member["test_accuracy"] for member in members]
@@ -204,18 +210,12 @@ def summarize(runs: list[dict]) -> list[dict]:
                 "fit_seconds_mean": statistics.fmean(m["fit_seconds"] for m in members),
             }
         )
-    members_of = {
-        (row["config"], row["arm"]): [
-            run for run in runs if (run["config"], run["label"]) == (row["config"], row["arm"])
-        ]
-        for row in rows
-    }
     budget = min(
-        (max(run["fit_seconds"] for run in members) for members in members_of.values()),
+        (max(run["fit_seconds"] for run in members) for members in groups.values()),
         default=0.0,
     )
     for row in rows:
-        members = members_of[(row["config"], row["arm"])]
+        members = groups[(row["config"], row["arm"])]
         reached = [best_within(member, budget) for member in members]
         row["equal_time_seconds"] = budget
         row["equal_time_accuracy"] = (
@@ -290,8 +290,9 @@ def plot(rows: list[dict], runs: list[dict], path: Path) -> None:
     figure, (by_samples, by_time, curves) = plt.subplots(1, 3, figsize=(21, 4.5 + 0.09 * len(rows)))
     colours = plt.cm.tab20.colors  # one colour per arm
     configs = sorted({row["config"] for row in rows})
+    groups = group_runs(runs)
     for row in rows:
-        members = [r for r in runs if r["label"] == row["arm"] and r["config"] == row["config"]]
+        members = groups[(row["config"], row["arm"])]
         name = f"{row['config']}: {row['arm']}"
         accuracies = [100 * member["test_accuracy"] for member in members]
         colour = colours[rows.index(row) % len(colours)]
