@@ -7,14 +7,13 @@ server's own dependencies and the models.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from serving.backends import BACKENDS
-from serving.settings import DEFAULTS, ServerSettings
-
-DEVICES = ("auto", "cpu", "cuda")
+from serving.settings import DEFAULTS, DEVICES, ServerSettings
 
 
 def _positive_int(text: str) -> int:
@@ -51,6 +50,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--provider",
+        dest="providers",
         action="append",
         default=[],
         help="onnxruntime execution provider, in order of preference (overrides --device)",
@@ -100,18 +100,21 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--header-timeout",
+        dest="header_timeout_s",
         type=_positive_float,
         default=d.header_timeout_s,
         help="seconds for a client to send a request's headers",
     )
     parser.add_argument(
         "--body-timeout",
+        dest="body_timeout_s",
         type=_positive_float,
         default=d.body_timeout_s,
         help="seconds for a client to send a request's body",
     )
     parser.add_argument(
         "--keep-alive",
+        dest="keep_alive_s",
         type=_positive_float,
         default=d.keep_alive_s,
         help="seconds an idle connection stays open",
@@ -124,6 +127,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--allowed-host",
+        dest="allowed_hosts",
         action="append",
         default=[],
         help="accepted Host header (repeat; * for any); default: the loopback names when "
@@ -131,6 +135,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--cors-origin",
+        dest="cors_origins",
         action="append",
         default=[],
         help="an origin allowed cross-origin requests (repeat); default none",
@@ -159,29 +164,24 @@ def _auth_token(path: str | None) -> str | None:
     return token
 
 
+_CONVERTED = {  # settings whose option holds something else than the setting itself
+    "model_repo": lambda args: Path(args.model_repo),
+    "max_body_bytes": lambda args: int(args.max_body_mb * 2**20),
+    "auth_token": lambda args: _auth_token(args.auth_token_file),
+}
+
+
 def settings_from(args: argparse.Namespace) -> ServerSettings:
-    """The settings the parsed options ask for (reads the token file)."""
-    return ServerSettings(
-        model_repo=Path(args.model_repo),
-        backend=args.backend,
-        device=args.device,
-        providers=tuple(args.provider),
-        threads=args.threads,
-        max_batch_size=args.max_batch_size,
-        max_delay_ms=args.max_delay_ms,
-        max_queue_images=args.max_queue_images,
-        max_body_bytes=int(args.max_body_mb * 2**20),
-        max_image_pixels=args.max_image_pixels,
-        max_request_pixels=args.max_request_pixels,
-        poll_seconds=args.poll_seconds,
-        header_timeout_s=args.header_timeout,
-        body_timeout_s=args.body_timeout,
-        keep_alive_s=args.keep_alive,
-        max_connections=args.max_connections,
-        allowed_hosts=tuple(args.allowed_host),
-        cors_origins=tuple(args.cors_origin),
-        auth_token=_auth_token(args.auth_token_file),
-    )
+    """The settings the parsed options ask for (reads the token file); an option's
+    ``dest`` is its setting's name, repeated options become tuples."""
+    values = {}
+    for field in dataclasses.fields(ServerSettings):
+        if field.name in _CONVERTED:
+            values[field.name] = _CONVERTED[field.name](args)
+        elif hasattr(args, field.name):
+            value = getattr(args, field.name)
+            values[field.name] = tuple(value) if isinstance(value, list) else value
+    return ServerSettings(**values)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import onnxruntime as ort
 
+from serving.settings import DEVICES
+
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 
@@ -54,5 +56,5 @@ def execution_providers(
     elif device == "auto":
         chosen = (CUDA,) if CUDA in available and gpu_present() else (CPU,)
     else:
-        raise ValueError(f"unknown device {device!r}; choose auto, cpu or cuda")
+        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     return chosen if CPU in chosen else (*chosen, CPU)

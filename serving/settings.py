@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+DEVICES = ("auto", "cpu", "cuda")  # onnxruntime devices a server can ask for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,7 +16,7 @@ class ServerSettings:
 
     model_repo: Path
     backend: str = "onnxruntime"
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # one of DEVICES
     providers: tuple[str, ...] = ()  # onnxruntime execution providers, overriding device
     threads: int | None = None  # onnxruntime intra-op threads (default: all cores)
     max_batch_size: int = 32  # images per inference call; larger requests are split
