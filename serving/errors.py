@@ -7,6 +7,8 @@ no memory addresses or server paths.
 
 from __future__ import annotations
 
+import orjson
+
 
 class HTTPError(Exception):
     """A request the server answers with ``status`` and ``message`` (and ``headers``)."""
@@ -41,3 +43,21 @@ class ServiceUnavailable(HTTPError):
 
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+async def send_json_error(send, status: int, message: str, headers: list | None = None) -> None:
+    """Answer ``status`` with ``{"error": message}`` through the ASGI ``send`` (for code
+    below the routing layer, which has no exception handlers)."""
+    body = orjson.dumps({"error": message})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hmac
 from urllib.parse import urlsplit
 
-import orjson
+from serving.errors import send_json_error
 
 HEALTH_PATHS = ("/v2/health/live", "/v2/health/ready")
 
@@ -39,22 +39,6 @@ def _netloc(url: str) -> str | None:
         return urlsplit(url).netloc.lower()
     except ValueError:
         return None
-
-
-async def _refuse(send, status: int, message: str, headers: list | None = None) -> None:
-    body = orjson.dumps({"error": message})
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 class GuardMiddleware:
@@ -77,11 +61,11 @@ class GuardMiddleware:
         host = headers.get(b"host", "")
         probe = scope["path"] in HEALTH_PATHS  # probes name the pod, and reveal nothing
         if not probe and not self.any_host and _host_name(host) not in self.hosts:
-            await _refuse(send, 400, f"this server does not answer to Host {host[:64]!r}")
+            await send_json_error(send, 400, f"this server does not answer to Host {host[:64]!r}")
             return
         origin = headers.get(b"origin")
         if origin is not None and origin not in self.origins and _netloc(origin) != host.lower():
-            await _refuse(send, 403, "cross-origin requests are not allowed")  # same-origin
+            await send_json_error(send, 403, "cross-origin requests are not allowed")  # same-origin
             return  # requests carry an Origin too
         preflight = scope["method"] == "OPTIONS" and origin in self.origins  # no credentials
         if self.token is not None and not probe and not preflight:
@@ -89,7 +73,7 @@ class GuardMiddleware:
             if scheme.lower() != "bearer" or not hmac.compare_digest(
                 token.strip().encode(), self.token.encode()
             ):
-                await _refuse(
+                await send_json_error(
                     send,
                     401,
                     "this server needs 'Authorization: Bearer <token>'",

@@ -15,8 +15,9 @@ import re
 import time
 import uuid
 
-import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from serving.errors import send_json_error
 
 log = logging.getLogger("cfconv.serve")
 
@@ -69,19 +70,6 @@ class ServerMetrics:
         )
 
 
-def _internal_error_body(request_id: str) -> bytes:
-    return orjson.dumps({"error": f"internal error (request id {request_id})"})
-
-
-def _internal_error(request_id: str) -> dict:
-    length = str(len(_internal_error_body(request_id))).encode()
-    return {
-        "type": "http.response.start",
-        "status": 500,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", length)],
-    }
-
-
 class RequestMiddleware:
     """Give every request an ID (``X-Request-ID``, kept if the client sent a plain one),
     count it, time it and log one line for it."""
@@ -114,8 +102,9 @@ class RequestMiddleware:
         except Exception:  # a bug, not the client's doing: a 500 with this request's ID
             log.exception("request_id=%s internal error", request_id)
             if status == CLIENT_GONE:  # nothing was sent yet
-                await send_with_id(_internal_error(request_id))
-                await send({"type": "http.response.body", "body": _internal_error_body(request_id)})
+                await send_json_error(
+                    send_with_id, 500, f"internal error (request id {request_id})"
+                )
         finally:
             elapsed = time.perf_counter() - start
             protocol = protocol_of(scope["path"])
