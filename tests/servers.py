@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import psutil
 
+from cfconv_tf.bench.serve import free_port, wait_ready
+
 MAX_BODY_MB = 1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:
@@ -47,16 +40,10 @@ class Server:
             stdout=self.log.open("w"),
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()
-            try:
-                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(self.log.read_text())
+        try:
+            wait_ready(self.url + "/v2/health/ready", self.process)
+        except (RuntimeError, TimeoutError) as error:
+            raise AssertionError(self.log.read_text()) from error
 
     def stop(self) -> None:
         """SIGTERM; the server and every process it started (its parsers) must be gone."""

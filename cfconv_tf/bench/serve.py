@@ -34,7 +34,8 @@ from export.ort_session import onnx_session
 LATENCY_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -131,7 +132,7 @@ def run_serve(
         }
         rows.append(baseline)
 
-        port = _free_port()
+        port = free_port()
         log = (Path(tmp) / "serve.log").open("w")
         server = subprocess.Popen(
             [
@@ -151,7 +152,7 @@ def run_serve(
         )
         url = f"http://127.0.0.1:{port}/v2/models/cf/infer"
         try:
-            _wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", server)
+            wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", server)
             for payload, (body, headers) in _payloads(image).items():
                 script = _wrk_script(Path(tmp), payload, body, headers)
                 for count in clients:
@@ -201,7 +202,8 @@ def _drain(url: str, body: bytes, headers: dict[str, str]) -> None:
         response.read()
 
 
-def _wait_ready(url: str, server: subprocess.Popen, timeout: float = 120.0) -> None:
+def wait_ready(url: str, server: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until ``url`` answers 200; fails if ``server`` exits or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
