@@ -109,7 +109,8 @@ def parse_pathfinder(name: str) -> PathfinderSpec:
         ValueError: not a pathfinder name, a bad size, an unknown option or value.
     """
     parts = name.split(":")
-    if parts[0] != "pathfinder" or len(parts) < 2 or not parts[1].isdigit():
+    size_ok = len(parts) >= 2 and parts[1].isascii() and parts[1].isdigit()
+    if parts[0] != "pathfinder" or not size_ok:
         raise ValueError(
             f"a pathfinder dataset is named 'pathfinder:SIZE[:option=value]', got {name!r}"
         )
@@ -177,7 +178,8 @@ def _cache_key(spec: PathfinderSpec, split: str) -> str:
     drawing = {
         field.name: float(value) if field.type == "float" else value
         for field in dataclasses.fields(spec)
-        if (value := getattr(spec, field.name)) is not None and field.name not in SPLITS
+        if field.name not in SPLITS
+        for value in [getattr(spec, field.name)]
     }
     text = json.dumps([drawing, split, getattr(spec, split)], sort_keys=True)
     return hashlib.sha256(text.encode() + Path(__file__).read_bytes()).hexdigest()[:24]

@@ -37,6 +37,7 @@ def test_names_parse_to_specs_and_back():
     [
         ("pathfinder", "pathfinder:SIZE"),
         ("pathfinder:big", "pathfinder:SIZE"),
+        ("pathfinder:6\u00b2", "pathfinder:SIZE"),  # a digit to str.isdigit, not to int
         ("pathfinder:8", "at least 16"),
         ("pathfinder:64:colour=red", "unknown pathfinder option 'colour=red'"),
         ("pathfinder:64:length=", "unknown pathfinder option"),
