@@ -175,12 +175,11 @@ def load(
 def _cache_key(spec: PathfinderSpec, split: str) -> str:
     """What a split's images depend on: the drawing options, the split, its size and
     this module's code (the other splits' sizes do not count)."""
-    drawing = {
-        field.name: float(value) if field.type == "float" else value
-        for field in dataclasses.fields(spec)
-        if field.name not in SPLITS
-        for value in [getattr(spec, field.name)]
-    }
+    drawing = {}
+    for field in dataclasses.fields(spec):
+        if field.name not in SPLITS:
+            value = getattr(spec, field.name)
+            drawing[field.name] = float(value) if field.type == "float" else value
     text = json.dumps([drawing, split, getattr(spec, split)], sort_keys=True)
     return hashlib.sha256(text.encode() + Path(__file__).read_bytes()).hexdigest()[:24]
 
