@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 import tensorflow as tf
 from conftest import Snapshots, StopAfter, write_config_yaml
 
+from cfconv_tf.bench.serve import free_ports
 from cfconv_tf.cli import main
 from cfconv_tf.distribution import make_strategy
 from cfconv_tf.layers import CFConv2D
@@ -134,16 +134,6 @@ def test_a_backup_written_under_one_strategy_resumes_under_the_other(
         np.testing.assert_array_equal(backed_up, restored)
     counters = [v[0] for name, v in replicas.replicas.items() if "sampler_state" in name]
     assert [int(counter[1]) for counter in counters] == [6] * tiny_config.conv_layers
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def start_workers(tmp_path: Path, config, extra_args: list[str]) -> list[subprocess.Popen]:

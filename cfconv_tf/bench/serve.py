@@ -36,9 +36,20 @@ LATENCY_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 def free_port() -> int:
     """A TCP port of 127.0.0.1 nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports of 127.0.0.1 nothing listens on now (all are held
+    at once while they are picked, so no two are the same)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _payloads(image: np.ndarray) -> dict[str, tuple[bytes, dict[str, str]]]:
