@@ -15,6 +15,8 @@ from pathlib import Path
 from serving.backends import BACKENDS
 from serving.settings import DEFAULTS, DEVICES, ServerSettings
 
+SETTING_FIELDS = {field.name: field for field in dataclasses.fields(ServerSettings)}
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -30,119 +32,44 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _setting_option(parser: argparse.ArgumentParser, flag: str, setting: str, **options) -> None:
+    """``flag`` for the field ``setting`` of :class:`ServerSettings`: its default and its
+    description as help (a repeatable option starts from an empty list)."""
+    default = [] if options.get("action") == "append" else getattr(DEFAULTS, setting)
+    help_text = SETTING_FIELDS[setting].metadata["help"]
+    parser.add_argument(flag, dest=setting, default=default, help=help_text, **options)
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``serve``; defaults come from :class:`ServerSettings`."""
-    d = DEFAULTS
+    """The options of ``serve``; defaults and help come from :class:`ServerSettings`."""
     parser.add_argument("--model-repo", required=True, help="<repo>/<name>/<version>/ folders")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument("--port", type=int, default=8500, help="port to bind")
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default=d.backend,
-        help="runtime: onnxruntime reads model.onnx, tf reads saved_model.pb",
-    )
-    parser.add_argument(
-        "--device",
-        choices=DEVICES,
-        default=d.device,
-        help="onnxruntime device: auto uses CUDA when onnxruntime-gpu and a GPU are present",
-    )
-    parser.add_argument(
-        "--provider",
-        dest="providers",
-        action="append",
-        default=[],
-        help="onnxruntime execution provider, in order of preference (overrides --device)",
-    )
-    parser.add_argument("--threads", type=_positive_int, help="onnxruntime intra-op threads")
-    parser.add_argument(
-        "--max-batch-size",
-        type=_positive_int,
-        default=d.max_batch_size,
-        help="images per inference call; larger requests are split",
-    )
-    parser.add_argument(
-        "--max-delay-ms",
-        type=float,
-        default=d.max_delay_ms,
-        help="how long a batch waits for more requests",
-    )
-    parser.add_argument(
-        "--max-queue-images",
-        type=_positive_int,
-        default=d.max_queue_images,
-        help="images waiting per model version; beyond it requests get 503 + Retry-After",
-    )
+    _setting_option(parser, "--backend", "backend", choices=BACKENDS)
+    _setting_option(parser, "--device", "device", choices=DEVICES)
+    _setting_option(parser, "--provider", "providers", action="append")
+    _setting_option(parser, "--threads", "threads", type=_positive_int)
+    _setting_option(parser, "--max-batch-size", "max_batch_size", type=_positive_int)
+    _setting_option(parser, "--max-delay-ms", "max_delay_ms", type=float)
+    _setting_option(parser, "--max-queue-images", "max_queue_images", type=_positive_int)
     parser.add_argument(
         "--max-body-mb",
         type=_positive_float,
-        default=d.max_body_bytes / 2**20,
-        help="larger bodies get 413",
+        default=DEFAULTS.max_body_bytes / 2**20,
+        help=SETTING_FIELDS["max_body_bytes"].metadata["help"] + ", in MiB",
     )
-    parser.add_argument(
-        "--max-image-pixels",
-        type=_positive_int,
-        default=d.max_image_pixels,
-        help="pixels per encoded image",
-    )
-    parser.add_argument(
-        "--max-request-pixels",
-        type=_positive_int,
-        default=d.max_request_pixels,
-        help="pixels of all encoded images in one request",
-    )
-    parser.add_argument(
-        "--poll-seconds",
-        type=_positive_float,
-        default=d.poll_seconds,
-        help="how often the repository is scanned for new versions",
-    )
-    parser.add_argument(
-        "--header-timeout",
-        dest="header_timeout_s",
-        type=_positive_float,
-        default=d.header_timeout_s,
-        help="seconds for a client to send a request's headers",
-    )
-    parser.add_argument(
-        "--body-timeout",
-        dest="body_timeout_s",
-        type=_positive_float,
-        default=d.body_timeout_s,
-        help="seconds for a client to send a request's body",
-    )
-    parser.add_argument(
-        "--keep-alive",
-        dest="keep_alive_s",
-        type=_positive_float,
-        default=d.keep_alive_s,
-        help="seconds an idle connection stays open",
-    )
-    parser.add_argument(
-        "--max-connections",
-        type=_positive_int,
-        default=d.max_connections,
-        help="concurrent connections and requests; beyond it 503",
-    )
-    parser.add_argument(
-        "--allowed-host",
-        dest="allowed_hosts",
-        action="append",
-        default=[],
-        help="accepted Host header (repeat; * for any); default: the loopback names when "
-        "bound to loopback, else any",
-    )
-    parser.add_argument(
-        "--cors-origin",
-        dest="cors_origins",
-        action="append",
-        default=[],
-        help="an origin allowed cross-origin requests (repeat); default none",
-    )
+    _setting_option(parser, "--max-image-pixels", "max_image_pixels", type=_positive_int)
+    _setting_option(parser, "--max-request-pixels", "max_request_pixels", type=_positive_int)
+    _setting_option(parser, "--poll-seconds", "poll_seconds", type=_positive_float)
+    _setting_option(parser, "--header-timeout", "header_timeout_s", type=_positive_float)
+    _setting_option(parser, "--body-timeout", "body_timeout_s", type=_positive_float)
+    _setting_option(parser, "--keep-alive", "keep_alive_s", type=_positive_float)
+    _setting_option(parser, "--max-connections", "max_connections", type=_positive_int)
+    _setting_option(parser, "--allowed-host", "allowed_hosts", action="append")
+    _setting_option(parser, "--cors-origin", "cors_origins", action="append")
     parser.add_argument(
         "--auth-token-file",
-        help="file holding a token every request must send as 'Authorization: Bearer <token>'",
+        help="file holding " + SETTING_FIELDS["auth_token"].metadata["help"],
     )
     parser.add_argument(
         "--log-level",
@@ -175,7 +102,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     """The settings the parsed options ask for (reads the token file); an option's
     ``dest`` is its setting's name, repeated options become tuples."""
     values = {}
-    for field in dataclasses.fields(ServerSettings):
+    for field in SETTING_FIELDS.values():
         if field.name in _CONVERTED:
             values[field.name] = _CONVERTED[field.name](args)
         elif hasattr(args, field.name):

@@ -4,36 +4,61 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 DEVICES = ("auto", "cpu", "cuda")  # onnxruntime devices a server can ask for
 
 
+def _setting(default: Any, description: str) -> Any:
+    """A settings field with its description (``cfconv serve`` shows it as the help)."""
+    return dataclasses.field(default=default, metadata={"help": description})
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerSettings:
     """Everything ``create_app`` and ``serve`` need; all but ``work_threads`` are options of
-    ``cfconv serve``."""
+    ``cfconv serve``, whose help is each field's description."""
 
     model_repo: Path
-    backend: str = "onnxruntime"
-    device: str = "auto"  # one of DEVICES
-    providers: tuple[str, ...] = ()  # onnxruntime execution providers, overriding device
-    threads: int | None = None  # onnxruntime intra-op threads (default: all cores)
-    max_batch_size: int = 32  # images per inference call; larger requests are split
-    max_delay_ms: float = 0.0  # how long a batch waits for company
-    max_queue_images: int = 512  # per model version; beyond it requests get 503
-    max_body_bytes: int = 32 * 2**20
-    max_image_pixels: int = 16_000_000  # per decoded image (Pillow refuses 89M and up)
-    max_request_pixels: int = 64_000_000  # per request, all images together
-    poll_seconds: float = 2.0
-    header_timeout_s: float = 10.0  # from connection (or last response) to complete headers
-    body_timeout_s: float = 30.0  # to receive the whole body
-    keep_alive_s: float = 5.0  # an idle connection is closed after this
-    max_connections: int = 256  # beyond it new requests get 503
-    allowed_hosts: tuple[str, ...] = ()  # Host header values; () = loopback names if bound there
-    cors_origins: tuple[str, ...] = ()  # origins allowed cross-origin requests (none)
-    auth_token: str | None = None  # required as "Authorization: Bearer <token>" if set
-    work_threads: int = 2  # decoding and encoding, off the event loop
+    backend: str = _setting(
+        "onnxruntime", "runtime: onnxruntime reads model.onnx, tf reads saved_model.pb"
+    )
+    device: str = _setting(
+        "auto", "onnxruntime device: auto uses CUDA when onnxruntime-gpu and a GPU are present"
+    )
+    providers: tuple[str, ...] = _setting(
+        (), "onnxruntime execution provider, in order of preference (overrides --device)"
+    )
+    threads: int | None = _setting(None, "onnxruntime intra-op threads (none: all cores)")
+    max_batch_size: int = _setting(32, "images per inference call; larger requests are split")
+    max_delay_ms: float = _setting(0.0, "how long a batch waits for more requests")
+    max_queue_images: int = _setting(
+        512, "images waiting per model version; beyond it requests get 503 + Retry-After"
+    )
+    max_body_bytes: int = _setting(32 * 2**20, "largest request body; larger ones get 413")
+    max_image_pixels: int = _setting(
+        16_000_000, "pixels per encoded image (Pillow refuses 89M and up)"
+    )
+    max_request_pixels: int = _setting(64_000_000, "pixels of all encoded images in one request")
+    poll_seconds: float = _setting(2.0, "how often the repository is scanned for new versions")
+    header_timeout_s: float = _setting(
+        10.0,
+        "seconds for a client to send a request's headers (from connecting or the last response)",
+    )
+    body_timeout_s: float = _setting(30.0, "seconds for a client to send a request's body")
+    keep_alive_s: float = _setting(5.0, "seconds an idle connection stays open")
+    max_connections: int = _setting(256, "concurrent connections and requests; beyond it 503")
+    allowed_hosts: tuple[str, ...] = _setting(
+        (),
+        "accepted Host header (repeat; * for any); default: the loopback names when bound to "
+        "loopback, else any",
+    )
+    cors_origins: tuple[str, ...] = _setting((), "an origin allowed cross-origin requests (repeat)")
+    auth_token: str | None = _setting(
+        None, "a token every request must send as 'Authorization: Bearer <token>'"
+    )
+    work_threads: int = _setting(2, "threads decoding and encoding, off the event loop")
 
     def hosts_for(self, bind_host: str) -> tuple[str, ...]:
         """The Host allow-list for a server bound to ``bind_host`` (``("*",)``: any)."""
