@@ -32,7 +32,6 @@ KNOT_SPACING = 4.0  # units between the points where a path's curvature is drawn
 APART_SLACK = 1.0  # units the markers' distance may miss its target by
 CLEARANCE = 2.0  # units between a path's centre line and every other path's
 MARKER_RADIUS = 1.25  # units (less than CLEARANCE: a marker never touches another path)
-STROKE_RADIUS = 0.3  # units; at least half a pixel, so a path is never broken
 MAX_PATH = 1.1  # the longest path, in widths of the room inside the margin
 ATTEMPTS = 256  # tries to place a path before the image is started over
 RESTARTS = 50  # images started over before a spec is called too crowded
@@ -53,6 +52,10 @@ class PathfinderSpec:
         distractors: paths that carry no marker (the two marked paths come on top).
         dash: length of a dash, in canvas units.
         gap: empty length between dashes, in canvas units.
+        stroke: radius of a path's stroke, in canvas units (drawn at least half a pixel,
+            so a path is never broken): 0.5 draws one-pixel paths at 32 px, three-pixel
+            ones at 64 px. Below ``CLEARANCE - MARKER_RADIUS``, so a marker never
+            touches another path.
         seed: the data seed; the same spec always gives the same images.
         train, validation, test: examples per split (half of each split is connected).
     """
@@ -62,6 +65,7 @@ class PathfinderSpec:
     distractors: int = 2
     dash: float = 1.0
     gap: float = 1.0
+    stroke: float = 0.5
     seed: int = 0
     train: int = 20000
     validation: int = 2000
@@ -77,6 +81,11 @@ class PathfinderSpec:
             )
         if self.dash <= 0 or self.gap <= 0:
             raise ValueError(f"dash and gap must be positive, got {self.dash}, {self.gap}")
+        if not 0 < self.stroke < CLEARANCE - MARKER_RADIUS:
+            raise ValueError(
+                f"stroke must be above 0 and below {CLEARANCE - MARKER_RADIUS} units, "
+                f"got {self.stroke}"
+            )
         if self.path_length > MAX_PATH * (CANVAS - 2 * MARGIN):
             raise ValueError(
                 f"paths of {self.length} dashes ({self.path_length:.0f} units) do not fit "
@@ -190,7 +199,7 @@ def draw(spec: PathfinderSpec, connected: bool, rng: np.random.Generator) -> np.
     canvas = np.zeros((spec.size, spec.size), np.uint8)
     scale = spec.size / CANVAS
     for points in paths:
-        _stamp(canvas, _dashes(points, spec) * scale, STROKE_RADIUS * scale)
+        _stamp(canvas, _dashes(points, spec) * scale, spec.stroke * scale)
     _stamp(canvas, markers * scale, MARKER_RADIUS * scale)
     return canvas
 

@@ -45,6 +45,8 @@ def test_names_parse_to_specs_and_back():
         ("pathfinder:64:length=60", "do not fit"),
         ("pathfinder:64:length=16", "do not fit"),
         ("pathfinder:64:gap=0", "must be positive"),
+        ("pathfinder:64:stroke=0", "stroke must be"),
+        ("pathfinder:64:stroke=0.8", "stroke must be"),
     ],
 )
 def test_bad_names_are_refused_with_the_reason(name, message):
@@ -79,6 +81,25 @@ def test_any_size_draws_the_same_task(size):
     # paths and markers cover about the same fraction of the image at every size
     coverage = (images > 0).mean()
     assert 0.03 < coverage < 0.3, coverage
+
+
+def test_strokes_keep_their_width_in_canvas_units_at_every_size():
+    """A larger size draws the same paths with proportionally wider strokes: the share of
+    the image they cover stays about that of the 32-pixel image (the same drawing)."""
+    spec = PathfinderSpec(train=16, validation=2, test=2)
+    coverage = {
+        size: (generate(dataclasses.replace(spec, size=size), "train")[0] > 0).mean()
+        for size in (32, 64, 128)
+    }
+    for size in (64, 128):
+        assert 0.75 < coverage[size] / coverage[32] < 1.35, coverage
+
+
+def test_a_thinner_stroke_draws_the_same_paths_thinner():
+    spec = PathfinderSpec(size=64, train=4, validation=2, test=2)
+    thick, _ = generate(spec, "train")
+    thin, _ = generate(dataclasses.replace(spec, stroke=0.3), "train")
+    assert np.all(thick[thin > 0] > 0) and (thin > 0).sum() < 0.8 * (thick > 0).sum()
 
 
 def test_markers_sit_on_one_path_when_connected_and_two_paths_otherwise():
