@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from cfconv_tf.bench.serve import free_port, wait_ready
+from cfconv_tf.bench.processes import free_port, wait_ready
 
 MAX_BODY_MB = 1
 

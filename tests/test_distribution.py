@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 from conftest import Snapshots, StopAfter, write_config_yaml
 
-from cfconv_tf.bench.serve import free_ports
+from cfconv_tf.bench.processes import free_ports
 from cfconv_tf.cli import main
 from cfconv_tf.distribution import make_strategy
 from cfconv_tf.layers import CFConv2D

@@ -13,17 +13,16 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from cfconv_tf.bench.processes import free_port, wait_ready
 from cfconv_tf.bench.timing import median, time_calls
 from cfconv_tf.config import load_model_config
 from cfconv_tf.models import build_model
@@ -32,24 +31,6 @@ from export.onnx_export import export_onnx
 from export.ort_session import onnx_session
 
 LATENCY_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 nothing listens on now."""
-    return free_ports(1)[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports of 127.0.0.1 nothing listens on now (all are held
-    at once while they are picked, so no two are the same)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _payloads(image: np.ndarray) -> dict[str, tuple[bytes, dict[str, str]]]:
@@ -211,18 +192,3 @@ def _drain(url: str, body: bytes, headers: dict[str, str]) -> None:
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     with urllib.request.urlopen(request, timeout=600) as response:
         response.read()
-
-
-def wait_ready(url: str, server: subprocess.Popen, timeout: float = 120.0) -> None:
-    """Until ``url`` answers 200; fails if ``server`` exits or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError("cfconv serve exited during start-up")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError("cfconv serve did not become ready")
