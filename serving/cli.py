@@ -11,6 +11,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from serving.backends import BACKENDS
 from serving.settings import DEFAULTS, DEVICES, ServerSettings
@@ -32,7 +33,9 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _setting_option(parser: argparse.ArgumentParser, flag: str, setting: str, **options) -> None:
+def _setting_option(
+    parser: argparse.ArgumentParser, flag: str, setting: str, **options: Any
+) -> None:
     """``flag`` for the field ``setting`` of :class:`ServerSettings`: its default and its
     description as help (a repeatable option starts from an empty list)."""
     default = [] if options.get("action") == "append" else getattr(DEFAULTS, setting)
@@ -56,7 +59,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-body-mb",
         type=_positive_float,
         default=DEFAULTS.max_body_bytes / 2**20,
-        help=SETTING_FIELDS["max_body_bytes"].metadata["help"] + ", in MiB",
+        help="in MiB: " + SETTING_FIELDS["max_body_bytes"].metadata["help"],
     )
     _setting_option(parser, "--max-image-pixels", "max_image_pixels", type=_positive_int)
     _setting_option(parser, "--max-request-pixels", "max_request_pixels", type=_positive_int)

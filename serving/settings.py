@@ -36,9 +36,9 @@ class ServerSettings:
     max_queue_images: int = _setting(
         512, "images waiting per model version; beyond it requests get 503 + Retry-After"
     )
-    max_body_bytes: int = _setting(32 * 2**20, "largest request body; larger ones get 413")
+    max_body_bytes: int = _setting(32 * 2**20, "largest request body (413 beyond it)")
     max_image_pixels: int = _setting(
-        16_000_000, "pixels per encoded image (Pillow refuses 89M and up)"
+        16_000_000, "pixels per encoded image (Pillow refuses more than ~89M whatever this says)"
     )
     max_request_pixels: int = _setting(64_000_000, "pixels of all encoded images in one request")
     poll_seconds: float = _setting(2.0, "how often the repository is scanned for new versions")
@@ -54,7 +54,9 @@ class ServerSettings:
         "accepted Host header (repeat; * for any); default: the loopback names when bound to "
         "loopback, else any",
     )
-    cors_origins: tuple[str, ...] = _setting((), "an origin allowed cross-origin requests (repeat)")
+    cors_origins: tuple[str, ...] = _setting(
+        (), "an origin allowed cross-origin requests (repeat); default none"
+    )
     auth_token: str | None = _setting(
         None, "a token every request must send as 'Authorization: Bearer <token>'"
     )
