@@ -8,8 +8,8 @@ paths, dashes and markers, so global statistics (brightness, dash count) say not
 a model must follow a path from one marker to the other, across much of the image.
 
 Geometry is defined on a canvas of ``CANVAS`` units a side and drawn at ``size`` pixels,
-so ``pathfinder:128`` is the ``pathfinder:32`` task at four times the pixels: the
-distance a model has to see across grows with the resolution.
+so ``pathfinder:128`` is the ``pathfinder:32`` task at four times the resolution: the
+distance a model has to see across grows with it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ MAX_TURN = 0.5  # radians a unit of length: how sharply a path may curve
 KNOT_SPACING = 4.0  # units between the points where a path's curvature is drawn
 APART_SLACK = 1.0  # units the markers' distance may miss its target by
 CLEARANCE = 2.0  # units between a path's centre line and every other path's
-MARKER_RADIUS = 1.25  # units (less than CLEARANCE: a marker never touches another path)
+MARKER_RADIUS = 1.25  # units; with a stroke, less than CLEARANCE (see PathfinderSpec.stroke)
 MAX_PATH = 1.1  # the longest path, in widths of the room inside the margin
 ATTEMPTS = 256  # tries to place a path before the image is started over
 RESTARTS = 50  # images started over before a spec is called too crowded
@@ -51,11 +51,14 @@ class PathfinderSpec:
         length: dashes per path (the Long Range Arena's difficulties are 6, 9 and 14).
         distractors: paths that carry no marker (the two marked paths come on top).
         dash: length of a dash, in canvas units.
-        gap: empty length between dashes, in canvas units.
-        stroke: radius of a path's stroke, in canvas units (drawn at least half a pixel,
-            so a path is never broken): 0.5 draws one-pixel paths at 32 px, three-pixel
-            ones at 64 px. Below ``CLEARANCE - MARKER_RADIUS``, so a marker never
-            touches another path.
+        gap: length between dashes along the centre line, in canvas units; the stroke's
+            round ends take ``stroke`` of it from each side, so what stays dark is
+            about ``gap - 2 stroke`` (pixel rounding leaves some gaps open anyway).
+        stroke: radius of a path's stroke, in canvas units. A stroke is drawn whole
+            pixels wide, at least one: 0.5 draws 1-pixel paths at 32 px, 3-pixel ones at
+            64 px and 5-pixel ones at 128 px (1, 1.5 and 1.25 units). Below
+            ``CLEARANCE - MARKER_RADIUS``, so a marker stays clear of other paths' strokes
+            (up to the placement grid's rounding).
         seed: the data seed; the same spec always gives the same images.
         train, validation, test: examples per split (half of each split is connected).
     """

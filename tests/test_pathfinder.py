@@ -26,8 +26,9 @@ def small_split():
 
 
 def test_names_parse_to_specs_and_back():
-    spec = parse_pathfinder("pathfinder:64:length=14:distractors=3:gap=1.2")
+    spec = parse_pathfinder("pathfinder:64:length=14:distractors=3:gap=1.2:stroke=0.3")
     assert (spec.size, spec.length, spec.distractors, spec.gap) == (64, 14, 3, 1.2)
+    assert spec.stroke == 0.3
     assert parse_pathfinder(spec.name) == spec
     assert PathfinderSpec(size=48).name == "pathfinder:48"
 
@@ -93,6 +94,13 @@ def test_strokes_keep_their_width_in_canvas_units_at_every_size():
     }
     for size in (64, 128):
         assert 0.75 < coverage[size] / coverage[32] < 1.35, coverage
+
+
+def test_at_32_px_any_stroke_up_to_half_a_unit_draws_one_pixel_paths():
+    spec = PathfinderSpec(train=8, validation=2, test=2)
+    images, _ = generate(spec, "train")
+    thinner, _ = generate(dataclasses.replace(spec, stroke=0.3), "train")
+    np.testing.assert_array_equal(images, thinner)
 
 
 def test_a_thinner_stroke_draws_the_same_paths_thinner():
