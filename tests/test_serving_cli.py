@@ -13,10 +13,14 @@ from serving.cli import add_serve_arguments, settings_from
 from serving.settings import DEFAULTS, ServerSettings
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    return serve_parser().parse_args(argv)
 
 
 def test_defaults_are_the_settings_defaults(tmp_path):
@@ -60,8 +64,7 @@ def test_every_option_reaches_its_setting(tmp_path):
 
 
 def test_every_setting_but_work_threads_is_an_option_with_its_description():
-    parser = argparse.ArgumentParser()
-    add_serve_arguments(parser)
+    parser = serve_parser()
     helps = {action.dest: action.help for action in parser._actions}
     fields = {field.name: field for field in dataclasses.fields(ServerSettings)}
     # three settings take another form on the command line
