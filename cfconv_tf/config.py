@@ -26,6 +26,13 @@ MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 # k x k followed by a pointwise 1 x 1 (the large-kernel CNNs of RepLKNet and SLaK).
 SEPARABLE = "separable"
 SPATIAL_KINDS = ("dense", SEPARABLE)
+# What follows each convolution before its ReLU: nothing (the paper's network), or
+# "layer": each image's feature map normalized over height, width and channels, then a
+# learned per-channel scale and offset (GroupNormalization with one group). It keeps
+# the signal's scale through the stack whatever the initial kernels, and acts the same
+# in training and inference, unlike batch statistics.
+LAYER_NORMALIZATION = "layer"
+NORMALIZATIONS = ("none", LAYER_NORMALIZATION)
 # The ModelConfig fields that define a CF-Conv layer's generators.
 GENERATOR_FIELDS = (
     "generator",
@@ -63,6 +70,7 @@ class ModelConfig:
     recompute_generators: bool = False
     spatial_kernel_size: int = 3
     spatial_kind: str = "dense"
+    normalization: str = "none"
     learning_rate: float = 1e-3
     batch_size: int = 32
     epochs: int = 10
@@ -90,16 +98,14 @@ class ModelConfig:
             validate_recompute_generators(self.recompute_generators)
         except ValueError as error:
             raise ValueError(f"{self.name}: {error}") from error
-        if self.state_initializer not in NAMED_STATE_INITIALIZERS:
-            raise ValueError(
-                f"{self.name}: state_initializer must be one of {NAMED_STATE_INITIALIZERS}, "
-                f"got {self.state_initializer!r}"
-            )
-        if self.spatial_kind not in SPATIAL_KINDS:
-            raise ValueError(
-                f"{self.name}: spatial_kind must be one of {SPATIAL_KINDS}, "
-                f"got {self.spatial_kind!r}"
-            )
+        for field, choices in (
+            ("state_initializer", NAMED_STATE_INITIALIZERS),
+            ("spatial_kind", SPATIAL_KINDS),
+            ("normalization", NORMALIZATIONS),
+        ):
+            value = getattr(self, field)
+            if value not in choices:
+                raise ValueError(f"{self.name}: {field} must be one of {choices}, got {value!r}")
         if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) <= 0):
             raise ValueError(
                 f"{self.name}: input_size must be [height, width], got {self.input_size}"
@@ -115,30 +121,59 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
+# A configuration file may start from another: ``base: <name or path>`` takes every
+# setting of that file except its name and description, and the file's own settings
+# override them. A relative path is read from the including file's directory.
+BASE_KEY = "base"
+UNINHERITED = ("name", "description")
+
+
 def load_model_config(name_or_path: str | Path) -> ModelConfig:
     """Read a model configuration by file path or by name under ``models/``.
 
     Raises:
-        FileNotFoundError: no such file; the message lists the known names.
-        ValueError: unknown keys or invalid values.
+        FileNotFoundError: no such file (or base file); the message lists the known names.
+        ValueError: unknown keys, invalid values, or a cycle of ``base`` files.
     """
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = MODELS_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in MODELS_DIR.glob("*.yaml"))
-        raise FileNotFoundError(
-            f"model configuration {str(name_or_path)!r} not found; known: {known}"
-        )
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
-    fields = {field.name for field in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(raw) - fields)
-    if unknown:
-        raise ValueError(f"{path}: unknown settings {unknown}; known: {sorted(fields)}")
+    path = _config_path(name_or_path, Path.cwd())
+    raw = _read_settings(path, ())
     raw.setdefault("name", path.stem)
     for key in ("dense_units", "input_size", "hidden_units"):
         if raw.get(key) is not None:
             raw[key] = tuple(raw[key])
     return ModelConfig(**raw)
+
+
+def _config_path(name_or_path: str | Path, directory: Path) -> Path:
+    """A name (no suffix) under ``models/``; a relative path under ``directory``."""
+    path = Path(name_or_path)
+    path = MODELS_DIR / f"{name_or_path}.yaml" if not path.suffix else directory / path
+    if not path.is_file():
+        known = sorted(p.stem for p in MODELS_DIR.glob("*.yaml"))
+        raise FileNotFoundError(
+            f"model configuration {str(name_or_path)!r} not found; known: {known}"
+        )
+    return path
+
+
+def _read_settings(path: Path, including: tuple[Path, ...]) -> dict:
+    """One file's settings over its base's (``including``: the files that led here)."""
+    if path.resolve() in including:
+        chain = " -> ".join(str(p) for p in (*including, path.resolve()))
+        raise ValueError(f"{path}: base configurations form a cycle: {chain}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    fields = {field.name for field in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(raw) - fields - {BASE_KEY})
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown settings {unknown}; known: {sorted(fields | {BASE_KEY})}"
+        )
+    if BASE_KEY not in raw:
+        return raw
+    base_path = _config_path(raw.pop(BASE_KEY), path.parent)
+    inherited = _read_settings(base_path, (*including, path.resolve()))
+    for key in UNINHERITED:
+        inherited.pop(key, None)
+    return {**inherited, **raw}

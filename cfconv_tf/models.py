@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from cfconv_tf.config import SEPARABLE, ModelConfig
+from cfconv_tf.config import LAYER_NORMALIZATION, SEPARABLE, ModelConfig
 from cfconv_tf.layers import CFConv2D
 
 VARIANTS = ("cf", "spatial")
@@ -30,11 +30,17 @@ def build_model(
             ``config.spatial_kernel_size`` with "same" padding: ``Conv2D``, or
             ``SeparableConv2D`` (depthwise, then pointwise) when ``config.spatial_kind``
             is ``"separable"``.
+
+    Each convolution is followed by its ReLU; with ``config.normalization`` ``"layer"``,
+    by ``GroupNormalization`` with one group (``norm_<i>``: per image, over height, width
+    and channels), then the ReLU (``relu_<i>``).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown model variant {variant!r}; choose one of {VARIANTS}")
     if classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {classes}")
+    normalized = config.normalization == LAYER_NORMALIZATION
+    activation = None if normalized else "relu"
     inputs = keras.Input(shape=input_shape, name="image")
     hidden = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     for index in range(config.conv_layers):
@@ -51,7 +57,7 @@ def build_model(
                 state_initializer=config.state_initializer,
                 kernel_scale=config.kernel_scale,
                 recompute_generators=config.recompute_generators,
-                activation="relu",
+                activation=activation,
                 seed=None if seed is None else seed + index,
                 name=f"cfconv_{index}",
             )
@@ -65,10 +71,13 @@ def build_model(
                 config.filters,
                 config.spatial_kernel_size,
                 padding="same",
-                activation="relu",
+                activation=activation,
                 name=f"conv_{index}",
             )
         hidden = layer(hidden)
+        if normalized:
+            hidden = keras.layers.GroupNormalization(groups=1, name=f"norm_{index}")(hidden)
+            hidden = keras.layers.ReLU(name=f"relu_{index}")(hidden)
     hidden = keras.layers.GlobalAveragePooling2D(name="pool")(hidden)
     for index, units in enumerate(config.dense_units):
         hidden = keras.layers.Dense(units, activation="relu", name=f"dense_{index}")(hidden)

@@ -71,12 +71,14 @@ def residual_sigmoid() -> keras.Model:
 
 
 def concatenated_branches() -> keras.Model:
-    """Grayscale 9x11 with Rescaling: a CF branch and a 3x3 branch, concatenated, then CF."""
+    """Grayscale 9x11 with Rescaling: a CF branch and a 3x3 branch, concatenated, then
+    CF -> per-image GroupNormalization -> ReLU (as ``normalization: layer`` builds)."""
     inputs = keras.Input((9, 11, 1), name="image")
     x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
     spectral = cf(3)(x)
     spatial = keras.layers.Conv2D(3, 3, padding="same", activation="relu")(x)
-    x = cf(4)(keras.layers.Concatenate()([spectral, spatial]))
+    x = cf(4, activation=None)(keras.layers.Concatenate()([spectral, spatial]))
+    x = keras.layers.ReLU()(keras.layers.GroupNormalization(groups=1)(x))
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, softmax_head(4)(x))
 

@@ -64,10 +64,45 @@ def test_pathfinder_baselines_match_the_cf_model_in_trainable_parameters():
         model = build_model(load_model_config(name), variant, (32, 32, 1), 2)
         return parameter_counts(model)["trainable"]
 
-    cf = trainable("pathfinder_cf", "cf")
-    for baseline in ("pathfinder_cnn_wide", "pathfinder_large_kernel"):
-        assert trainable(baseline, "spatial") == pytest.approx(cf, rel=0.01), baseline
-    assert trainable("pathfinder_cf", "spatial") < cf / 4  # the paper's 3x3 CNN
+    for suffix in ("", "_norm"):
+        cf = trainable(f"pathfinder_cf{suffix}", "cf")
+        for baseline in ("pathfinder_cnn_wide", "pathfinder_large_kernel"):
+            assert trainable(baseline + suffix, "spatial") == pytest.approx(cf, rel=0.01)
+        assert trainable(f"pathfinder_cf{suffix}", "spatial") < cf / 4  # the paper's 3x3
+
+
+@pytest.mark.parametrize("variant", ["cf", "spatial"])
+def test_layer_normalization_standardizes_each_image_before_the_relu(tiny_config, variant, rng):
+    model = build_model(tiny_config.replace(normalization="layer"), variant, (9, 12, 1), 3)
+    norms = [layer for layer in model.layers if layer.name.startswith("norm_")]
+    relus = [layer for layer in model.layers if layer.name.startswith("relu_")]
+    assert len(norms) == len(relus) == tiny_config.conv_layers
+    images = rng.uniform(0, 255, (4, 9, 12, 1)).astype(np.float32)
+    images[0] *= 0.1  # a faint image is scaled up like the others
+    normalized = keras.Model(model.input, norms[-1].output)(images).numpy()
+    np.testing.assert_allclose(normalized.mean(axis=(1, 2, 3)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(normalized.std(axis=(1, 2, 3)), 1.0, rtol=2e-2)
+    # per image: an image's output does not depend on the rest of the batch
+    np.testing.assert_allclose(model(images[:1]).numpy(), model(images).numpy()[:1], atol=1e-6)
+
+
+def test_base_configuration_is_inherited_and_overridden(tmp_path):
+    own = tmp_path / "mine" / "derived.yaml"
+    own.parent.mkdir()
+    (tmp_path / "parent.yaml").write_text("base: pathfinder_cf\nfilters: 8\ndescription: x\n")
+    own.write_text("base: ../parent.yaml\nnormalization: layer\n")
+    config = load_model_config(own)
+    reference = load_model_config("pathfinder_cf")
+    assert (config.name, config.description) == ("derived", "")
+    assert (config.filters, config.normalization) == (8, "layer")
+    assert config.replace(name="pathfinder_cf", description=reference.description,
+                          filters=reference.filters, normalization="none") == reference
+    (tmp_path / "parent.yaml").write_text("base: mine/derived.yaml\n")
+    with pytest.raises(ValueError, match="form a cycle"):
+        load_model_config(own)
+    own.write_text("base: no_such_model\n")
+    with pytest.raises(FileNotFoundError, match="no_such_model"):
+        load_model_config(own)
 
 
 def test_bad_model_requests_are_rejected(tiny_config, tmp_path):
@@ -98,6 +133,7 @@ def test_bad_model_requests_are_rejected(tiny_config, tmp_path):
         ("generator_rank: 0", "bad: generator_rank must be a positive integer"),
         ("generator_rank: 2.5", "generator_rank must be a positive integer"),
         ("spatial_kind: dilated", "bad: spatial_kind must be one of"),
+        ("normalization: batch", "bad: normalization must be one of"),
     ]:
         bad.write_text(line + "\n")
         with pytest.raises(ValueError, match=message):
