@@ -30,11 +30,14 @@ def wait_ready(url: str, server: subprocess.Popen, timeout: float = 120.0) -> No
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError("cfconv serve exited during start-up")
+            raise RuntimeError(
+                f"the server process {server.args!r} exited with code {server.returncode} "
+                f"before {url} answered"
+            )
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
                     return
         except OSError:
             time.sleep(0.3)
-    raise TimeoutError("cfconv serve did not become ready")
+    raise TimeoutError(f"{url} did not answer 200 within {timeout:g} s")
