@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -123,19 +124,24 @@ class ModelConfig:
 
 # A configuration file may start from another: ``base: <name or path>`` takes every
 # setting of that file except its name and description, and the file's own settings
-# override them. A relative path is read from the including file's directory.
+# override them. A name resolves under models/; a relative path from the including
+# file's directory.
 BASE_KEY = "base"
 UNINHERITED = ("name", "description")
 
 
 def load_model_config(name_or_path: str | Path) -> ModelConfig:
-    """Read a model configuration by file path or by name under ``models/``.
+    """Read a model configuration by name under ``models/`` or by file path.
+
+    A name is one word without a suffix (``pathfinder_cf``); anything else is a path,
+    read from the working directory when relative. The file may name a ``base``
+    configuration (see ``BASE_KEY``).
 
     Raises:
         FileNotFoundError: no such file (or base file); the message lists the known names.
-        ValueError: unknown keys, invalid values, or a cycle of ``base`` files.
+        ValueError: unknown keys, invalid values, a bad ``base`` or a cycle of them.
     """
-    path = _config_path(name_or_path, Path.cwd())
+    path = _config_path(name_or_path, Path())
     raw = _read_settings(path, ())
     raw.setdefault("name", path.stem)
     for key in ("dense_units", "input_size", "hidden_units"):
@@ -144,19 +150,24 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
     return ModelConfig(**raw)
 
 
-def _config_path(name_or_path: str | Path, directory: Path) -> Path:
-    """A name (no suffix) under ``models/``; a relative path under ``directory``."""
+def _config_path(name_or_path: str | Path, directory: Path, including: str = "") -> Path:
+    """The file of a name (under ``models/``) or of a path (relative to ``directory``).
+
+    ``including``: the file that names this one, for the error message.
+    """
     path = Path(name_or_path)
-    path = MODELS_DIR / f"{name_or_path}.yaml" if not path.suffix else directory / path
+    is_name = not path.suffix and len(path.parts) == 1
+    path = MODELS_DIR / f"{path}.yaml" if is_name else directory / path
     if not path.is_file():
         known = sorted(p.stem for p in MODELS_DIR.glob("*.yaml"))
         raise FileNotFoundError(
-            f"model configuration {str(name_or_path)!r} not found; known: {known}"
+            f"model configuration {str(name_or_path)!r}{including} not found "
+            f"(as {'a name' if is_name else 'a path'}: {path}); known names: {known}"
         )
     return path
 
 
-def _read_settings(path: Path, including: tuple[Path, ...]) -> dict:
+def _read_settings(path: Path, including: tuple[Path, ...]) -> dict[str, Any]:
     """One file's settings over its base's (``including``: the files that led here)."""
     if path.resolve() in including:
         chain = " -> ".join(str(p) for p in (*including, path.resolve()))
@@ -172,7 +183,10 @@ def _read_settings(path: Path, including: tuple[Path, ...]) -> dict:
         )
     if BASE_KEY not in raw:
         return raw
-    base_path = _config_path(raw.pop(BASE_KEY), path.parent)
+    base = raw.pop(BASE_KEY)
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{path}: base must be a configuration name or path, got {base!r}")
+    base_path = _config_path(base, path.parent, f" (the base of {path})")
     inherited = _read_settings(base_path, (*including, path.resolve()))
     for key in UNINHERITED:
         inherited.pop(key, None)
