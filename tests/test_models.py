@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from cfconv_tf.config import ModelConfig, load_model_config
+from cfconv_tf.config import MODELS_DIR, ModelConfig, load_model_config
 from cfconv_tf.layers import CFConv2D
 from cfconv_tf.models import build_model, parameter_counts
 
@@ -165,3 +165,11 @@ def test_bad_model_requests_are_rejected(tiny_config, tmp_path):
         bad.write_text(line + "\n")
         with pytest.raises(ValueError, match=message):
             load_model_config(bad)
+
+
+def test_every_named_configuration_loads_and_has_a_model_card():
+    names = sorted(path.stem for path in MODELS_DIR.glob("*.yaml"))
+    assert "pathfinder_cf_norm" in names
+    for name in names:
+        assert load_model_config(name).name == name
+        assert (MODELS_DIR / f"{name}.md").is_file(), f"{name} has no model card"
