@@ -39,5 +39,6 @@ def wait_ready(url: str, server: subprocess.Popen, timeout: float = 120.0) -> No
                 if response.status == 200:
                     return
         except OSError:
-            time.sleep(0.3)
+            pass
+        time.sleep(0.3)  # also after a 2xx that is not 200: no busy loop
     raise TimeoutError(f"{url} did not answer 200 within {timeout:g} s")
