@@ -62,8 +62,15 @@ class CFConv2D(keras.layers.Layer):
     ``tf.tensor_scatter_nd_update`` (``update_rate=1`` is the paper's overwrite),
     convolve with the updated kernel and keep it as the new state (when every entry is
     drawn, the dense update, the generated kernel is the new one: no scatter). The loss
-    gradient reaches the MLPs only through the written values. Inference call: the state is
+    gradient reaches the MLPs only through the written values. Inference call, and any
+    call while ``trainable`` is False (a frozen backbone under fine-tuning): the state is
     used as it is; nothing is drawn or written.
+
+    Keras resolves ``training`` from the outermost call: ``model(x)`` without
+    ``training=False`` runs in training mode when a layer whose ``call`` defaults to
+    ``training=True`` (``RandomFlip``, ``RandomRotation``, ...) is called first, and
+    then writes the state. Call a model for predictions as ``model(x, training=False)``
+    or with ``model.predict``.
 
     In both modes the DC (and Nyquist) column is made Hermitian before the transform
     (see :func:`cfconv_tf.spectral.hermitian_project`), so every FFT implementation
@@ -300,7 +307,7 @@ class CFConv2D(keras.layers.Layer):
                 f"the new size instead (the MLPs re-sample the kernel there)."
             )
         x = tf.cast(inputs, tf.float32)  # FFTs take float32 only: mixed precision ends here
-        if training:
+        if training and self.trainable:
             (kernel_real, kernel_imag), positions, values = self.sparse_update()
             if self.uses_sampled_gradient:
                 y = sampled_spectral_conv2d(x, kernel_real, kernel_imag, positions, *values)

@@ -246,6 +246,48 @@ def test_fit_step_updates_state_and_weights(kernel_gradient, generator, rng):
     )
 
 
+def test_a_non_trainable_layer_keeps_its_state_under_fit(rng):
+    """``trainable = False`` (a frozen backbone) stops sampling and writes; the trainable
+    CF layer beside it still trains."""
+    frozen, trained = (
+        CFConv2D(3, samples=30, hidden_units=(8,), activation="relu", name=name)
+        for name in ("backbone", "trained")
+    )
+    model = keras.Sequential(
+        [
+            keras.Input(INPUT_SHAPE[1:]),
+            frozen,
+            trained,
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(1),
+        ]
+    )
+    frozen.trainable = False
+    model.compile("adam", "mse")
+    kept = [w.numpy().copy() for w in frozen.weights]  # state, sampler, generators
+    before = state(trained)
+    x = rng.standard_normal((8,) + INPUT_SHAPE[1:]).astype(np.float32)
+    model.fit(x, rng.standard_normal((8, 1)), batch_size=4, epochs=1, verbose=0)
+    for old, new in zip(kept, frozen.weights, strict=True):
+        np.testing.assert_array_equal(old, new.numpy())
+    assert np.count_nonzero(trained.state_real.numpy() != before[0]) > 0
+
+
+def test_augmentation_in_front_makes_a_bare_call_a_training_call(rng):
+    """Keras resolves ``training`` from the first layer whose call defaults it: behind
+    ``RandomFlip`` a bare ``model(x)`` writes the state, ``training=False`` does not."""
+    layer = CFConv2D(3, samples=30, hidden_units=(8,), name="cf")
+    model = keras.Sequential(
+        [keras.Input(INPUT_SHAPE[1:]), keras.layers.RandomFlip("horizontal"), layer]
+    )
+    x = rng.standard_normal(INPUT_SHAPE).astype(np.float32)
+    before = state(layer)
+    model(x, training=False)
+    np.testing.assert_array_equal(layer.state_real.numpy(), before[0])
+    model(x)
+    assert np.count_nonzero(layer.state_real.numpy() != before[0]) > 0
+
+
 def test_paper_initialization_is_uniform_minus_one_to_one():
     layer = CFConv2D(8, samples=10, seed=0)
     layer.build((None, 16, 16, 8))
