@@ -14,6 +14,7 @@ from cfconv_tf.native_logs import quiet_tensorflow_import
 quiet_tensorflow_import()  # before anything imports TensorFlow
 
 import export.tf2onnx_handlers  # noqa: E402, F401  (registers the FFT handlers with tf2onnx)
+import export.tf2onnx_math  # noqa: E402, F401  (and Erfc, Expm1, Log1p)
 from cfconv_tf.frozen import FrozenSpectralConv2D  # noqa: E402
 from cfconv_tf.generator import (  # noqa: E402
     PAPER_HIDDEN_UNITS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -465,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument(
         "--energy", type=float, default=0.9, help="energy share of the effective kernel size"
     )
+    _add_import_option(inspect)
     inspect.set_defaults(run=_cmd_inspect)
 
     examples = verbs.add_parser("examples", help="a PNG of a dataset's test images")
@@ -486,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_freeze_options(freeze)
     freeze.add_argument("--dataset", help="evaluate on this dataset (default: the run's)")
     freeze.add_argument("--evaluate-limit", type=_positive, help="evaluate on N test images")
+    _add_import_option(freeze)
     freeze.set_defaults(run=_cmd_freeze)
 
     export = verbs.add_parser("export", help="write a SavedModel, ONNX model or Triton entry")
@@ -508,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
         "probabilities and class_index outputs)",
     )
     _add_freeze_options(export)
+    _add_import_option(export)
     export.set_defaults(run=_cmd_export)
 
     verify = verbs.add_parser("verify", help="compare exports with the trained model")
@@ -515,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--savedmodel", action="append", default=[], help="a SavedModel folder")
     verify.add_argument("--onnx", action="append", default=[], help="an ONNX file")
     verify.add_argument("--dataset", help="also compare on this dataset's test images")
+    _add_import_option(verify)
     verify.set_defaults(run=_cmd_verify)
 
     serve = verbs.add_parser(
@@ -567,6 +572,30 @@ def _add_freeze_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_import_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module first (repeatable), e.g. one that registers your own "
+        "Keras layers with keras.saving.register_keras_serializable; looked up from the "
+        "current directory too",
+    )
+
+
+def import_modules(names: Sequence[str]) -> None:
+    """Import the user's modules (from the current directory too), or a ``ValueError``."""
+    if names and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # ImportError, or the module's own failure
+            raise ValueError(f"--import {name}: {type(error).__name__}: {error}") from error
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -578,8 +607,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ[native_logs.LEVEL_VARIABLE] = "0"
         os.execv(sys.executable, [sys.executable, "-m", "cfconv_tf.cli", *argv])
     try:
+        import_modules(getattr(args, "imports", []))
         args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, OSError) as error:  # files missing, unreadable, in the way
         print(f"cfconv {args.verb}: error: {error}", file=sys.stderr)
         return 2
     except PeerFailure as error:

@@ -1,22 +1,35 @@
 """Freezing: a trained model -> an inference model with constant spectral kernels.
 
-Every :class:`CFConv2D` becomes a :class:`FrozenSpectralConv2D` holding one kernel,
-taken either from the layer's stored state (``source="state"``, the default: what the
-trained model computes at inference) or from its generators evaluated at every position
-(``source="mlp"``), which also works on another grid because the generators read
-normalized coordinates. The DC/Nyquist columns are projected onto Hermitian form, as
-the trained layer's forward pass does. Other layers are copied with their weights and
-dtype policies.
+Freezing changes the CF layers and nothing else. Every :class:`CFConv2D` becomes a
+:class:`FrozenSpectralConv2D` holding one kernel, taken either from the layer's stored
+state (``source="state"``, the default: what the trained model computes at inference)
+or from its generators evaluated at every position (``source="mlp"``), which also works
+on another grid because the generators read normalized coordinates. The DC/Nyquist
+columns are projected onto Hermitian form, as the trained layer's forward pass does.
 
-Any Functional or Sequential model freezes, with branches, merges, shared layers, several
-inputs and outputs, and models nested in it. The model is rebuilt on new inputs, so
-each CF layer is frozen on the grid it sees there: at another input size every grid
-follows the input through the pooling and strides between (a 32x32 model with a CF
-layer after 2x2 pooling, frozen at 64x64, has that layer on 32x32).
+Every other layer and op node of the model keeps its own object, weights and state
+(an adapted ``Normalization``, a ``BatchNormalization``'s statistics, ``keras.ops``
+nodes such as ``x + cf(x)``): the frozen model's graph is the trained one's with the CF
+layers swapped (``keras.models.clone_model`` with a clone function that touches CF
+layers only), so the two models share those layers. CF layers are found wherever they
+are: in the graph, in nested Functional or Sequential models, and inside other layers
+(wrappers such as ``TimeDistributed``, users' own layers). Swapping a CF layer inside
+another layer changes that layer, so it happens on an independent copy of the model
+made by Keras' own saving (as does a change of dtype policy).
+
+At another input size the model is called on new inputs, so each CF layer is frozen on
+the grid it sees there: every grid follows the input through the pooling and strides
+between (a 32x32 model with a CF layer after 2x2 pooling, frozen at 64x64, has that
+layer on 32x32), and a layer that cannot take the new size is named.
+
+A frozen model at the trained size with ``source="state"`` is checked against the
+trained model before it is returned.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 import keras
@@ -24,7 +37,8 @@ import numpy as np
 
 from cfconv_tf.frozen import FrozenSpectralConv2D
 from cfconv_tf.layers import KERNEL_SOURCES, CFConv2D
-from export.signature import input_infos
+from export.parity import check_parity, keras_runner
+from export.signature import input_infos, signature_of
 
 # symbolic inputs, structured as the model's ``input``
 Inputs = keras.KerasTensor | list[keras.KerasTensor] | dict[str, keras.KerasTensor]
@@ -40,7 +54,10 @@ def load_trained_model(path: str | Path) -> keras.Model:
     try:
         return keras.saving.load_model(path)
     except Exception as error:  # zip, h5 and deserialization errors of any kind
-        raise ValueError(f"{path} is not a readable Keras model: {error}") from error
+        raise ValueError(
+            f"{path} is not a readable Keras model: {error}. If it uses classes of your "
+            f"own, import the module that registers them (--import MODULE)"
+        ) from error
 
 
 def image_input_size(model: keras.Model) -> tuple[int, int, int]:
@@ -59,17 +76,187 @@ def image_input_size(model: keras.Model) -> tuple[int, int, int]:
     return int(height), int(width), int(channels)
 
 
+def all_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """Every layer inside ``model``: in nested models and inside other layers, each once."""
+    return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def has_cf_layers(layer: keras.layers.Layer) -> bool:
+    """Whether ``layer`` is or holds a trainable :class:`CFConv2D` anywhere inside."""
+    return isinstance(layer, CFConv2D) or any(
+        isinstance(inner, CFConv2D) for inner in all_layers(layer)
+    )
+
+
+def _is_graph_model(layer) -> bool:
+    """A Functional or Sequential model: one whose layer graph can be rebuilt."""
+    return isinstance(layer, keras.Sequential) or hasattr(layer, "_run_through_graph")
+
+
 def _as_functional(model: keras.Model) -> keras.Model:
     """A Functional view of ``model`` (a Sequential's layer graph), or a clear error."""
     if isinstance(model, keras.Sequential):
         return keras.Model(model.inputs, model.outputs, name=model.name)
-    if not hasattr(model, "_run_through_graph"):
+    if not _is_graph_model(model):
         raise ValueError(
             f"{model.name} is a subclassed keras.Model: freezing rebuilds the model from its "
             f"layer graph, which only Functional and Sequential models have. Build it "
-            f"functionally (keras.Input -> layers -> keras.Model)."
+            f"functionally (keras.Input -> layers -> keras.Model); subclassed models and "
+            f"layers of your own may sit inside it."
         )
     return model
+
+
+def _holders(model: keras.Model) -> list[keras.layers.Layer]:
+    """Layers of the graph (of nested graph models too) that hold CF layers inside them."""
+    found = []
+    for layer in model.layers:  # op nodes such as keras.ops.add hold no layers
+        if isinstance(layer, CFConv2D):
+            continue
+        if _is_graph_model(layer):
+            found += _holders(layer)
+        elif has_cf_layers(layer):
+            found.append(layer)
+    return found
+
+
+def independent_copy(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` that shares nothing with it, made by Keras' own saving.
+
+    Raises:
+        ValueError: the model cannot go through a ``.keras`` round trip (the message
+            says why; usually a class of the user's that is not registered).
+    """
+    with tempfile.TemporaryDirectory(prefix="cfconv-freeze-") as folder:
+        path = Path(folder) / "model.keras"
+        try:
+            model.save(path)
+            # our own file, written just now: Lambda layers may load
+            return keras.saving.load_model(path, safe_mode=False)
+        except Exception as error:
+            raise ValueError(
+                f"{model.name} must be copied to freeze CF layers held inside other layers "
+                f"(or to change its dtype policy), and Keras cannot save and load it: "
+                f"{error}. Register your own classes with "
+                f"keras.saving.register_keras_serializable and give them get_config."
+            ) from error
+
+
+class _Freezer:
+    """Swaps the CF layers of one model (and its nested models) for frozen ones.
+
+    A CF layer shared by several places becomes one shared frozen layer; a nested
+    graph model is frozen once, on the inputs it first sees.
+    """
+
+    def __init__(self, dtype: str | None) -> None:
+        self.dtype = dtype
+        self.frozen: dict[int, FrozenSpectralConv2D] = {}
+        self.pairs: list[tuple[CFConv2D, FrozenSpectralConv2D]] = []
+        self.models: dict[int, keras.Model] = {}
+
+    def frozen_layer(self, layer: CFConv2D) -> FrozenSpectralConv2D:
+        if id(layer) not in self.frozen:
+            frozen = FrozenSpectralConv2D(
+                layer.filters,
+                activation=layer.activation,
+                name=layer.name,
+                dtype=self.dtype or layer.dtype_policy,
+            )
+            self.frozen[id(layer)] = frozen
+            self.pairs.append((layer, frozen))
+        return self.frozen[id(layer)]
+
+    def clone(self, operation):
+        """The operation the frozen graph uses in place of ``operation``."""
+        if isinstance(operation, CFConv2D):
+            return self.frozen_layer(operation)
+        if isinstance(operation, keras.layers.Layer) and not _is_graph_model(operation):
+            if has_cf_layers(operation):
+                self.swap_inside(operation)
+        return operation  # graph models are frozen in `call`, where their inputs are known
+
+    def call(self, operation, *args, **kwargs):
+        if _is_graph_model(operation) and has_cf_layers(operation):
+            if id(operation) not in self.models:
+                functional = _as_functional(operation)
+                self.models[id(operation)] = self.freeze_graph(
+                    functional, _inputs_like(functional, args[0])
+                )
+            operation = self.models[id(operation)]
+        try:
+            return operation(*args, **kwargs)
+        except Exception as error:
+            name = getattr(operation, "name", type(operation).__name__)
+            raise ValueError(
+                f"{name} cannot take the inputs it sees in the frozen model "
+                f"({_shapes(args)}): {error}"
+            ) from error
+
+    def freeze_graph(self, model: keras.Model, inputs: Inputs) -> keras.Model:
+        return keras.models.clone_model(
+            model, input_tensors=inputs, clone_function=self.clone, call_function=self.call
+        )
+
+    def swap_inside(self, holder: keras.layers.Layer) -> None:
+        """Replace the CF layers that ``holder`` (a layer of a model copy) refers to.
+
+        The frozen layers are built on their CF layers' grids here: a wrapper such as
+        ``TimeDistributed`` calls its layer's ``call`` directly, which builds nothing.
+        A CF layer inside another layer therefore keeps its trained grid.
+        """
+        for layer in [holder, *all_layers(holder)]:
+            if isinstance(layer, CFConv2D) or not has_cf_layers(layer):
+                continue
+            for name, value in list(vars(layer).items()):
+                replaced = self.replaced(value)
+                if replaced is not value:
+                    object.__setattr__(layer, name, replaced)  # no re-tracking: built layers
+
+    def replaced(self, value):
+        """``value`` with its CF layers (also in lists, tuples, dicts) swapped."""
+        if isinstance(value, CFConv2D):
+            frozen = self.frozen_layer(value)
+            if not frozen.built:
+                frozen.build((None, *value.input_size, value.kernel_shape[2]))
+            return frozen
+        if _is_graph_model(value) and has_cf_layers(value):
+            if id(value) not in self.models:
+                functional = _as_functional(value)
+                self.models[id(value)] = self.freeze_graph(
+                    functional, _inputs_like(functional, functional.inputs)
+                )
+            return self.models[id(value)]
+        if isinstance(value, list | tuple):
+            items = [self.replaced(item) for item in value]
+            if all(new is old for new, old in zip(items, value, strict=True)):
+                return value
+            if isinstance(value, tuple):
+                return type(value)(items)
+            list.__setitem__(value, slice(None), items)  # in place, past Keras' tracking
+        elif isinstance(value, dict):
+            for key, item in list(value.items()):
+                new = self.replaced(item)
+                if new is not item:
+                    dict.__setitem__(value, key, new)
+        return value
+
+
+def _shapes(args) -> str:
+    """The shapes of a call's tensor arguments (other arguments as they are)."""
+    return ", ".join(
+        str(tuple(value.shape)) if hasattr(value, "shape") else repr(value)
+        for value in keras.tree.flatten(args)
+    )
+
+
+def _inputs_like(model: keras.Model, tensors) -> Inputs:
+    """Fresh symbolic inputs for ``model`` shaped as ``tensors``, named as its inputs."""
+    flat = [
+        keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=info.name)
+        for tensor, info in zip(keras.tree.flatten(tensors), input_infos(model), strict=True)
+    ]
+    return keras.tree.pack_sequence_as(model.input, flat)
 
 
 def _new_inputs(model: keras.Model, input_size: tuple[int, int] | None) -> Inputs:
@@ -88,70 +275,41 @@ def _new_inputs(model: keras.Model, input_size: tuple[int, int] | None) -> Input
     return keras.tree.pack_sequence_as(model.input, tensors)
 
 
-def _copy_weights(original: keras.layers.Layer, copy: keras.layers.Layer, source: str) -> None:
-    if isinstance(original, CFConv2D):
-        kernel = original.inference_kernel(source, copy.input_size)
-        copy.set_weights([np.asarray(part) for part in kernel])
-        return
-    try:
-        copy.set_weights(original.get_weights())
-    except ValueError as error:
+def _set_kernels(pairs: list[tuple[CFConv2D, FrozenSpectralConv2D]], source: str) -> None:
+    for original, frozen in pairs:
+        if not frozen.built:
+            raise ValueError(
+                f"{original.name}: the frozen model never calls this CF layer, so its grid "
+                f"is unknown"
+            )
+        kernel = original.inference_kernel(source, frozen.input_size)
+        frozen.set_weights([np.asarray(part) for part in kernel])
+
+
+def _check_no_cf_layers(frozen: keras.Model) -> None:
+    left = sorted({layer.name for layer in all_layers(frozen) if isinstance(layer, CFConv2D)})
+    if left:
         raise ValueError(
-            f"{original.name}: its weights do not fit the input size this layer sees now "
-            f"({error}); the model cannot run at that input size"
-        ) from error
-
-
-def _freeze(model: keras.Model, inputs: Inputs, source: str, dtype: str | None) -> keras.Model:
-    """Rebuild the Functional ``model`` on ``inputs`` with frozen CF layers and copied weights."""
-    copies: dict[int, keras.layers.Layer] = {}
-    pairs: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
-    nested: dict[int, keras.Model] = {}
-
-    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
-        if isinstance(layer, keras.Model):
-            return layer  # rebuilt in `call`, where the inputs it sees are known
-        if id(layer) not in copies:  # a shared layer stays shared
-            if isinstance(layer, CFConv2D):
-                copy = FrozenSpectralConv2D(
-                    layer.filters,
-                    activation=layer.activation,
-                    name=layer.name,
-                    dtype=dtype or layer.dtype_policy,
-                )
-            else:
-                config = layer.get_config()
-                if dtype is not None:
-                    config["dtype"] = dtype
-                copy = layer.__class__.from_config(config)
-            copies[id(layer)] = copy
-            pairs.append((layer, copy))
-        return copies[id(layer)]
-
-    def call(layer: keras.layers.Layer, *args, **kwargs):
-        if isinstance(layer, keras.Model):
-            if id(layer) not in nested:
-                inner = _as_functional(layer)
-                tensors = [
-                    keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=info.name)
-                    for tensor, info in zip(
-                        keras.tree.flatten(args[0]), input_infos(inner), strict=True
-                    )
-                ]
-                inner_inputs = keras.tree.pack_sequence_as(inner.input, tensors)
-                nested[id(layer)] = _freeze(inner, inner_inputs, source, dtype)
-            layer = nested[id(layer)]
-        return layer(*args, **kwargs)
-
-    try:
-        frozen = keras.models.clone_model(
-            model, input_tensors=inputs, clone_function=clone, call_function=call
+            f"CF layers {left} could not be frozen: they are held where freezing cannot "
+            f"reach (not an attribute, list or dict of a layer)"
         )
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{model.name} cannot be rebuilt for inference: {error}") from error
-    for original, copy in pairs:
-        _copy_weights(original, copy, source)
-    return frozen
+
+
+def unsaveable_layers(frozen: keras.Model) -> list[str]:
+    """Layers of a frozen model whose config does not carry their frozen sublayers.
+
+    A user's layer that creates its CF layer in ``__init__`` (rather than taking it
+    through its config, as Keras' wrappers do) computes the right thing in memory, but a
+    ``.keras`` file of it would load with a new, trainable CF layer.
+    """
+    found = []
+    for layer in all_layers(frozen):
+        inner = [sub for sub in layer._layers if isinstance(sub, FrozenSpectralConv2D)]
+        if inner and not _is_graph_model(layer):
+            config = json.dumps(keras.saving.serialize_keras_object(layer), default=str)
+            if any(sub.name not in config for sub in inner):
+                found.append(layer.name)
+    return found
 
 
 def freeze_model(
@@ -172,7 +330,8 @@ def freeze_model(
 
     Raises:
         ValueError: unknown source; a subclassed model; an input size the model cannot
-            take (the message names the layer).
+            take (the message names the layer); a frozen model that does not compute
+            what the trained one does.
     """
     if source not in KERNEL_SOURCES:
         raise ValueError(f"unknown kernel source {source!r}; choose one of {KERNEL_SOURCES}")
@@ -181,4 +340,21 @@ def freeze_model(
         if len(input_size) != 2 or min(input_size) <= 0:
             raise ValueError(f"input size must be (height, width) > 0, got {input_size}")
     functional = _as_functional(model)
-    return _freeze(functional, _new_inputs(functional, input_size), source, dtype)
+    if dtype is not None or _holders(functional):
+        functional = _as_functional(independent_copy(functional))
+        if dtype is not None:
+            for layer in all_layers(functional):
+                layer.dtype_policy = dtype
+    freezer = _Freezer(dtype)
+    frozen = freezer.freeze_graph(functional, _new_inputs(functional, input_size))
+    _set_kernels(freezer.pairs, source)
+    _check_no_cf_layers(frozen)
+    trained_size = input_size is None or _image_sizes(model) == [input_size]
+    if source == "state" and trained_size and dtype is None:
+        signature = signature_of(model)
+        check_parity(model, signature, keras_runner(frozen, signature), "the frozen model")
+    return frozen
+
+
+def _image_sizes(model: keras.Model) -> list[tuple[int, int]]:
+    return [tuple(info.shape[1:3]) for info in input_infos(model) if len(info.shape) == 4]

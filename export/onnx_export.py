@@ -16,7 +16,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import keras
@@ -28,20 +31,16 @@ from onnx import TensorProto, numpy_helper
 
 from cfconv_tf.frozen import FrozenSpectralConv2D, convolution_override
 from cfconv_tf.layers import CFConv2D
-from export.freeze import freeze_model
+from export.freeze import all_layers, freeze_model
 from export.names import CLASS_NAMES_KEY, LOWERING_KEY, ONNX_DATA_FILE, ONNX_FILE
 from export.onnx_spectral import LOWERINGS, kernel_operands, lowered_convolution
+from export.self_check import check_export, load_onnx
 from export.signature import Signature, serving_function, signature_of
 from export.tf2onnx_handlers import transforms_as
 
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of weights above which they go to a side file
 CONVERTER_MAX_OPSET = 18  # tf2onnx 1.17's newest; higher opsets come from onnx's converter
 COMPLEX_TYPES = {TensorProto.COMPLEX64, TensorProto.COMPLEX128}
-
-
-def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """Every layer of ``model``, in nested models and inside other layers too, each once."""
-    return list(model._flatten_layers(include_self=False, recursive=True))
 
 
 def spectral_layers(model: keras.Model) -> list[FrozenSpectralConv2D]:
@@ -77,10 +76,10 @@ def _converter_errors() -> Iterator[list[str]]:
 
 def _convert(
     model: keras.Model, signature: Signature, lowering: str, opset: int
-) -> tuple[onnx.ModelProto, list[str]]:
+) -> onnx.ModelProto:
     """Trace ``model`` with its spectral layers in the lowering's form and convert it.
 
-    Returns the ONNX model (kernels as initializers) and tf2onnx's error messages.
+    Returns the checked ONNX model, kernels as initializers.
     """
     layers = spectral_layers(model)
     kernels = {
@@ -105,13 +104,8 @@ def _convert(
             return serve(*tensors[:count])
 
     transforms = "dft" if lowering == "dft" else "matmul"
-    try:
-        proto, errors = convert_function(traced, specs, opset, transforms)
-    except Exception as error:  # tf2onnx's own failures, of any type: one clear message
-        raise ValueError(
-            f"tf2onnx failed to convert {model.name}: {type(error).__name__}: {error}. "
-            f"Export it as a SavedModel (--format savedmodel) instead."
-        ) from error
+    layer_names = [layer.name for layer in all_layers(model)]
+    proto = convert_function(traced, specs, opset, transforms, layer_names)
     graph = proto.graph
     inputs = [value for value in graph.input if value.name not in kernels]
     del graph.input[:]
@@ -122,45 +116,98 @@ def _convert(
     graph.initializer.extend(
         numpy_helper.from_array(value, name) for name, value in kernels.items()
     )
-    return proto, errors
+    return proto
 
 
 def convert_function(
-    function: Callable, specs: list[tf.TensorSpec], opset: int, transforms: str = "matmul"
-) -> tuple[onnx.ModelProto, list[str]]:
-    """tf2onnx's conversion of ``function`` at ``opset``, FFTs written as ``transforms``.
+    function: Callable,
+    specs: list[tf.TensorSpec],
+    opset: int,
+    transforms: str = "matmul",
+    layer_names: Sequence[str] = (),
+) -> onnx.ModelProto:
+    """tf2onnx's conversion of ``function`` at ``opset``, FFTs written as ``transforms``,
+    checked (:func:`check_converted`, naming the ``layer_names`` unconverted ops sit in).
 
     tf2onnx writes at most :data:`CONVERTER_MAX_OPSET`; onnx's version converter takes
-    the model the rest of the way. Returns the model and tf2onnx's error messages.
+    the checked model the rest of the way.
+
+    Raises:
+        ValueError: tf2onnx or the version converter fails, or ops stay unconverted.
     """
-    with transforms_as(transforms), _converter_errors() as errors:
-        proto, _ = tf2onnx.convert.from_function(
-            tf.function(function, autograph=False),
-            input_signature=specs,
-            opset=min(opset, CONVERTER_MAX_OPSET),
-        )
+    traced = tf.function(function, autograph=False)
+    captured = _captured_constants(traced.get_concrete_function(*specs))
+    try:
+        with transforms_as(transforms), _converter_errors() as errors:
+            proto, _ = tf2onnx.convert.from_function(  # reuses the function traced above
+                traced, input_signature=specs, opset=min(opset, CONVERTER_MAX_OPSET)
+            )
+    except Exception as error:  # tf2onnx's own failures, of any type: one clear message
+        raise ValueError(
+            f"tf2onnx failed to convert the model: {type(error).__name__}: {error}. "
+            f"Export it as a SavedModel (--format savedmodel) instead."
+        ) from error
+    _inputs_to_initializers(proto.graph, captured)
+    check_converted(proto, errors, layer_names)
     if opset > CONVERTER_MAX_OPSET:
-        proto = onnx.version_converter.convert_version(proto, opset)
-    return proto, errors
+        try:
+            proto = onnx.version_converter.convert_version(proto, opset)
+        except Exception as error:  # onnx's converter raises RuntimeError and others
+            raise ValueError(
+                f"onnx cannot raise the converted model to opset {opset}: {error}"
+            ) from error
+    return proto
 
 
-def check_converted(proto: onnx.ModelProto, errors: list[str]) -> None:
-    """Refuse a graph with ops that are not standard ONNX or with complex tensors."""
-    unconverted = sorted(
-        {
-            f"{node.op_type} ({node.name})"
-            for node in proto.graph.node
-            if not onnx.defs.has(node.op_type, node.domain or "")
-        }
+def _captured_constants(concrete) -> dict[str, np.ndarray]:
+    """The values of the tensors (not variables) a traced function captured, by the
+    name of the placeholder that stands for each inside its graph.
+
+    Layers that keep eager tensors (an adapted or fixed ``Normalization``'s mean and
+    variance) are captured this way; tf2onnx turns such placeholders into graph inputs.
+    """
+    return {
+        internal.name: external.numpy()
+        for external, internal in concrete.graph.captures
+        if external.dtype != tf.resource and hasattr(external, "numpy")
+    }
+
+
+def _inputs_to_initializers(graph: onnx.GraphProto, values: dict[str, np.ndarray]) -> None:
+    """Make the graph inputs named in ``values`` initializers holding those values."""
+    captured = [value for value in graph.input if value.name in values]
+    if not captured:
+        return
+    kept = [value for value in graph.input if value.name not in values]
+    del graph.input[:]
+    graph.input.extend(kept)
+    graph.initializer.extend(
+        numpy_helper.from_array(np.asarray(values[value.name]), value.name) for value in captured
     )
+
+
+def check_converted(
+    proto: onnx.ModelProto, errors: list[str], layer_names: Sequence[str] = ()
+) -> None:
+    """Refuse a graph with ops that are not standard ONNX or with complex tensors.
+
+    ``layer_names``: the model's layers, to name the layers unconverted ops come from
+    (TensorFlow names each op after the layers it sits in).
+    """
+    unconverted = [
+        node for node in proto.graph.node if not onnx.defs.has(node.op_type, node.domain or "")
+    ]
     if unconverted:
+        ops = sorted({node.op_type for node in unconverted})
+        layers = sorted(
+            {layer for node in unconverted if (layer := _layer_of(node.name, layer_names))}
+        )
+        where = f"in layers {layers}" if layers else f"at nodes {[n.name for n in unconverted[:4]]}"
         reasons = "; ".join(dict.fromkeys(errors)) or "no handler"
         raise ValueError(
-            f"tf2onnx could not convert these ops to ONNX: {', '.join(unconverted[:8])}"
-            f"{' ...' if len(unconverted) > 8 else ''} (tf2onnx: {reasons}). The names say "
-            f"which layer they come from; export that model as a SavedModel "
-            f"(--format savedmodel), or replace the layer with one built from ops tf2onnx "
-            f"converts."
+            f"tf2onnx cannot convert the TensorFlow ops {ops} {where} to ONNX (tf2onnx: "
+            f"{reasons}). Export this model as a SavedModel (--format savedmodel), or build "
+            f"those layers from ops tf2onnx converts."
         )
     graph = proto.graph
     typed = [*graph.input, *graph.output, *graph.value_info]
@@ -168,6 +215,16 @@ def check_converted(proto: onnx.ModelProto, errors: list[str]) -> None:
     complex_names += [t.name for t in graph.initializer if t.data_type in COMPLEX_TYPES]
     if complex_names:
         raise ValueError(f"the converted graph keeps complex tensors: {complex_names[:5]}")
+
+
+def _layer_of(node_name: str, layer_names: Sequence[str]) -> str | None:
+    """The innermost layer whose name is a scope of ``node_name`` (TensorFlow may add
+    ``_<n>`` to a scope name it has seen before), if any."""
+    names, found = set(layer_names), None
+    for scope in node_name.split("/"):
+        if scope in names or re.sub(r"_\d+$", "", scope) in names:
+            found = scope if scope in names else re.sub(r"_\d+$", "", scope)
+    return found
 
 
 def build_onnx(
@@ -205,8 +262,7 @@ def build_onnx(
             f"layers {half[:4]} compute in bfloat16, which onnxruntime's CPU kernels lack; "
             f"freeze with dtype='float32' (cfconv export --dtype float32) to export in float32"
         )
-    proto, errors = _convert(model, signature, lowering, opset)
-    check_converted(proto, errors)
+    proto = _convert(model, signature, lowering, opset)
     proto.producer_name = "cfconv-tf (tf2onnx)"
     properties = {LOWERING_KEY: lowering, **(metadata or {})}
     if signature.class_names is not None:
@@ -229,14 +285,20 @@ def export_onnx(
     """Freeze (if it has trainable CF-Conv layers), convert and save ``folder/model.onnx``.
 
     The one call for a Keras model in Python; ``class_names`` make a classifier's export
-    add ``probabilities`` and ``class_index``. Returns the ``model.onnx`` path.
+    add ``probabilities`` and ``class_index``. The file is written only once onnxruntime
+    has loaded it and computed what ``model`` does (:mod:`export.self_check`). Returns
+    the ``model.onnx`` path.
     """
-    if _has_trainable_cf_layers(model):
-        model = freeze_model(model)
-    proto = build_onnx(model, signature_of(model, class_names), lowering, opset)
+    frozen = freeze_model(model) if _has_trainable_cf_layers(model) else model
+    signature = signature_of(frozen, class_names)
+    proto = build_onnx(frozen, signature, lowering, opset)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return save_onnx(proto, folder)
+    with tempfile.TemporaryDirectory(prefix=".staging-", dir=folder) as staging:
+        check_export(load_onnx(save_onnx(proto, Path(staging))), model, signature)
+        for written in sorted(Path(staging).iterdir()):
+            os.replace(written, folder / written.name)
+    return folder / ONNX_FILE
 
 
 def save_onnx(

@@ -69,11 +69,18 @@ def onnx_runner(path: str | Path) -> Runner:
 
 
 def random_inputs(inputs: Sequence[TensorInfo], batch: int, rng: np.random.Generator) -> Arrays:
-    """Inputs to probe a model with: pixels in [0, 255] for images, N(0, 1) otherwise."""
+    """Inputs to probe a model with: pixels in [0, 255] for float images, N(0, 1) for
+    other float inputs, 0 or 1 for integer and boolean inputs (valid indices for any
+    embedding or lookup)."""
     arrays = {}
     for info in inputs:
         shape = (batch, *(size or 1 for size in info.shape[1:]))
-        values = rng.uniform(0, 255, shape) if len(shape) == 4 else rng.standard_normal(shape)
+        if "float" not in info.dtype:  # ints and bools (bfloat16 is no numpy dtype)
+            values = rng.integers(0, 2, shape)
+        elif len(shape) == 4:
+            values = rng.uniform(0, 255, shape)
+        else:
+            values = rng.standard_normal(shape)
         arrays[info.name] = values.astype(info.dtype)
     return arrays
 
@@ -100,7 +107,58 @@ def relative_error(candidate: Arrays, reference: Arrays) -> float:
     return max(errors)
 
 
+def sample_inputs(signature: Signature, batch: int) -> Arrays:
+    """The inputs an export is checked on: :func:`random_inputs`, the same every time."""
+    return random_inputs(signature.inputs, batch, np.random.default_rng(batch))
+
+
+def check_parity(
+    reference: keras.Model,
+    signature: Signature,
+    candidate: Runner,
+    what: str,
+    batches: Sequence[int] = (1, 3),
+) -> float:
+    """Check that ``candidate`` computes what ``reference`` (in inference mode) does.
+
+    Both run on :func:`sample_inputs` at each batch size. Returns the largest relative
+    error.
+
+    Raises:
+        ValueError: the candidate fails on the inputs, lacks an output, or is farther
+            than :func:`tolerance_for` the reference; the message starts with ``what``.
+    """
+    tolerance = tolerance_for(reference)
+    expected = keras_runner(reference, signature)
+    worst = 0.0
+    for batch in batches:
+        arrays = sample_inputs(signature, batch)
+        try:
+            worst = max(worst, relative_error(candidate(arrays), expected(arrays)))
+        except Exception as error:  # any runtime's failure: one clear message
+            raise ValueError(
+                f"{what} does not run on the model's sample inputs (batch {batch}): "
+                f"{type(error).__name__}: {error}"
+            ) from error
+    if not worst <= tolerance:  # NaN fails too
+        raise ValueError(
+            f"{what} does not compute what the Keras model does: relative error "
+            f"{worst:.2e}, above the bound {tolerance:.0e}"
+        )
+    return worst
+
+
 def compare(reference: Runner, candidates: dict[str, Runner], inputs: Arrays) -> dict[str, float]:
-    """Relative error of each candidate against the reference on the same inputs."""
+    """Relative error of each candidate against the reference on the same inputs.
+
+    Raises:
+        ValueError: a candidate fails on the inputs or lacks an output (named).
+    """
     expected = reference(inputs)
-    return {name: relative_error(run(inputs), expected) for name, run in candidates.items()}
+    errors = {}
+    for name, run in candidates.items():
+        try:
+            errors[name] = relative_error(run(inputs), expected)
+        except Exception as error:  # any runtime's failure: one clear message
+            raise ValueError(f"{name} fails on the comparison inputs: {error}") from error
+    return errors

@@ -7,6 +7,7 @@ to evaluate on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,19 +18,27 @@ import numpy as np
 from cfconv_tf.data import batched, load_dataset
 from cfconv_tf.training import compile_model
 from export.atomic import staged_version
-from export.freeze import freeze_model, image_input_size, load_trained_model
+from export.freeze import freeze_model, image_input_size, load_trained_model, unsaveable_layers
 from export.names import CLASS_NAMES_KEY, PREPROCESSING_KEY
 from export.onnx_export import build_onnx, save_onnx
 from export.parity import (
+    Runner,
     compare,
     keras_runner,
-    onnx_runner,
     random_inputs,
-    savedmodel_runner,
     tolerance_for,
 )
 from export.savedmodel import write_savedmodel
-from export.signature import classifier_units, input_infos, signature_of
+from export.self_check import (
+    LoadedExport,
+    check_export,
+    described,
+    load_keras,
+    load_onnx,
+    load_savedmodel,
+    same_inputs,
+)
+from export.signature import Signature, classifier_units, input_infos, signature_of
 from export.triton import write_repository_entry
 
 FORMATS = ("savedmodel", "onnx", "triton")
@@ -122,12 +131,38 @@ def freeze_and_report(
             report["frozen_accuracy"] = accuracy(
                 frozen, test_split(model_path, frozen_size, dataset, evaluate_limit)
             )
+    unsaveable = unsaveable_layers(frozen)
+    if unsaveable:
+        raise ValueError(
+            f"the frozen model cannot be saved as a .keras file: layers {unsaveable} create "
+            f"their CF layers in their own __init__ instead of taking them through their "
+            f"config, so Keras would load them with new, trainable CF layers. Export the "
+            f"model directly (cfconv export freezes in memory)."
+        )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.staging.keras")
-    frozen.save(staging)
-    staging.replace(out)
+    try:
+        frozen.save(staging)
+        reference = _reference(trained, frozen, source, input_size, dtype)
+        report["parity"] = check_export(load_keras(staging), reference, signature_of(reference))
+        staging.replace(out)
+    finally:
+        staging.unlink(missing_ok=True)
     return report
+
+
+def _reference(
+    trained: keras.Model,
+    frozen: keras.Model,
+    source: str,
+    input_size: tuple[int, int] | None,
+    dtype: str | None,
+) -> keras.Model:
+    """The model an export of ``frozen`` must compute: the trained one where the two
+    are comparable (stored kernels, trained size, own dtypes), else the frozen one."""
+    same_size = input_size is None or tuple(input_size) == image_input_size(trained)[:2]
+    return trained if source == "state" and same_size and dtype is None else frozen
 
 
 def export_model(
@@ -178,12 +213,14 @@ def export_model(
                 for key, value in metadata.items()
             },
         )
+    reference = _reference(trained, frozen, source, input_size, dtype)
     with staged_version(Path(out), name, version) as (staging, final):
         if fmt == "savedmodel":
             saved = {**metadata, CLASS_NAMES_KEY: signature.class_names}
             write_savedmodel(frozen, signature, staging, saved)
+            check_export(load_savedmodel(staging), reference, signature)
         else:
-            save_onnx(onnx_model, staging)
+            check_export(load_onnx(save_onnx(onnx_model, staging)), reference, signature)
     if fmt == "triton":
         write_repository_entry(final.parent, name, signature)
     return final
@@ -218,21 +255,64 @@ def verify_exports(
     """Relative error of the frozen model and each export against the trained model.
 
     Compared on random inputs and, for an image model whose dataset is known, on real
-    test images.
+    test images. An export made at another input size (``--input-size``) is compared on
+    random inputs with the trained model frozen at that size from its generators, which
+    is what such an export holds.
+
+    Raises:
+        ValueError: an export that cannot be loaded or run, or whose inputs are not the
+            model's (at any input size).
     """
     trained = load_trained_model(model_path)
-    signature = signature_of(trained, class_names_for(model_path))
-    frozen = freeze_model(trained)
-    candidates = {"frozen keras": keras_runner(frozen, signature)}
-    candidates.update({f"savedmodel {p}": savedmodel_runner(p) for p in savedmodels})
-    candidates.update({f"onnxruntime {p}": onnx_runner(p) for p in onnx_files})
-    inputs = {"random": random_inputs(signature.inputs, samples, np.random.default_rng(seed))}
+    class_names = class_names_for(model_path)
+    signature = signature_of(trained, class_names)
+    exports = [load_savedmodel(path) for path in savedmodels]
+    exports += [load_onnx(path) for path in onnx_files]
+    candidates = {"frozen keras": keras_runner(freeze_model(trained), signature)}
+    resized: dict[tuple[int, int], dict[str, Runner]] = {}
+    for export in exports:
+        if same_inputs(export.inputs, signature.inputs):
+            candidates[export.what] = export.run
+        else:
+            size = _resized_image(export, signature)
+            resized.setdefault(size, {})[export.what] = export.run
+    rng = np.random.default_rng(seed)
+    inputs = {"random": random_inputs(signature.inputs, samples, rng)}
     if (dataset or run_dir_of(model_path)) and len(signature.inputs) == 1:
         height, width, _ = image_input_size(trained)
         images, _ = next(iter(test_split(model_path, (height, width), dataset).batch(samples)))
         inputs["test images"] = {signature.inputs[0].name: images.numpy()}
     reference = keras_runner(trained, signature)
-    return ParityReport(
-        {kind: compare(reference, candidates, arrays) for kind, arrays in inputs.items()},
-        tolerance_for(trained),
+    errors = {kind: compare(reference, candidates, arrays) for kind, arrays in inputs.items()}
+    for (height, width), runners in resized.items():
+        there = freeze_model(trained, "mlp", (height, width))
+        resized_signature = signature_of(there, class_names)
+        errors[f"random at {height}x{width}, against the model frozen there"] = compare(
+            keras_runner(there, resized_signature),
+            runners,
+            random_inputs(resized_signature.inputs, samples, rng),
+        )
+    return ParityReport(errors, tolerance_for(trained))
+
+
+def _resized_image(export: LoadedExport, signature: Signature) -> tuple[int, int]:
+    """The ``(H, W)`` an export of the model at another input size takes, or a
+    ``ValueError`` when its inputs differ from the model's in more than that."""
+    images = [info for info in signature.inputs if len(info.shape) == 4]
+    found = {info.name: info for info in export.inputs}
+    if len(images) == 1 and images[0].name in found:
+        image = found[images[0].name]
+        size = image.shape[1:3]
+        resized = [
+            dataclasses.replace(info, shape=(None, *size, info.shape[3]))
+            if info.name == image.name
+            else info
+            for info in signature.inputs
+        ]
+        if None not in size and same_inputs(export.inputs, resized):
+            return int(size[0]), int(size[1])
+    raise ValueError(
+        f"{export.what} takes the inputs {described(export.inputs)}, which are not the "
+        f"model's {described(signature.inputs)} at any input size: it is not an export "
+        f"of this model"
     )

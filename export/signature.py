@@ -44,7 +44,7 @@ def _source_layer(tensor) -> keras.layers.Layer | None:
     """The layer that produced a symbolic Keras tensor (inside nested models too)."""
     history = getattr(tensor, "_keras_history", None)
     layer = history.operation if history else None
-    while isinstance(layer, keras.Model) and len(layer.outputs) == 1:
+    while isinstance(layer, keras.Model) and len(getattr(layer, "outputs", None) or ()) == 1:
         history = getattr(layer.outputs[0], "_keras_history", None)
         layer = history.operation if history else None
     return layer

@@ -8,8 +8,12 @@ inputs and outputs in every export.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -17,6 +21,8 @@ import onnx
 import pytest
 import tensorflow as tf
 from conftest import small_cf
+from zoo_layers import SpectralBlock
+from zoo_worker import EXPORTS
 
 from cfconv_tf import CFConv2D, FrozenSpectralConv2D
 from export.freeze import freeze_model
@@ -33,7 +39,7 @@ from export.parity import (
     tolerance_for,
 )
 from export.savedmodel import write_savedmodel
-from export.signature import signature_of
+from export.signature import classifier_units, signature_of
 from export.triton import triton_config
 
 
@@ -154,6 +160,95 @@ def dict_inputs_embedding() -> keras.Model:
     return keras.Model({"image": image, "scale": scale}, embedding)
 
 
+def adapted_normalization() -> keras.Model:
+    """An adapted ``Normalization`` (its state is finalized after loading) before a CF layer."""
+    inputs = keras.Input((9, 8, 2), name="image")
+    norm = keras.layers.Normalization()
+    norm.adapt(np.random.default_rng(0).uniform(0, 255, (16, 9, 8, 2)).astype(np.float32))
+    x = cf(4)(norm(inputs))
+    return keras.Model(inputs, softmax_head(3)(keras.layers.GlobalAveragePooling2D()(x)))
+
+
+def fixed_normalization() -> keras.Model:
+    """A ``Normalization`` given its mean and variance (eager constants in the graph)."""
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Normalization(mean=120.0, variance=75.0**2)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(cf(3)(x))
+    return keras.Model(inputs, softmax_head(2)(x))
+
+
+def keras_ops_residual() -> keras.Model:
+    """``cf(x) + x``, ``keras.ops.sigmoid`` and ``keras.ops.mean`` on symbolic tensors."""
+    inputs = keras.Input((10, 9, 1), name="image")
+    x = keras.layers.Conv2D(4, 1)(keras.layers.Rescaling(1 / 255)(inputs))
+    x = cf(4)(x) + x
+    x = keras.ops.sigmoid(cf(4, activation=None)(x)) * x
+    x = keras.ops.mean(x, axis=(1, 2))
+    return keras.Model(inputs, softmax_head(3)(x))
+
+
+def time_distributed() -> keras.Model:
+    """A CF layer applied to every frame of a clip (``TimeDistributed``)."""
+    inputs = keras.Input((3, 8, 7, 1), name="clip")
+    x = keras.layers.TimeDistributed(cf(3))(inputs)
+    x = keras.layers.TimeDistributed(keras.layers.GlobalAveragePooling2D())(x)
+    return keras.Model(inputs, softmax_head(2)(keras.layers.Flatten()(x)))
+
+
+def user_layer() -> keras.Model:
+    """A registered layer of the user's that creates its own CF layer (zoo_layers)."""
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = SpectralBlock(3, name="block")(keras.layers.Rescaling(1 / 255)(inputs))
+    return keras.Model(inputs, softmax_head(3)(keras.layers.GlobalAveragePooling2D()(x)))
+
+
+def attention_after_cf() -> keras.Model:
+    """CF features as tokens for multi-head self-attention."""
+    inputs = keras.Input((6, 5, 2), name="image")
+    x = cf(4)(keras.layers.Rescaling(1 / 255)(inputs))
+    tokens = keras.layers.Reshape((30, 4))(x)
+    x = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)(tokens, tokens)
+    return keras.Model(inputs, softmax_head(3)(keras.layers.GlobalAveragePooling1D()(x)))
+
+
+def image_and_features() -> keras.Model:
+    """An image and adapted-normalized numeric features, joined after a CF trunk."""
+    image = keras.Input((8, 8, 1), name="image")
+    features = keras.Input((5,), name="features")
+    norm = keras.layers.Normalization()
+    norm.adapt(np.random.default_rng(1).normal(3.0, 2.0, (32, 5)).astype(np.float32))
+    x = keras.layers.GlobalAveragePooling2D()(cf(3)(keras.layers.Rescaling(1 / 255)(image)))
+    x = keras.layers.Concatenate()([x, keras.layers.Dense(4, activation="relu")(norm(features))])
+    return keras.Model([image, features], softmax_head(2)(x))
+
+
+def image_and_category() -> keras.Model:
+    """An image and an integer category id (an ``Embedding``), joined after a CF trunk."""
+    image = keras.Input((7, 8, 2), name="image")
+    category = keras.Input((1,), dtype="int32", name="category")
+    x = keras.layers.GlobalAveragePooling2D()(cf(3)(keras.layers.Rescaling(1 / 255)(image)))
+    embedded = keras.layers.Flatten()(keras.layers.Embedding(3, 4)(category))
+    return keras.Model(
+        [image, category], softmax_head(2)(keras.layers.Concatenate()([x, embedded]))
+    )
+
+
+def exact_gelu_and_celu() -> keras.Model:
+    """Keras' exact GELU (``Erfc``) and ``celu`` (``Expm1``) as CF activations."""
+    inputs = keras.Input((7, 9, 1), name="image")
+    x = cf(3, activation="gelu")(keras.layers.Rescaling(1 / 255)(inputs))
+    x = cf(3, activation="celu")(x)
+    return keras.Model(inputs, softmax_head(3)(keras.layers.GlobalAveragePooling2D()(x)))
+
+
+def augmentation_in_front() -> keras.Model:
+    """``RandomFlip`` before CF layers: a no-op in inference, flips while training."""
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.RandomFlip("horizontal")(inputs)
+    x = cf(3)(keras.layers.Rescaling(1 / 255)(x))
+    return keras.Model(inputs, softmax_head(2)(keras.layers.GlobalAveragePooling2D()(x)))
+
+
 CLASSIFIER = ["head", "probabilities", "class_index"]
 # name -> (builder, the export's input names, its output names)
 ZOO: dict[str, tuple[Callable[[], keras.Model], list[str], list[str]]] = {
@@ -168,6 +263,16 @@ ZOO: dict[str, tuple[Callable[[], keras.Model], list[str], list[str]]] = {
     "nested-shared-two-inputs": (nested_shared_two_inputs, ["image", "meta"], CLASSIFIER),
     "dict-inputs-embedding": (dict_inputs_embedding, ["image", "scale"], ["embedding"]),
     "sequential-in-memory": (sequential_in_memory, [], CLASSIFIER),  # inputs named by Keras
+    "adapted-normalization": (adapted_normalization, ["image"], CLASSIFIER),
+    "fixed-normalization": (fixed_normalization, ["image"], CLASSIFIER),
+    "keras-ops-residual": (keras_ops_residual, ["image"], CLASSIFIER),
+    "time-distributed": (time_distributed, ["clip"], CLASSIFIER),
+    "user-layer": (user_layer, ["image"], CLASSIFIER),
+    "attention-after-cf": (attention_after_cf, ["image"], CLASSIFIER),
+    "image-and-features": (image_and_features, ["image", "features"], CLASSIFIER),
+    "image-and-category": (image_and_category, ["image", "category"], CLASSIFIER),
+    "exact-gelu-and-celu": (exact_gelu_and_celu, ["image"], CLASSIFIER),
+    "augmentation-in-front": (augmentation_in_front, ["image"], CLASSIFIER),
 }
 
 
@@ -239,14 +344,65 @@ def check_exports(
     return errors
 
 
+BATCHES = (1, 5)
+
+
+@pytest.fixture(scope="module")
+def zoo_exports(tmp_path_factory) -> tuple[Path, dict]:
+    """Every zoo model trained here and saved as ``.keras`` with its sample inputs and
+    the trained model's outputs on them; then exported every way by one fresh process
+    (zoo_worker.py). Returns the folder and the worker's results."""
+    folder = tmp_path_factory.mktemp("zoo")
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    print(f"zoo seed {seed}")
+    for index, (name, (build, _, _)) in enumerate(sorted(ZOO.items())):
+        rng = np.random.default_rng(seed + index)
+        keras.utils.set_random_seed(seed + index)
+        model = build()
+        train_step(model, rng)
+        model_dir = folder / name
+        model_dir.mkdir()
+        model.save(model_dir / "trained.keras")
+        classes = classifier_units(model)
+        names = [f"c{index}" for index in range(classes)] if classes else None
+        if names:
+            (model_dir / "labels.txt").write_text("\n".join(names) + "\n")
+        signature = signature_of(model, names)
+        inputs, expected = {}, {}
+        for batch in BATCHES:
+            arrays = random_inputs(signature.inputs, batch, rng)
+            outputs = keras_runner(model, signature)(arrays)
+            inputs.update({f"{key}@{batch}": value for key, value in arrays.items()})
+            expected.update({f"{key}@{batch}": value for key, value in outputs.items()})
+        np.savez(model_dir / "inputs.npz", **inputs)
+        np.savez(model_dir / "expected.npz", **expected)
+    tests = Path(__file__).parent
+    subprocess.run(
+        [sys.executable, str(tests / "zoo_worker.py"), str(folder)],
+        cwd=tests,
+        check=True,
+        timeout=1200,
+    )
+    return folder, json.loads((folder / "results.json").read_text())
+
+
+@pytest.mark.parametrize("export", sorted(EXPORTS))
 @pytest.mark.parametrize("name", sorted(ZOO))
-def test_model_trains_freezes_and_exports_with_parity(name, tmp_path, rng):
-    keras.utils.set_random_seed(int(rng.integers(2**31)))
-    build, inputs, outputs = ZOO[name]
-    model = build()
-    train_step(model, rng)
-    assert tolerance_for(model) == TOLERANCE  # float32 throughout
-    check_exports(model, tmp_path, rng, inputs or None, outputs)
+def test_model_exports_from_a_fresh_process_with_parity(name, export, zoo_exports):
+    """.keras -> a fresh process -> every format and lowering, within the float32 bound."""
+    folder, results = zoo_exports
+    _, inputs, outputs = ZOO[name]
+    result = results[f"{name}/{export}"]
+    assert "error" not in result, result.get("error")
+    if inputs:  # an in-memory Sequential's input is named by Keras
+        assert sorted(result["inputs"]) == sorted(inputs)
+    assert sorted(result["outputs"]) == sorted(outputs)
+    expected = dict(np.load(folder / name / "expected.npz"))
+    got = dict(np.load(folder / name / "outputs" / f"{export}.npz"))
+    assert relative_error(got, expected) <= TOLERANCE
+    if export == "triton":
+        config = (folder / name / "triton" / "m" / "config.pbtxt").read_text()
+        assert sorted(pbtxt_names(config, "output")) == sorted(outputs)
 
 
 def test_classifier_extras_only_for_classifiers_with_names():

@@ -1,0 +1,71 @@
+"""The export zoo's fresh process: load each trained ``.keras`` and export it every way.
+
+``python zoo_worker.py FOLDER``: for every ``FOLDER/<model>/trained.keras`` (with
+``inputs.npz`` and, for a classifier, ``labels.txt``), export a SavedModel, a Triton
+entry (factorized ONNX) and ONNX in every other lowering through the same pipeline as
+``cfconv export`` (which checks each written file itself), run each export on the
+inputs, and write ``<model>/outputs/<export>.npz`` and ``FOLDER/results.json`` (each
+export's input and output names, or its error).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cfconv_tf.cli import import_modules
+from export.onnx_spectral import LOWERINGS
+from export.pipeline import export_model
+from export.self_check import load_onnx, load_savedmodel
+
+EXPORTS = {  # export name -> (format, lowering)
+    "savedmodel": ("savedmodel", "factorized"),
+    "triton": ("triton", "factorized"),
+    **{
+        f"onnx-{lowering}": ("onnx", lowering) for lowering in LOWERINGS if lowering != "factorized"
+    },
+}
+
+
+def export_and_run(model_dir: Path, export: str) -> dict:
+    fmt, lowering = EXPORTS[export]
+    labels = model_dir / "labels.txt"
+    folder = export_model(
+        model_dir / "trained.keras",
+        fmt,
+        model_dir / export,
+        "m",
+        lowering=lowering,
+        labels=labels if labels.is_file() else None,
+    )
+    loaded = load_savedmodel(folder) if fmt == "savedmodel" else load_onnx(folder / "model.onnx")
+    inputs = dict(np.load(model_dir / "inputs.npz"))
+    outputs = {}
+    for batch in sorted({int(name.split("@")[1]) for name in inputs}):
+        arrays = {n.split("@")[0]: v for n, v in inputs.items() if n.endswith(f"@{batch}")}
+        outputs.update({f"{n}@{batch}": v for n, v in loaded.run(arrays).items()})
+    (model_dir / "outputs").mkdir(exist_ok=True)
+    np.savez(model_dir / "outputs" / f"{export}.npz", **outputs)
+    names = sorted({name.split("@")[0] for name in outputs})
+    return {"inputs": [info.name for info in loaded.inputs], "outputs": names}
+
+
+def main(folder: Path) -> None:
+    import_modules(["zoo_layers"])
+    results = {}
+    for model_dir in sorted(path.parent for path in folder.glob("*/trained.keras")):
+        for export in EXPORTS:
+            try:
+                results[f"{model_dir.name}/{export}"] = export_and_run(model_dir, export)
+            except Exception as error:  # recorded for the test that asks about it
+                results[f"{model_dir.name}/{export}"] = {
+                    "error": f"{type(error).__name__}: {error}"
+                }
+    (folder / "results.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
