@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from export.names import PROBABILITIES
-from serving import kserve, parsing, tfserving
+from serving import encodings, kserve, parsing, tfserving
 from serving.devices import execution_providers
 from serving.errors import (
     ClientError,
@@ -72,10 +73,25 @@ async def off_loop(request: Request, function: Callable, *args):
     return await asyncio.get_running_loop().run_in_executor(request.app.state.work, function, *args)
 
 
-async def answer(request: Request, content: object, headers: dict | None = None) -> Response:
-    """A JSON answer, encoded off the event loop (outputs can be large)."""
-    body = await off_loop(request, encode_json, content)
-    return Response(body, 200, headers=headers, media_type="application/json")
+async def answer(
+    request: Request,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+    media_type: str = "application/json",
+) -> Response:
+    """An inference answer, compressed off the event loop when the client accepts it
+    (:mod:`serving.encodings`)."""
+    headers = {**(headers or {}), "Vary": "Accept-Encoding"}
+    coding = encodings.answer_coding(request.headers.get("accept-encoding", ""))
+    if coding is not None:
+        body = await off_loop(request, encodings.compress, body, coding)
+        headers["Content-Encoding"] = coding
+    return Response(body, 200, headers=headers, media_type=media_type)
+
+
+async def json_answer(request: Request, content: object) -> Response:
+    """A JSON inference answer, encoded off the event loop (outputs can be large)."""
+    return await answer(request, await off_loop(request, encode_json, content))
 
 
 def declared_length(request: Request) -> int | None:
@@ -120,13 +136,18 @@ async def intake(request: Request, parse: Callable, *args):
     (:mod:`serving.parsing`): the requests waiting are not read, so uvicorn stops reading
     their sockets (its flow control) and a crowd of large uploads cannot keep the event
     loop busy. A request waits for its turn at most the body deadline (then 503), and
-    that deadline starts again when its turn comes.
+    that deadline starts again when its turn comes. A compressed body always takes the
+    second way: how large it is shows only as it is inflated (in the parser process,
+    within the body limit).
     """
     state = request.app.state
+    coding = encodings.request_coding(", ".join(request.headers.getlist("content-encoding")))
     declared = declared_length(request)
-    if declared is not None and declared <= INLINE_PARSE_BYTES:
+    if coding is None and declared is not None and declared <= INLINE_PARSE_BYTES:
         body = await read_body(request, INLINE_PARSE_BYTES)
         return await off_loop(request, parse, body, *args)
+    if coding is not None:
+        parse = functools.partial(parsing.inflated, parse, coding, state.settings.max_body_bytes)
     try:
         async with asyncio.timeout(state.settings.body_timeout_s):
             await state.intake.acquire()
@@ -176,7 +197,7 @@ async def tf_predict(request: Request) -> Response:
         request, parsing.tf_predict, model.backend.inputs, budget(request)
     )
     outputs = await model.predict(inputs)
-    return await answer(request, tfserving.predict_response(outputs, row_format))
+    return await json_answer(request, tfserving.predict_response(outputs, row_format))
 
 
 async def tf_status(request: Request) -> Response:
@@ -233,7 +254,7 @@ async def v2_infer(request: Request) -> Response:
         request, kserve.infer_response, identifier, model.name, model.version, outputs, chosen
     )
     media = "application/octet-stream" if headers else "application/json"
-    return Response(content, 200, headers=headers, media_type=media)
+    return await answer(request, content, headers, media)
 
 
 async def v2_config(request: Request) -> Response:
@@ -295,7 +316,8 @@ async def classify(request: Request) -> Response:
     probabilities = (await model.predict({input_name: image}))[PROBABILITIES][0]
     order = np.argsort(-probabilities)[: int(top_k)]
     names = model.backend.class_names
-    return json_response(
+    return await json_answer(
+        request,
         {
             "model": model.name,
             "version": model.version,
@@ -303,7 +325,7 @@ async def classify(request: Request) -> Response:
                 {"label": names[i], "class_index": int(i), "probability": float(probabilities[i])}
                 for i in order
             ],
-        }
+        },
     )
 
 
@@ -429,13 +451,13 @@ def create_app(settings: ServerSettings, bind_host: str = "127.0.0.1") -> Starle
     )
     app.state.settings, app.state.metrics, app.state.ready = settings, server_metrics, False
     if settings.cors_origins:
-        headers = ["authorization", "content-type", kserve.HEADER_LENGTH, "x-request-id"]
+        exposed = [kserve.HEADER_LENGTH, "x-request-id"]
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST"],
-            allow_headers=headers,
-            expose_headers=headers[2:],
+            allow_headers=["authorization", "content-type", "content-encoding", *exposed],
+            expose_headers=exposed,
         )
     app.add_middleware(
         GuardMiddleware,

@@ -2,12 +2,15 @@
 
 A backend reads a model's inputs and outputs from the model itself (the onnxruntime
 session, the SavedModel's ``serving_default`` signature) and the class names the
-exporter stored with it; it serves whatever the model takes and returns.
+exporter stored with it; it serves whatever the model takes and returns. Metadata that
+does not fit the model (class names that are not distinct strings, one per class of its
+``probabilities`` output; text entries that are not text) keeps it from loading.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,8 +19,10 @@ import numpy as np
 from export.names import (
     CLASS_INDEX,
     CLASS_NAMES_KEY,
+    LOWERING_KEY,
     METADATA_FILE,
     ONNX_FILE,
+    PREPROCESSING_KEY,
     PROBABILITIES,
     SAVEDMODEL_FILE,
     SIGNATURE_NAME,
@@ -29,6 +34,7 @@ from serving.tensors import KSERVE_NAMES
 
 BACKENDS = ("onnxruntime", "tf")
 MODEL_FILES = {"onnxruntime": ONNX_FILE, "tf": SAVEDMODEL_FILE}
+TEXT_KEYS = (PREPROCESSING_KEY, LOWERING_KEY)  # metadata entries that are text
 Arrays = dict[str, np.ndarray]
 
 
@@ -43,23 +49,35 @@ class Backend:
     def predict(self, inputs: Arrays) -> Arrays:
         raise NotImplementedError
 
-    def check_servable(self, folder: Path) -> None:
-        """Refuse (at load) a model the server cannot batch or encode.
+    def check_servable(self) -> None:
+        """Refuse (at load) a model the server cannot batch or encode, or whose class names
+        do not fit it.
 
         Raises:
             ValueError: a tensor without a free batch axis, or of a type the protocols
-                do not carry.
+                do not carry; class names that are not one per class of a
+                ``probabilities`` output ``[N, classes]``.
         """
         for info in (*self.inputs, *self.outputs):
             if info.dtype not in KSERVE_NAMES:
-                raise ValueError(
-                    f"{folder}: tensor {info.name!r} has type {info.dtype}, not served"
-                )
+                raise ValueError(f"tensor {info.name!r} has type {info.dtype}, not served")
             if not info.shape or info.shape[0] is not None:
                 raise ValueError(
-                    f"{folder}: tensor {info.name!r} of shape {list(info.shape)} has no free "
-                    f"batch axis; the server batches requests along the first axis"
+                    f"tensor {info.name!r} of shape {list(info.shape)} has no free batch "
+                    f"axis; the server batches requests along the first axis"
                 )
+        if self.class_names is not None:
+            self._check_class_names(len(self.class_names))
+
+    def _check_class_names(self, count: int) -> None:
+        """``count`` class names need a ``probabilities`` output ``[N, count]``."""
+        shapes = {info.name: list(info.shape) for info in self.outputs}
+        shape = shapes.get(PROBABILITIES)
+        if shape != [None, count]:
+            raise ValueError(
+                f"the metadata lists {count} class names, which need a {PROBABILITIES!r} "
+                f"output of shape {[None, count]}; the model's is {shape or 'missing'}"
+            )
 
     @property
     def image_classifier(self) -> tuple[str, tuple[int, int, int]] | None:
@@ -88,7 +106,7 @@ class OnnxBackend(Backend):
         self.inputs = tensor_infos(self.session.get_inputs())
         self.outputs = tensor_infos(self.session.get_outputs())
         props = self.session.get_modelmeta().custom_metadata_map
-        self.class_names = _class_names(props.get(CLASS_NAMES_KEY))
+        self.class_names = _class_names(_from_json(props.get(CLASS_NAMES_KEY), CLASS_NAMES_KEY))
         self._output_names = [info.name for info in self.outputs]
 
     def predict(self, inputs: Arrays) -> Arrays:
@@ -119,7 +137,7 @@ class TFBackend(Backend):
         self.outputs = tuple(_tf_info(name, spec) for name, spec in sorted(outputs.items()))
         metadata = Path(folder) / METADATA_FILE
         if metadata.is_file():
-            self.class_names = _class_names(json.loads(metadata.read_text()).get(CLASS_NAMES_KEY))
+            self.class_names = _class_names(saved_model_metadata(metadata).get(CLASS_NAMES_KEY))
 
     def predict(self, inputs: Arrays) -> Arrays:
         outputs = self.signature(
@@ -132,11 +150,47 @@ def _tf_info(name: str, spec) -> TensorInfo:
     return TensorInfo(name, tuple(spec.shape.as_list()), spec.dtype.name)
 
 
-def _class_names(value) -> list[str] | None:
-    """Class names from the exporter's metadata (a JSON list, or a list), if any."""
-    if isinstance(value, str):
-        value = json.loads(value)
-    return [str(name) for name in value] if value else None
+def _from_json(text: str | None, key: str) -> object:
+    """A metadata entry stored as JSON text (ONNX metadata_props hold text only)."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"the metadata's {key!r} is not JSON: {error}") from None
+
+
+def saved_model_metadata(path: Path) -> dict:
+    """A SavedModel's metadata (:data:`METADATA_FILE`): a JSON object whose text entries
+    are text."""
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"the metadata {METADATA_FILE} is not JSON: {error}") from None
+    if not isinstance(metadata, dict):
+        raise ValueError(f"the metadata {METADATA_FILE} is not a JSON object")
+    for key in TEXT_KEYS:
+        if not isinstance(metadata.get(key, ""), str):
+            raise ValueError(
+                f"the metadata's {key!r} must be text, got {json.dumps(metadata[key])[:80]}"
+            )
+    return metadata
+
+
+def _class_names(value: object) -> list[str] | None:
+    """The class names of a model's metadata, if it has them: a non-empty list of
+    distinct strings."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(n, str) for n in value):
+        raise ValueError(
+            f"the metadata's {CLASS_NAMES_KEY!r} must be a non-empty list of strings, got "
+            f"{json.dumps(value)[:80]}"
+        )
+    repeated = sorted(name for name, count in Counter(value).items() if count > 1)
+    if repeated:
+        raise ValueError(f"the metadata's class names are not distinct: {repeated[:5]} repeated")
+    return value
 
 
 def load_backend(
@@ -149,5 +203,5 @@ def load_backend(
         backend = TFBackend(folder)
     else:
         raise ValueError(f"unknown backend {kind!r}; choose one of {BACKENDS}")
-    backend.check_servable(Path(folder))
+    backend.check_servable()
     return backend

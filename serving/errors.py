@@ -36,6 +36,10 @@ class PayloadTooLarge(ClientError):
     status = 413
 
 
+class UnsupportedMediaType(ClientError):
+    status = 415
+
+
 class ServiceUnavailable(HTTPError):
     """The server cannot take the request now (queue full, version unloaded): retry."""
 

@@ -4,6 +4,10 @@ Only the formats a classifier needs are opened (PNG, JPEG, GIF, BMP, WebP: no EP
 other formats that run interpreters); an image's size is read from its header and
 checked against the budget before anything is decoded, so a small file that expands to
 gigabytes is refused for what it is.
+
+Pixels come out as TensorFlow's decoders give them (``tf.io.decode_image`` with
+``dtype=tf.uint8``): 16-bit samples keep their high byte, palettes are looked up, alpha
+is dropped, CMYK becomes RGB, and the EXIF orientation is not applied.
 """
 
 from __future__ import annotations
@@ -17,9 +21,13 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from serving.errors import ClientError, PayloadTooLarge
+from serving.errors import ClientError, PayloadTooLarge, UnsupportedMediaType
 
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
+# Pillow's modes of 8-bit samples, which it converts to grayscale and RGB as TensorFlow does
+EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
+# Pillow's modes of 16-bit grayscale ("I": older Pillow's 16-bit PNG)
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 class PixelBudget:
@@ -51,11 +59,30 @@ def _reason(error: Exception) -> str:
     return text[:160] or type(error).__name__
 
 
+def eight_bit(image: Image.Image) -> Image.Image:
+    """``image`` with 8-bit samples: 16-bit grayscale keeps each sample's high byte (as
+    ``tf.io.decode_png(..., dtype=tf.uint8)`` and ``tf.image.convert_image_dtype`` do).
+
+    Raises:
+        UnsupportedMediaType: samples of another kind (32-bit integers, floats).
+    """
+    if image.mode in EIGHT_BIT_MODES:
+        return image
+    if image.mode in SIXTEEN_BIT_MODES:
+        samples = np.asarray(image)
+        if samples.min() >= 0 and samples.max() < 2**16:
+            return Image.fromarray((samples >> 8).astype(np.uint8), "L")
+    raise UnsupportedMediaType(
+        f"images of Pillow mode {image.mode!r} (samples of more than 16 bits) are not "
+        f"supported: send 8- or 16-bit images"
+    )
+
+
 def decode_image(data: bytes, size: tuple[int, int, int], budget: PixelBudget) -> np.ndarray:
     """Image bytes -> float32 pixels ``[H, W, C]`` for a ``(H, W, C)`` input (C 1 or 3).
 
-    Converted to grayscale or RGB as the input needs and resized bilinearly when its size
-    differs.
+    Converted to 8 bits (:func:`eight_bit`), then to grayscale or RGB as the input needs,
+    and resized bilinearly when its size differs.
     """
     height, width, channels = size
     mode = "L" if channels == 1 else "RGB"
@@ -66,11 +93,11 @@ def decode_image(data: bytes, size: tuple[int, int, int], budget: PixelBudget) -
                 budget.spend(*image.size)
                 image.draft(mode, (width, height))  # JPEG: decode at a reduced scale
                 image.load()  # decode now: truncated or corrupt data fails here
-                image = image.convert(mode)
+                image = eight_bit(image).convert(mode)
                 if image.size != (width, height):
                     image = image.resize((width, height), Image.Resampling.BILINEAR)
                 pixels = np.asarray(image, dtype=np.float32)
-    except PayloadTooLarge:
+    except (PayloadTooLarge, UnsupportedMediaType):
         raise
     except Exception as error:  # any decoder failure on client bytes is the client's
         raise ClientError(

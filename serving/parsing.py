@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -19,11 +20,18 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from export.tensor_info import TensorInfo
 from serving import kserve, tfserving
+from serving.encodings import inflate
 from serving.errors import ClientError
 from serving.images import PixelBudget, decode_image
 from serving.tensors import parse_json
 
 Arrays = dict[str, np.ndarray]
+
+
+def inflated(parse: Callable, coding: str, limit: int, body: bytes, *args):
+    """``parse(body, *args)`` of a compressed body, inflated first (at most ``limit``
+    bytes)."""
+    return parse(inflate(body, coding, limit), *args)
 
 
 def tf_predict(

@@ -177,7 +177,8 @@ class ModelRepository:
                 self.providers,
             )
         except Exception as error:  # a broken export must not stop the server
-            message = f"{type(error).__name__}: {error}"[:500]
+            where = f"{name}/{version}"  # for clients, who need not know the server's paths
+            message = f"{type(error).__name__}: {error}".replace(str(folder), where)[:500]
             self.states[name][version] = VersionState(FAILED, message, files)
             self.count_failure(name)
             log.error("cannot load %s version %d: %s", name, version, message)

@@ -1,15 +1,16 @@
 """Request values -> typed numpy arrays for a model's inputs, checked before they are used.
 
 JSON numbers are checked against the target type (no silent truncation of ``0.5`` into an
-integer, no wrap-around of ``300`` into ``uint8``, no ``inf`` from a float16 overflow);
-shapes are checked with Python integers before anything is allocated, so a shape whose
-element count overflows is a 400, not a crash.
+integer, no wrap-around of ``300`` into ``uint8``, no ``inf`` from a float16 overflow, no
+``true`` read as 1); shapes are checked with Python integers before anything is
+allocated, so a shape whose element count overflows is a 400, not a crash.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import chain
 
 import numpy as np
 import orjson
@@ -74,17 +75,40 @@ def element_count(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
+def _leaves(values: list, depth: int) -> Iterable:
+    """The values of nested lists ``depth`` deep (rectangular, as numpy read them)."""
+    for _ in range(depth - 1):
+        values = chain.from_iterable(values)
+    return values
+
+
+def _booleans(what: str, target: np.dtype) -> ClientError:
+    return ClientError(
+        f"{what}: expected {KSERVE_NAMES[target.name]} values, got booleans "
+        f"(true and false are values of BOOL inputs only)"
+    )
+
+
 def to_array(values: object, dtype: np.dtype, what: str) -> np.ndarray:
     """Nested JSON lists of numbers -> an array of ``dtype``, refusing what does not fit.
 
     Integers must be JSON integers within the type's range; floats must be finite in
-    the target type; booleans only for a ``bool`` target.
+    the target type; booleans only for a ``bool`` target, and nothing else there (numpy
+    reads ``[true, 0.5]`` as ``[1.0, 0.5]``, so numbers are searched for booleans).
     """
     try:
         raw = np.asarray(values)
     except (ValueError, TypeError, OverflowError, RecursionError) as error:
         raise ClientError(f"{what}: not a rectangular array of numbers") from error
-    return convert(raw, dtype, what)
+    target = np.dtype(dtype)
+    if (
+        target.kind != "b"
+        and raw.ndim
+        and raw.dtype.kind in "iuf"
+        and bool in map(type, _leaves(values, raw.ndim))
+    ):
+        raise _booleans(what, target)
+    return convert(raw, target, what)
 
 
 def convert(raw: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
@@ -96,9 +120,11 @@ def convert(raw: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
     if target.kind == "b":
         if kind != "b":
             raise ClientError(f"{what}: expected BOOL values (true or false)")
+        if raw.view(np.uint8).max() > 1:  # binary data: one byte per value
+            raise ClientError(f"{what}: BOOL values must be bytes 0 or 1")
         return raw
     if kind == "b":
-        raise ClientError(f"{what}: expected {KSERVE_NAMES[target.name]} values, got booleans")
+        raise _booleans(what, target)
     if kind not in "iuf":
         raise ClientError(
             f"{what}: expected numbers of type {KSERVE_NAMES[target.name]}"

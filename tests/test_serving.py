@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import httpx
@@ -123,6 +125,83 @@ def test_kserve_json_and_a_real_v2_client_with_binary_tensors(server, reference,
     )
     np.testing.assert_allclose(result.as_numpy("probabilities"), expected, atol=1e-6)
     np.testing.assert_array_equal(result.as_numpy("class_index"), expected.argmax(1))
+
+
+def raw_deflate(data: bytes) -> bytes:
+    """Deflate without the zlib wrapper, as some clients send for ``Content-Encoding: deflate``."""
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_tritonclient_compresses_requests_and_asks_for_compressed_answers(
+    server, reference, images, algorithm
+):
+    import tritonclient.http as triton
+
+    expected = reference(images)
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+    outputs = [
+        triton.InferRequestedOutput("probabilities", binary_data=True),
+        triton.InferRequestedOutput("class_index", binary_data=False),
+    ]
+    for binary in (True, False):  # binary: Inference-Header-Content-Length counts inflated bytes
+        tensor = triton.InferInput("image", list(images.shape), "FP32")
+        tensor.set_data_from_numpy(images, binary_data=binary)
+        result = client.infer(
+            "cf",
+            [tensor],
+            outputs=outputs,
+            request_compression_algorithm=algorithm,
+            response_compression_algorithm=algorithm,
+        )
+        np.testing.assert_allclose(result.as_numpy("probabilities"), expected, atol=1e-6)
+        np.testing.assert_array_equal(result.as_numpy("class_index"), expected.argmax(1))
+
+
+def test_tf_serving_bodies_may_be_compressed_and_answers_are_when_accepted(
+    server, reference, images
+):
+    expected = reference(images)
+    body = json.dumps({"instances": images.tolist()}).encode()
+    for encoding, content in (
+        ("gzip", gzip.compress(body)),
+        ("x-gzip", gzip.compress(body[:100]) + gzip.compress(body[100:])),  # two members
+        ("deflate", zlib.compress(body)),  # zlib-wrapped, as HTTP says
+        ("Deflate", raw_deflate(body)),  # raw, as some clients send
+    ):
+        response = httpx.post(
+            f"{server.url}/v1/models/cf:predict",
+            content=content,
+            headers={"Content-Encoding": encoding, "Accept-Encoding": "gzip;q=0.5, deflate"},
+        )
+        assert response.status_code == 200, (encoding, response.text)
+        assert response.headers["content-encoding"] == "deflate"  # the client's preference
+        rows = response.json()["predictions"]
+        np.testing.assert_allclose([row["probabilities"] for row in rows], expected, atol=1e-6)
+    for accept, coding in (("br, deflate, gzip", "gzip"), ("gzip;q=0, identity", None)):
+        answer = httpx.post(
+            f"{server.url}/v1/models/cf:predict", content=body, headers={"Accept-Encoding": accept}
+        )
+        assert answer.headers.get("content-encoding") == coding
+        assert len(answer.json()["predictions"]) == 3
+
+
+def test_16_bit_images_are_scaled_to_8_bits_as_tensorflow_decodes_them(server, reference):
+    import tensorflow as tf
+
+    ramp = np.arange(28 * 28, dtype=np.uint32).reshape(28, 28, 1) * 83 % 65536
+    encoded = tf.io.encode_png(tf.constant(ramp.astype(np.uint16))).numpy()
+    pixels = tf.io.decode_png(encoded, channels=1, dtype=tf.uint8).numpy()  # the high byte
+    expected = reference(pixels[None].astype(np.float32))[0]
+    classified = httpx.post(f"{server.url}/v1/classify/cf?top_k=10", content=encoded).json()
+    by_class = {p["class_index"]: p["probability"] for p in classified["predictions"]}
+    np.testing.assert_allclose([by_class[i] for i in range(len(expected))], expected, atol=1e-6)
+    rows = httpx.post(
+        f"{server.url}/v1/models/cf:predict",
+        json={"instances": [{"b64": base64.b64encode(encoded).decode()}]},
+    ).json()["predictions"]
+    np.testing.assert_allclose(rows[0]["probabilities"], expected, atol=1e-6)
 
 
 def test_image_endpoint_raw_and_multipart_give_top_k(server, reference, images):
@@ -246,6 +325,64 @@ BAD_REQUESTS = [
     ("post", "/v1/classify/cf", {"content": b""}, 400, "empty request body"),
     ("post", "/v1/classify/cf?top_k=-1", {"content": b"x"}, 400, "top_k"),
     ("post", "/v1/classify/cf", {"content": b"\x00" * (MAX_BODY_MB * 2**20 + 1)}, 413, "exceeds"),
+    (
+        "post",
+        "/v1/models/cf:predict",
+        {"content": b"{}", "headers": {"Content-Encoding": "br"}},
+        415,
+        "Content-Encoding 'br'",
+    ),
+    (
+        "post",
+        "/v1/models/cf:predict",
+        {"content": b"{}", "headers": {"Content-Encoding": "gzip, gzip"}},
+        415,
+        "Content-Encoding",
+    ),
+    (
+        "post",
+        "/v2/models/cf/infer",
+        {"content": b"{not gzip}", "headers": {"Content-Encoding": "gzip"}},
+        400,
+        "corrupt gzip body",
+    ),
+    (
+        "post",
+        "/v1/models/cf:predict",
+        {
+            "content": gzip.compress(b'{"instances": []}')[:-6],
+            "headers": {"Content-Encoding": "gzip"},
+        },
+        400,
+        "truncated",
+    ),
+    (
+        "post",
+        "/v1/models/cf:predict",
+        {"content": zlib.compress(b"{}") + b"junk", "headers": {"Content-Encoding": "deflate"}},
+        400,
+        "after the end",
+    ),
+    (
+        "post",
+        "/v2/models/cf/infer",
+        {
+            "content": gzip.compress(b" " * (MAX_BODY_MB * 2**20 + 1)),
+            "headers": {"Content-Encoding": "gzip"},
+        },
+        413,
+        "decompressed",
+    ),
+    (
+        "post",
+        "/v1/classify/cf",
+        {
+            "content": zlib.compress(b"\x00" * (MAX_BODY_MB * 2**20 + 1)),
+            "headers": {"Content-Encoding": "deflate"},
+        },
+        413,
+        "decompressed",
+    ),
     ("post", "/v1/models/..%2F..%2Fetc:predict", {"json": {}}, 404, ""),
     ("post", "/v2/models/../../etc/passwd/infer", {"json": {}}, 404, ""),
 ]

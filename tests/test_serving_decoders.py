@@ -4,9 +4,11 @@ client error (``HTTPError``), never with another exception (a 500)."""
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 import re
+import zlib
 
 import numpy as np
 import pytest
@@ -16,9 +18,10 @@ from PIL import Image
 
 from export.tensor_info import TensorInfo
 from serving import kserve, parsing, tfserving
-from serving.backends import Backend
-from serving.errors import ClientError, HTTPError, PayloadTooLarge
-from serving.images import PixelBudget, decode_image
+from serving.backends import Backend, saved_model_metadata
+from serving.encodings import inflate
+from serving.errors import ClientError, HTTPError, PayloadTooLarge, UnsupportedMediaType
+from serving.images import PixelBudget, decode_image, eight_bit
 from serving.tensors import DATATYPES, to_array
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -178,6 +181,9 @@ def test_json_numbers_to_typed_arrays(values, dtype):
         ([0.5], "int64", "must be integers"),
         ([1e5], "float16", "finite"),
         ([True], "float32", "got booleans"),
+        ([True, 0.5], "float32", "got booleans"),
+        ([[7, 8], [9, False]], "uint8", "got booleans"),
+        ([1, 0], "bool", "expected BOOL values"),
         (["1"], "float32", "expected numbers"),
         ([[1, 2], [3]], "float32", "not a rectangular array"),
     ],
@@ -212,6 +218,53 @@ def test_b64_images_feed_image_inputs_only():
     body = {"instances": [{"image": encoded, "counts": {"b64": "AAAA"}}]}
     with pytest.raises(ClientError, match="input 'counts'.*not one"):
         tfserving.parse_predict(body, PAIR.inputs, budget())
+
+
+@FUZZ
+@given(
+    data=st.binary(max_size=200)
+    | st.builds(
+        lambda body, cut: gzip.compress(body, mtime=0)[:cut],
+        st.binary(max_size=300),
+        st.integers(0, 400),
+    ),
+    coding=st.sampled_from(["gzip", "deflate"]),
+)
+def test_compressed_bodies(data, coding):
+    body = answered(lambda: inflate(data, coding, 256))
+    if body is not None:
+        assert len(body) <= 256
+
+
+def test_compressed_bodies_inflate_within_the_limit():
+    assert inflate(gzip.compress(b"x" * 256), "gzip", 256) == b"x" * 256
+    with pytest.raises(PayloadTooLarge, match="decompressed request body exceeds the 256-byte"):
+        inflate(zlib.compress(b"x" * 257), "deflate", 256)
+
+
+def test_16_bit_gray_keeps_its_high_byte_and_wider_samples_are_refused():
+    samples = np.array([[0, 255, 256, 32767, 65279, 65280, 65535]], np.int32)  # mode I
+    for image in (Image.fromarray(samples.astype(np.uint16)), Image.fromarray(samples)):
+        assert np.asarray(eight_bit(image)).tolist() == [[0, 0, 1, 127, 254, 255, 255]]
+    for image in (Image.new("F", (2, 2), 0.5), Image.fromarray(np.array([[2**16]], np.int32))):
+        with pytest.raises(UnsupportedMediaType, match="more than 16 bits"):
+            eight_bit(image)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"preprocessing": 255}', "'preprocessing' must be text"),
+        ('{"class_names": ["a", "b"], "lowering": ["dft"]}', "'lowering' must be text"),
+        ('["a", "b"]', "not a JSON object"),
+        ("{oops", "not JSON"),
+    ],
+)
+def test_saved_model_metadata_of_the_wrong_shape_is_refused(tmp_path, content, message):
+    path = tmp_path / "cfconv.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        saved_model_metadata(path)
 
 
 @FUZZ

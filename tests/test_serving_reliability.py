@@ -5,6 +5,7 @@ signature, and the repository, logs and surface hold."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import re
@@ -47,6 +48,86 @@ def generic_models() -> dict[str, keras.Model]:
     }
 
 
+def write_onnx(folder: Path, nodes: list, inputs: list, outputs: list, **options) -> None:
+    """A hand-made ONNX model (opset 17) in ``folder/model.onnx``; ``options``:
+    ``initializer`` (constants) and ``props`` (metadata)."""
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(
+        nodes, folder.parent.name, inputs, outputs, initializer=options.get("initializer", [])
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(model, options.get("props", {}))
+    folder.mkdir(parents=True)
+    onnx.save(model, folder / "model.onnx")
+
+
+def tensor(name: str, kind: str, *sizes: int):
+    """An ONNX graph input or output with a free batch axis."""
+    from onnx import TensorProto, helper
+
+    return helper.make_tensor_value_info(name, getattr(TensorProto, kind), ["N", *sizes])
+
+
+def write_classifier(folder: Path, class_names: str, probabilities: str = "probabilities"):
+    """A 3-class image classifier of [N, 4, 4, 1] images, with ``class_names`` (the
+    metadata text) and its class scores named ``probabilities``."""
+    from onnx import TensorProto, helper
+
+    weights = np.linspace(-1, 1, 48, dtype=np.float32)
+    write_onnx(
+        folder,
+        [
+            helper.make_node("Flatten", ["image"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "weights"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], [probabilities]),
+            helper.make_node("ArgMax", [probabilities], ["class_index"], axis=1, keepdims=0),
+        ],
+        [tensor("image", "FLOAT", 4, 4, 1)],
+        [tensor(probabilities, "FLOAT", 3), tensor("class_index", "INT64")],
+        initializer=[helper.make_tensor("weights", TensorProto.FLOAT, [16, 3], weights)],
+        props={"class_names": class_names},
+    )
+
+
+# models whose class names do not fit them: name -> (metadata text, what the error says)
+MISFITTING_NAMES = {
+    "names_short": ('["cat", "dog"]', "2 class names"),
+    "names_long": ('["cat", "dog", "fish", "owl"]', "4 class names"),
+    "names_repeated": ('["cat", "dog", "cat"]', "repeated"),
+    "names_not_text": ("[1, 2, 3]", "list of strings"),
+    "names_not_a_list": ('{"0": "cat"}', "list of strings"),
+    "names_not_json": ("cat, dog, fish", "not JSON"),
+    "names_unscored": ('["cat", "dog", "fish"]', "'probabilities'"),
+}
+
+
+def hand_made_models(root: Path) -> None:
+    """Models written with onnx.helper: a 3-class classifier, one for each way its class
+    names can misfit it, echoes of gray and RGB image inputs (the pixels as decoded), and
+    a model with a BOOL input."""
+    from onnx import TensorProto, helper
+
+    write_classifier(root / "classifier" / "1", '["cat", "dog", "fish"]')
+    for name, (names, _) in MISFITTING_NAMES.items():
+        scores = "scores" if name == "names_unscored" else "probabilities"
+        write_classifier(root / name / "1", names, scores)
+    for name, channels in (("echo", 1), ("echo_rgb", 3)):
+        write_onnx(
+            root / name / "1",
+            [helper.make_node("Identity", ["image"], ["pixels"])],
+            [tensor("image", "FLOAT", 8, 8, channels)],
+            [tensor("pixels", "FLOAT", 8, 8, channels)],
+        )
+    write_onnx(
+        root / "flags" / "1",
+        [helper.make_node("Cast", ["flags"], ["value"], to=TensorProto.FLOAT)],
+        [tensor("flags", "BOOL", 3)],
+        [tensor("value", "FLOAT", 3)],
+    )
+
+
 @pytest.fixture(scope="module")
 def repo(trained_runs, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("abuse") / "models"
@@ -57,6 +138,7 @@ def repo(trained_runs, tmp_path_factory) -> Path:
         path = root.parent / f"{name}.keras"
         model.save(path)
         export_model(path, "triton", root, name)
+    hand_made_models(root)
     return root
 
 
@@ -84,8 +166,89 @@ def png(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
+def tiff_float() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("F", (8, 8), 0.5).save(buffer, "TIFF")
+    return buffer.getvalue()
+
+
 PIXELS = [7] * 784
+IMAGE_WITH_TRUE = [[[[True]] + [[0.5]] * 27] + [[[0.5]] * 28] * 27]  # one example
 MALFORMED = [
+    (
+        "FP32 true",
+        "post",
+        "/v2/models/cf/infer",
+        {"json": infer_body([True, 0.5, *PIXELS[2:]])},
+        400,
+        "input 'image': expected FP32 values, got booleans",
+    ),
+    (
+        "UINT8 true",
+        "post",
+        "/v2/models/cf/infer",
+        {"json": infer_body([7, True, *PIXELS[2:]], "UINT8")},
+        400,
+        "input 'image': expected UINT8 values, got booleans",
+    ),
+    (
+        "instances true",
+        "post",
+        "/v1/models/cf:predict",
+        {"json": {"instances": IMAGE_WITH_TRUE}},
+        400,
+        "input 'image': expected FP32 values, got booleans",
+    ),
+    (
+        "inputs true",
+        "post",
+        "/v1/models/pair:predict",
+        {"json": {"inputs": {"image": [[[[0.0]] * 8] * 8], "meta": [[1, True, 3]]}}},
+        400,
+        "input 'meta': expected FP32 values, got booleans",
+    ),
+    (
+        "BOOL numbers",
+        "post",
+        "/v2/models/flags/infer",
+        {
+            "json": {
+                "inputs": [
+                    {"name": "flags", "datatype": "BOOL", "shape": [1, 3], "data": [True, 0, 1]}
+                ]
+            }
+        },
+        400,
+        "input 'flags': expected BOOL values",
+    ),
+    (
+        "BOOL instances numbers",
+        "post",
+        "/v1/models/flags:predict",
+        {"json": {"instances": [[1, 0, 1]]}},
+        400,
+        "input 'flags': expected BOOL values",
+    ),
+    (
+        "BOOL binary byte 2",
+        "post",
+        "/v2/models/flags/infer",
+        {
+            "content": b'{"inputs": [{"name": "flags", "datatype": "BOOL", "shape": [1, 3], '
+            b'"parameters": {"binary_data_size": 3}}]}\x01\x00\x02',
+            "headers": {"Inference-Header-Content-Length": "107"},
+        },
+        400,
+        "input 'flags': BOOL values must be bytes 0 or 1",
+    ),
+    (
+        "float TIFF",
+        "post",
+        "/v1/models/echo:predict",
+        {"json": {"instances": [{"b64": base64.b64encode(tiff_float()).decode()}]}},
+        400,
+        "not a decodable",
+    ),
     (
         "UINT8 300",
         "post",
@@ -271,6 +434,120 @@ def test_any_exported_model_is_served_by_its_own_signature(server):
     assert listed["cf"]["image_classifier"] and not listed["reg"]["image_classifier"]
     metadata = httpx.get(f"{server.url}/v2/models/pair").json()
     assert [tensor["name"] for tensor in metadata["inputs"]] == ["image", "meta"]
+
+
+def test_a_bool_input_takes_true_and_false_only(server):
+    rows = httpx.post(
+        f"{server.url}/v1/models/flags:predict", json={"instances": [[True, False, True]]}
+    ).json()
+    assert rows["predictions"] == [[1.0, 0.0, 1.0]]
+    header = {"name": "flags", "datatype": "BOOL", "shape": [1, 3]}
+    answer = httpx.post(
+        f"{server.url}/v2/models/flags/infer", json={"inputs": [{**header, "data": [True] * 3}]}
+    ).json()
+    assert answer["outputs"][0]["data"] == [1.0, 1.0, 1.0]
+    body = json.dumps({"inputs": [{**header, "parameters": {"binary_data_size": 3}}]}).encode()
+    answer = httpx.post(
+        f"{server.url}/v2/models/flags/infer",
+        content=body + b"\x00\x01\x00",
+        headers={"Inference-Header-Content-Length": str(len(body))},
+    ).json()
+    assert answer["outputs"][0]["data"] == [0.0, 1.0, 0.0]
+
+
+def encoded(image: Image.Image, kind: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, kind, **options)
+    return buffer.getvalue()
+
+
+def images_to_decode() -> dict[int, dict[str, tuple[bytes, int]]]:
+    """By channel count: images of every pixel layout the formats allow, each with how far
+    (in 8-bit steps) it may decode from TensorFlow's decoders (JPEG: their IDCT; color to
+    gray: rounding)."""
+    import tensorflow as tf
+
+    grid = np.arange(64 * 4, dtype=np.int64).reshape(8, 8, 4)
+    wide = (grid * 4099 + 255) % 65536
+    wide[0, 0] = [65280, 256, 65535, 0]  # the first two: floor(v * 255 / 65535) != v >> 8
+    png16 = {
+        channels: tf.io.encode_png(tf.constant(wide[..., :channels].astype(np.uint16))).numpy()
+        for channels in (1, 2, 3, 4)
+    }
+    rgb = Image.fromarray((grid[..., :3] * 37 % 256).astype(np.uint8))
+    palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees": TensorFlow's decoders do not
+    cmyk = Image.fromarray((grid * 53 % 256).astype(np.uint8), "CMYK")
+    return {
+        1: {
+            "16-bit gray PNG": (png16[1], 0),
+            "16-bit gray+alpha PNG": (png16[2], 0),
+            "16-bit RGB PNG": (png16[3], 1),
+            "8-bit gray+alpha PNG": (encoded(rgb.convert("LA"), "PNG"), 0),
+            "1-bit PNG": (encoded(rgb.convert("1"), "PNG"), 0),
+            "palette PNG with transparency": (encoded(palette, "PNG", transparency=0), 1),
+            "JPEG with an EXIF orientation": (encoded(rgb, "JPEG", exif=exif), 1),
+        },
+        3: {
+            "16-bit gray PNG": (png16[1], 0),
+            "16-bit gray+alpha PNG": (png16[2], 0),
+            "16-bit RGB PNG": (png16[3], 0),
+            "16-bit RGBA PNG": (png16[4], 0),
+            "palette PNG with transparency": (encoded(palette, "PNG", transparency=0), 0),
+            "GIF": (encoded(palette, "GIF"), 0),
+            "CMYK JPEG": (encoded(cmyk, "JPEG", quality=95), 1),
+        },
+    }
+
+
+def tensorflow_decoded(data: bytes, channels: int) -> np.ndarray:
+    import tensorflow as tf
+
+    if data.startswith(b"\xff\xd8"):  # JPEG, with the IDCT Pillow uses
+        return tf.io.decode_jpeg(data, channels, dct_method="INTEGER_ACCURATE").numpy()
+    return tf.io.decode_image(data, channels, tf.uint8, expand_animations=False).numpy()
+
+
+def test_images_decode_as_tensorflow_decodes_them(server):
+    wrong = {}
+    for channels, cases in images_to_decode().items():
+        model = "echo" if channels == 1 else "echo_rgb"
+        instances = [{"b64": base64.b64encode(data).decode()} for data, _ in cases.values()]
+        response = httpx.post(
+            f"{server.url}/v1/models/{model}:predict", json={"instances": instances}
+        )
+        assert response.status_code == 200, response.text
+        for (name, (data, tolerance)), pixels in zip(
+            cases.items(), response.json()["predictions"], strict=True
+        ):
+            difference = np.abs(np.asarray(pixels) - tensorflow_decoded(data, channels)).max()
+            if difference > tolerance:
+                wrong[f"{name} as {channels} channels"] = difference
+    assert not wrong, wrong
+
+
+@pytest.mark.parametrize("name", sorted(MISFITTING_NAMES))
+def test_class_names_that_do_not_fit_the_model_fail_its_load(server, repo, name):
+    (version,) = httpx.get(f"{server.url}/v1/models/{name}").json()["model_version_status"]
+    message = version["status"]["error_message"]
+    assert version["state"] == "END" and MISFITTING_NAMES[name][1] in message, message
+    assert str(repo.parent) not in message  # the server's paths stay its own
+    index = httpx.post(f"{server.url}/v2/repository/index").json()
+    assert {"name": name, "version": "1", "state": "UNAVAILABLE", "reason": message} in index
+    assert httpx.get(f"{server.url}/v2/models/{name}/ready").status_code == 404
+    assert httpx.post(f"{server.url}/v1/classify/{name}", content=png(4, 4)).status_code == 404
+
+
+def test_top_k_beyond_the_class_count_gives_every_class(server):
+    for name, classes in (("classifier", 3), ("cf", 10)):
+        answer = httpx.post(f"{server.url}/v1/classify/{name}?top_k=9999", content=png(4, 4))
+        predictions = answer.json()["predictions"]
+        assert sorted(p["class_index"] for p in predictions) == list(range(classes))
+        probabilities = [p["probability"] for p in predictions]
+        assert probabilities == sorted(probabilities, reverse=True)
+        if name == "classifier":
+            assert sorted(p["label"] for p in predictions) == ["cat", "dog", "fish"]
 
 
 def test_tritonclient_calls_the_extensions_and_reads_errors(server):
@@ -583,7 +860,8 @@ def test_the_repository_ignores_odd_names_and_retries_failed_versions(server, re
         assert time.monotonic() < deadline
         time.sleep(0.1)
     failed = status["model_version_status"][-1]
-    assert failed["state"] == "END" and failed["status"]["error_message"]
+    assert failed["state"] == "END" and "reg/7/model.onnx" in failed["status"]["error_message"]
+    assert str(repo) not in failed["status"]["error_message"]  # the server's paths are its own
     index = httpx.post(f"{server.url}/v2/repository/index").json()
     assert {"name": "reg", "version": "7", "state": "UNAVAILABLE"}.items() <= next(
         entry for entry in index if entry["version"] == "7"
@@ -666,20 +944,16 @@ def test_pipelined_requests_and_conflicting_length_headers(server):
 
 
 def test_models_the_server_cannot_batch_are_refused_at_load(tmp_path):
-    import onnx
     from onnx import TensorProto, helper
 
     from serving.backends import load_backend
 
     folder = tmp_path / "fixed" / "1"
-    folder.mkdir(parents=True)
-    graph = helper.make_graph(
+    write_onnx(
+        folder,
         [helper.make_node("Identity", ["x"], ["y"])],
-        "fixed",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.save(model, folder / "model.onnx")
     with pytest.raises(ValueError, match="no free batch axis"):
         load_backend("onnxruntime", folder)
