@@ -19,6 +19,7 @@ from cfconv_tf.distribution import (
 )
 from cfconv_tf.layers import KERNEL_SOURCES
 from cfconv_tf.sampling import validate_samples
+from export.compact import STORAGE_DTYPES, KernelStorage
 from export.onnx_spectral import LOWERINGS
 from export.pipeline import FORMATS
 from serving.cli import add_serve_arguments
@@ -184,7 +185,7 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
 
 def _cmd_inspect(args: argparse.Namespace) -> None:
     from cfconv_tf.inspection import inspect_model
-    from export.freeze import load_trained_model
+    from export.model_files import load_trained_model
 
     report = inspect_model(
         load_trained_model(args.model), args.out, args.source, args.pairs, args.energy
@@ -238,13 +239,17 @@ def _cmd_freeze(args: argparse.Namespace) -> None:
         args.dataset,
         args.evaluate_limit,
         args.dtype,
+        KernelStorage(args.kernel_rank, args.kernel_dtype),
     )
     print(json.dumps(report, indent=2))
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
+    from export.names import KERNEL_STORAGE_KEY, ONNX_FILE
+    from export.onnx_export import onnx_metadata
     from export.pipeline import export_model
 
+    storage = KernelStorage(args.kernel_rank, args.kernel_dtype)
     name = args.name or Path(args.model.rstrip("/")).stem
     if name == "model":  # <run>/model.keras: name it after the run
         name = Path(args.model).resolve().parent.name
@@ -260,8 +265,13 @@ def _cmd_export(args: argparse.Namespace) -> None:
         args.opset,
         args.labels,
         args.dtype,
+        storage,
     )
     print(f"exported {args.format} to {folder}")
+    if not storage.is_exact:
+        errors = json.loads(onnx_metadata(folder / ONNX_FILE)[KERNEL_STORAGE_KEY])
+        for layer, error in errors["relative_errors"].items():
+            print(f"{layer}: kernel stored with relative error {error:.2e}")
 
 
 def _cmd_verify(args: argparse.Namespace) -> None:
@@ -569,6 +579,18 @@ def _add_freeze_options(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         help="dtype policy for every layer of the frozen model, e.g. float32 for a "
         "mixed-precision model (default: each layer keeps its own)",
+    )
+    parser.add_argument(
+        "--kernel-rank",
+        type=_positive,
+        help="compact ONNX kernels: each spectral kernel as rank-R factors (exact for a "
+        "factorized generator's dense-updated kernel at R = its rank; the error is reported)",
+    )
+    parser.add_argument(
+        "--kernel-dtype",
+        choices=STORAGE_DTYPES,
+        default="float32",
+        help="compact ONNX kernels: store spectral kernels (or their factors) in float16",
     )
 
 

@@ -41,6 +41,9 @@ def staged_version(
 ) -> Iterator[tuple[Path, Path]]:
     """Yield ``(staging, final)`` folders; on success staging becomes final.
 
+    On failure nothing is left: not the staging folder, nor the model's folder if this
+    call made it.
+
     ``final`` is ``base/name/<version>``.
 
     ``version`` defaults to one more than the newest existing version (1 for a new
@@ -55,6 +58,7 @@ def staged_version(
     final = model_dir / str(version)
     if final.exists() and any(final.iterdir()):
         raise FileExistsError(f"{final} already holds a model; choose another version")
+    created = not model_dir.exists()
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
     try:
@@ -65,7 +69,15 @@ def staged_version(
         os.rename(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            remove_if_empty(model_dir)
         raise
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` if nothing is in it (a folder made for a write that failed)."""
+    with contextlib.suppress(OSError):  # not empty, or already gone
+        folder.rmdir()
 
 
 def write_text_atomically(path: Path, text: str) -> None:

@@ -22,89 +22,33 @@ the grid it sees there: every grid follows the input through the pooling and str
 between (a 32x32 model with a CF layer after 2x2 pooling, frozen at 64x64, has that
 layer on 32x32), and a layer that cannot take the new size is named.
 
-A frozen model at the trained size with ``source="state"`` is checked against the
-trained model before it is returned.
+A frozen model that should compute what the trained one does (stored kernels, trained
+size, the layers' own dtypes) is checked against it before it is returned.
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
-from pathlib import Path
+import re
 
 import keras
 import numpy as np
 
 from cfconv_tf.frozen import FrozenSpectralConv2D
 from cfconv_tf.layers import KERNEL_SOURCES, CFConv2D
+from export.model_files import independent_copy
+from export.model_graph import (
+    all_layers,
+    as_functional,
+    has_cf_layers,
+    image_input_size,
+    is_graph_model,
+)
 from export.parity import check_parity, keras_runner
 from export.signature import input_infos, signature_of
 
 # symbolic inputs, structured as the model's ``input``
 Inputs = keras.KerasTensor | list[keras.KerasTensor] | dict[str, keras.KerasTensor]
-
-
-def load_trained_model(path: str | Path) -> keras.Model:
-    """Load a ``.keras`` model, or a run directory's ``model.keras``, with clear errors."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.keras"
-    if not path.is_file():
-        raise FileNotFoundError(f"no trained model at {path}")
-    try:
-        return keras.saving.load_model(path)
-    except Exception as error:  # zip, h5 and deserialization errors of any kind
-        raise ValueError(
-            f"{path} is not a readable Keras model: {error}. If it uses classes of your "
-            f"own, import the module that registers them (--import MODULE)"
-        ) from error
-
-
-def image_input_size(model: keras.Model) -> tuple[int, int, int]:
-    """``(H, W, C)`` of a model's one image input (``[N, H, W, C]``).
-
-    Raises:
-        ValueError: the model has no or several rank-4 inputs, or free spatial sizes.
-    """
-    images = [info for info in input_infos(model) if len(info.shape) == 4]
-    if len(images) != 1 or None in images[0].shape[1:]:
-        raise ValueError(
-            f"{model.name} needs one image input [N, H, W, C] of fixed size here; its inputs "
-            f"are {[list(info.shape) for info in input_infos(model)]}"
-        )
-    height, width, channels = images[0].shape[1:]
-    return int(height), int(width), int(channels)
-
-
-def all_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
-    """Every layer inside ``model``: in nested models and inside other layers, each once."""
-    return list(model._flatten_layers(include_self=False, recursive=True))
-
-
-def has_cf_layers(layer: keras.layers.Layer) -> bool:
-    """Whether ``layer`` is or holds a trainable :class:`CFConv2D` anywhere inside."""
-    return isinstance(layer, CFConv2D) or any(
-        isinstance(inner, CFConv2D) for inner in all_layers(layer)
-    )
-
-
-def _is_graph_model(layer) -> bool:
-    """A Functional or Sequential model: one whose layer graph can be rebuilt."""
-    return isinstance(layer, keras.Sequential) or hasattr(layer, "_run_through_graph")
-
-
-def _as_functional(model: keras.Model) -> keras.Model:
-    """A Functional view of ``model`` (a Sequential's layer graph), or a clear error."""
-    if isinstance(model, keras.Sequential):
-        return keras.Model(model.inputs, model.outputs, name=model.name)
-    if not _is_graph_model(model):
-        raise ValueError(
-            f"{model.name} is a subclassed keras.Model: freezing rebuilds the model from its "
-            f"layer graph, which only Functional and Sequential models have. Build it "
-            f"functionally (keras.Input -> layers -> keras.Model); subclassed models and "
-            f"layers of your own may sit inside it."
-        )
-    return model
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _holders(model: keras.Model) -> list[keras.layers.Layer]:
@@ -113,33 +57,11 @@ def _holders(model: keras.Model) -> list[keras.layers.Layer]:
     for layer in model.layers:  # op nodes such as keras.ops.add hold no layers
         if isinstance(layer, CFConv2D):
             continue
-        if _is_graph_model(layer):
+        if is_graph_model(layer):
             found += _holders(layer)
         elif has_cf_layers(layer):
             found.append(layer)
     return found
-
-
-def independent_copy(model: keras.Model) -> keras.Model:
-    """A copy of ``model`` that shares nothing with it, made by Keras' own saving.
-
-    Raises:
-        ValueError: the model cannot go through a ``.keras`` round trip (the message
-            says why; usually a class of the user's that is not registered).
-    """
-    with tempfile.TemporaryDirectory(prefix="cfconv-freeze-") as folder:
-        path = Path(folder) / "model.keras"
-        try:
-            model.save(path)
-            # our own file, written just now: Lambda layers may load
-            return keras.saving.load_model(path, safe_mode=False)
-        except Exception as error:
-            raise ValueError(
-                f"{model.name} must be copied to freeze CF layers held inside other layers "
-                f"(or to change its dtype policy), and Keras cannot save and load it: "
-                f"{error}. Register your own classes with "
-                f"keras.saving.register_keras_serializable and give them get_config."
-            ) from error
 
 
 class _Freezer:
@@ -156,6 +78,7 @@ class _Freezer:
         self.models: dict[int, keras.Model] = {}
 
     def frozen_layer(self, layer: CFConv2D) -> FrozenSpectralConv2D:
+        """The one frozen layer that stands for ``layer`` (unbuilt until first called)."""
         if id(layer) not in self.frozen:
             frozen = FrozenSpectralConv2D(
                 layer.filters,
@@ -167,33 +90,41 @@ class _Freezer:
             self.pairs.append((layer, frozen))
         return self.frozen[id(layer)]
 
+    def frozen_graph(self, model: keras.Model, tensors) -> keras.Model:
+        """The frozen form of a nested graph model, rebuilt once on inputs shaped as
+        ``tensors`` (so it follows a new input size whether or not it holds CF layers)."""
+        if id(model) not in self.models:
+            functional = as_functional(model)
+            self.models[id(model)] = self.freeze_graph(
+                functional, _inputs_like(functional, tensors)
+            )
+        return self.models[id(model)]
+
     def clone(self, operation):
         """The operation the frozen graph uses in place of ``operation``."""
         if isinstance(operation, CFConv2D):
             return self.frozen_layer(operation)
-        if isinstance(operation, keras.layers.Layer) and not _is_graph_model(operation):
+        if isinstance(operation, keras.layers.Layer) and not is_graph_model(operation):
             if has_cf_layers(operation):
                 self.swap_inside(operation)
         return operation  # graph models are frozen in `call`, where their inputs are known
 
     def call(self, operation, *args, **kwargs):
-        if _is_graph_model(operation) and has_cf_layers(operation):
-            if id(operation) not in self.models:
-                functional = _as_functional(operation)
-                self.models[id(operation)] = self.freeze_graph(
-                    functional, _inputs_like(functional, args[0])
-                )
-            operation = self.models[id(operation)]
+        """Call ``operation`` (a nested graph model: its frozen form) in the frozen graph;
+        a failure names the operation and the shapes it was given."""
+        if is_graph_model(operation):
+            operation = self.frozen_graph(operation, args[0])
         try:
             return operation(*args, **kwargs)
         except Exception as error:
             name = getattr(operation, "name", type(operation).__name__)
             raise ValueError(
                 f"{name} cannot take the inputs it sees in the frozen model "
-                f"({_shapes(args)}): {error}"
+                f"({_shapes(args)}): {_first_line(error)}"
             ) from error
 
     def freeze_graph(self, model: keras.Model, inputs: Inputs) -> keras.Model:
+        """``model`` (Functional) rebuilt on ``inputs`` with its CF layers swapped."""
         return keras.models.clone_model(
             model, input_tensors=inputs, clone_function=self.clone, call_function=self.call
         )
@@ -214,25 +145,21 @@ class _Freezer:
                     object.__setattr__(layer, name, replaced)  # no re-tracking: built layers
 
     def replaced(self, value):
-        """``value`` with its CF layers (also in lists, tuples, dicts) swapped."""
+        """``value`` with its CF layers (also in lists, tuples, dicts) swapped: lists and
+        dicts are changed in place, tuples and single layers replaced."""
         if isinstance(value, CFConv2D):
             frozen = self.frozen_layer(value)
             if not frozen.built:
                 frozen.build((None, *value.input_size, value.kernel_shape[2]))
             return frozen
-        if _is_graph_model(value) and has_cf_layers(value):
-            if id(value) not in self.models:
-                functional = _as_functional(value)
-                self.models[id(value)] = self.freeze_graph(
-                    functional, _inputs_like(functional, functional.inputs)
-                )
-            return self.models[id(value)]
+        if is_graph_model(value) and has_cf_layers(value):
+            return self.frozen_graph(value, as_functional(value).inputs)
         if isinstance(value, list | tuple):
             items = [self.replaced(item) for item in value]
             if all(new is old for new, old in zip(items, value, strict=True)):
                 return value
-            if isinstance(value, tuple):
-                return type(value)(items)
+            if isinstance(value, tuple):  # a namedtuple takes its fields one by one
+                return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
             list.__setitem__(value, slice(None), items)  # in place, past Keras' tracking
         elif isinstance(value, dict):
             for key, item in list(value.items()):
@@ -240,6 +167,14 @@ class _Freezer:
                 if new is not item:
                     dict.__setitem__(value, key, new)
         return value
+
+
+def _first_line(error: Exception) -> str:
+    """An exception's first line, without the terminal colours Keras adds."""
+    text = ANSI_CODES.sub("", str(error))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("Exception encountered")]
+    return lines[0] if lines else type(error).__name__
 
 
 def _shapes(args) -> str:
@@ -276,6 +211,7 @@ def _new_inputs(model: keras.Model, input_size: tuple[int, int] | None) -> Input
 
 
 def _set_kernels(pairs: list[tuple[CFConv2D, FrozenSpectralConv2D]], source: str) -> None:
+    """Give each frozen layer its CF layer's inference kernel on the grid it was built on."""
     for original, frozen in pairs:
         if not frozen.built:
             raise ValueError(
@@ -287,29 +223,13 @@ def _set_kernels(pairs: list[tuple[CFConv2D, FrozenSpectralConv2D]], source: str
 
 
 def _check_no_cf_layers(frozen: keras.Model) -> None:
+    """Refuse a frozen model that still holds CF layers (somewhere swapping cannot reach)."""
     left = sorted({layer.name for layer in all_layers(frozen) if isinstance(layer, CFConv2D)})
     if left:
         raise ValueError(
             f"CF layers {left} could not be frozen: they are held where freezing cannot "
             f"reach (not an attribute, list or dict of a layer)"
         )
-
-
-def unsaveable_layers(frozen: keras.Model) -> list[str]:
-    """Layers of a frozen model whose config does not carry their frozen sublayers.
-
-    A user's layer that creates its CF layer in ``__init__`` (rather than taking it
-    through its config, as Keras' wrappers do) computes the right thing in memory, but a
-    ``.keras`` file of it would load with a new, trainable CF layer.
-    """
-    found = []
-    for layer in all_layers(frozen):
-        inner = [sub for sub in layer._layers if isinstance(sub, FrozenSpectralConv2D)]
-        if inner and not _is_graph_model(layer):
-            config = json.dumps(keras.saving.serialize_keras_object(layer), default=str)
-            if any(sub.name not in config for sub in inner):
-                found.append(layer.name)
-    return found
 
 
 def freeze_model(
@@ -339,22 +259,24 @@ def freeze_model(
         input_size = tuple(int(size) for size in input_size)
         if len(input_size) != 2 or min(input_size) <= 0:
             raise ValueError(f"input size must be (height, width) > 0, got {input_size}")
-    functional = _as_functional(model)
+    functional = as_functional(model)
     if dtype is not None or _holders(functional):
-        functional = _as_functional(independent_copy(functional))
-        if dtype is not None:
-            for layer in all_layers(functional):
-                layer.dtype_policy = dtype
+        functional = as_functional(independent_copy(functional, dtype))
     freezer = _Freezer(dtype)
     frozen = freezer.freeze_graph(functional, _new_inputs(functional, input_size))
     _set_kernels(freezer.pairs, source)
     _check_no_cf_layers(frozen)
-    trained_size = input_size is None or _image_sizes(model) == [input_size]
-    if source == "state" and trained_size and dtype is None:
+    if computes_the_trained_model(model, source, input_size, dtype):
         signature = signature_of(model)
         check_parity(model, signature, keras_runner(frozen, signature), "the frozen model")
     return frozen
 
 
-def _image_sizes(model: keras.Model) -> list[tuple[int, int]]:
-    return [tuple(info.shape[1:3]) for info in input_infos(model) if len(info.shape) == 4]
+def computes_the_trained_model(
+    model: keras.Model, source: str, input_size: tuple[int, int] | None, dtype: str | None
+) -> bool:
+    """Whether ``model`` frozen with these settings computes what ``model`` does: stored
+    kernels, at the trained input size, every layer in its own dtype policy."""
+    images = [tuple(info.shape[1:3]) for info in input_infos(model) if len(info.shape) == 4]
+    same_size = input_size is None or images == [tuple(input_size)]
+    return source == "state" and same_size and dtype is None

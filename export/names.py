@@ -20,3 +20,4 @@ CLASS_INDEX = "class_index"
 CLASS_NAMES_KEY = "class_names"
 PREPROCESSING_KEY = "preprocessing"
 LOWERING_KEY = "lowering"
+KERNEL_STORAGE_KEY = "kernel_storage"  # compact kernels: rank, dtype, each layer's error

@@ -31,9 +31,17 @@ from onnx import TensorProto, numpy_helper
 
 from cfconv_tf.frozen import FrozenSpectralConv2D, convolution_override
 from cfconv_tf.layers import CFConv2D
-from export.freeze import all_layers, freeze_model
+from export.atomic import remove_if_empty
+from export.compact import EXACT, KernelStorage
+from export.freeze import freeze_model
+from export.model_graph import all_layers
 from export.names import CLASS_NAMES_KEY, LOWERING_KEY, ONNX_DATA_FILE, ONNX_FILE
-from export.onnx_spectral import LOWERINGS, kernel_operands, lowered_convolution
+from export.onnx_spectral import (
+    LOWERINGS,
+    kernel_from_operands,
+    kernel_operands,
+    lowered_convolution,
+)
 from export.self_check import check_export, load_onnx
 from export.signature import Signature, serving_function, signature_of
 from export.tf2onnx_handlers import transforms_as
@@ -75,30 +83,37 @@ def _converter_errors() -> Iterator[list[str]]:
 
 
 def _convert(
-    model: keras.Model, signature: Signature, lowering: str, opset: int
+    model: keras.Model, signature: Signature, lowering: str, opset: int, storage: KernelStorage
 ) -> onnx.ModelProto:
     """Trace ``model`` with its spectral layers in the lowering's form and convert it.
 
-    Returns the checked ONNX model, kernels as initializers.
+    Returns the checked ONNX model, kernels (as ``storage`` keeps them) as initializers.
     """
     layers = spectral_layers(model)
+    operands = {  # layer index -> part name -> constant
+        index: kernel_operands(layer, lowering, storage) for index, layer in enumerate(layers)
+    }
     kernels = {
         f"cfconv_kernel_{index}_{part}": value
-        for index, layer in enumerate(layers)
-        for part, value in zip(("real", "imag"), kernel_operands(layer, lowering), strict=True)
+        for index, parts in operands.items()
+        for part, value in parts.items()
     }
     specs = signature.input_specs + [
-        tf.TensorSpec(value.shape, tf.float32, name=name) for name, value in kernels.items()
+        tf.TensorSpec(value.shape, value.dtype, name=name) for name, value in kernels.items()
     ]
     serve = serving_function(model, signature)
     count = len(signature.inputs)
 
     def traced(*tensors: tf.Tensor) -> dict[str, tf.Tensor]:
-        parts = tensors[count:]  # each layer's real part, then its imaginary part
-        by_layer = {id(layer): parts[2 * i : 2 * i + 2] for i, layer in enumerate(layers)}
+        constants = iter(tensors[count:])  # in the order of `kernels`
+        by_layer = {
+            id(layer): {part: next(constants) for part in operands[index]}
+            for index, layer in enumerate(layers)
+        }
 
         def convolve(layer: FrozenSpectralConv2D, x: tf.Tensor) -> tf.Tensor:
-            return lowered_convolution(lowering, layer, x, *by_layer[id(layer)])
+            kernel = kernel_from_operands(layer, lowering, by_layer[id(layer)])
+            return lowered_convolution(lowering, layer, x, *kernel)
 
         with convolution_override(convolve):
             return serve(*tensors[:count])
@@ -233,6 +248,7 @@ def build_onnx(
     lowering: str = "factorized",
     opset: int | None = None,
     metadata: dict[str, str] | None = None,
+    storage: KernelStorage = EXACT,
 ) -> onnx.ModelProto:
     """Convert a model (frozen here if it is not) to an ONNX model (checked, not saved).
 
@@ -242,6 +258,9 @@ def build_onnx(
             ``"dft"`` (opset 20); see :mod:`export.onnx_spectral`.
         opset: at least the lowering's minimum.
         metadata: extra ``metadata_props`` (the class names and lowering are added).
+        storage: how the file keeps the spectral kernels (:mod:`export.compact`; the
+            model's own kernels should already be what it keeps, see
+            :func:`export.compact.compact_model`).
 
     Raises:
         ValueError: unknown lowering, too low an opset, or ops tf2onnx cannot convert.
@@ -262,7 +281,7 @@ def build_onnx(
             f"layers {half[:4]} compute in bfloat16, which onnxruntime's CPU kernels lack; "
             f"freeze with dtype='float32' (cfconv export --dtype float32) to export in float32"
         )
-    proto = _convert(model, signature, lowering, opset)
+    proto = _convert(model, signature, lowering, opset, storage)
     proto.producer_name = "cfconv-tf (tf2onnx)"
     properties = {LOWERING_KEY: lowering, **(metadata or {})}
     if signature.class_names is not None:
@@ -293,12 +312,25 @@ def export_onnx(
     signature = signature_of(frozen, class_names)
     proto = build_onnx(frozen, signature, lowering, opset)
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".staging-", dir=folder) as staging:
-        check_export(load_onnx(save_onnx(proto, Path(staging))), model, signature)
-        for written in sorted(Path(staging).iterdir()):
-            os.replace(written, folder / written.name)
+    try:
+        with tempfile.TemporaryDirectory(prefix=".staging-", dir=folder) as staging:
+            check_export(load_onnx(save_onnx(proto, Path(staging))), model, signature)
+            (folder / ONNX_DATA_FILE).unlink(missing_ok=True)  # an older model's weights
+            for written in sorted(Path(staging).iterdir()):
+                os.replace(written, folder / written.name)
+    except BaseException:
+        if created:
+            remove_if_empty(folder)
+        raise
     return folder / ONNX_FILE
+
+
+def onnx_metadata(path: str | Path) -> dict[str, str]:
+    """An ONNX file's ``metadata_props`` (its weights are not read)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    return {prop.key: prop.value for prop in proto.metadata_props}
 
 
 def save_onnx(

@@ -22,22 +22,66 @@ import tensorflow as tf
 
 from cfconv_tf.frozen import FrozenSpectralConv2D
 from cfconv_tf.spectral import spectral_conv2d
+from export.compact import EXACT, KernelStorage, factors, stored
 from export.factorized_dft import FactorizedDFT
 
 LOWERINGS = {"factorized": 17, "matmul": 17, "dft": 20}  # lowering -> minimum opset
 
 
-def kernel_operands(layer: FrozenSpectralConv2D, lowering: str) -> tuple[np.ndarray, np.ndarray]:
-    """The real and imaginary kernel constants a lowering's graph reads for ``layer``.
+def kernel_operands(
+    layer: FrozenSpectralConv2D, lowering: str, storage: KernelStorage = EXACT
+) -> dict[str, np.ndarray]:
+    """The kernel constants a lowering's graph reads for ``layer``, as ``storage`` keeps
+    them, by part name (:func:`kernel_from_operands` turns them back into the kernel).
 
-    ``factorized``: ``[F, Cin, Cout]`` in the plan's digit-reversed frequency order
-    (:meth:`FactorizedDFT.kernel_order`); the others: the half spectrum
-    ``[H, W//2+1, Cin, Cout]`` as the layer holds it.
+    Kernel layout: ``factorized``: ``[F, Cin, Cout]`` in the plan's digit-reversed
+    frequency order (:meth:`FactorizedDFT.kernel_order`); the others: the half spectrum
+    ``[H, W//2+1, Cin, Cout]`` as the layer holds it. With a rank, each part ``real`` /
+    ``imag`` is stored as ``<part>_frequencies`` ``[F or H * Wf, r]`` and
+    ``<part>_channels`` ``[r, Cin * Cout]`` (:mod:`export.compact`).
     """
     kernel_real, kernel_imag = (np.asarray(part) for part in layer.get_weights())
-    if lowering == "factorized":
-        return _plan(layer).kernel_order(kernel_real, kernel_imag)
-    return kernel_real, kernel_imag
+    if storage.rank is None:
+        parts = {"real": kernel_real, "imag": kernel_imag}
+        if lowering == "factorized":
+            parts = dict(
+                zip(parts, _plan(layer).kernel_order(kernel_real, kernel_imag), strict=True)
+            )
+        return {name: stored(value, storage) for name, value in parts.items()}
+    (u_real, v_real), (u_imag, v_imag) = (
+        factors(part, storage.rank) for part in (kernel_real, kernel_imag)
+    )
+    if lowering == "factorized":  # a per-frequency gather (and sign): rows of U follow it
+        u_real, u_imag = (
+            u[..., 0] for u in _plan(layer).kernel_order(u_real[..., None], u_imag[..., None])
+        )
+    operands = {}
+    for part, u, v in (("real", u_real, v_real), ("imag", u_imag, v_imag)):
+        operands[f"{part}_frequencies"] = stored(u.reshape(-1, u.shape[-1]), storage)
+        operands[f"{part}_channels"] = stored(v.reshape(v.shape[0], -1), storage)
+    return operands
+
+
+def kernel_from_operands(
+    layer: FrozenSpectralConv2D, lowering: str, operands: dict[str, tf.Tensor]
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The float32 kernel parts a lowering convolves with, from the tensors holding
+    :func:`kernel_operands` (a MatMul of the factors, which a runtime folds at load)."""
+    height, width = layer.input_size
+    cin, cout = layer.kernel_real.shape[2:]
+    rows = [_plan(layer).frequencies] if lowering == "factorized" else [height, width // 2 + 1]
+    kernel = []
+    for part in ("real", "imag"):
+        if part in operands:
+            value = tf.cast(operands[part], tf.float32)
+        else:
+            frequencies, channels = (
+                tf.cast(operands[f"{part}_{name}"], tf.float32)
+                for name in ("frequencies", "channels")
+            )
+            value = tf.reshape(tf.matmul(frequencies, channels), [*rows, cin, cout])
+        kernel.append(value)
+    return kernel[0], kernel[1]
 
 
 def lowered_convolution(

@@ -6,14 +6,11 @@ Each runner maps the model's inputs by name (numpy arrays) to its outputs by nam
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from export.names import SIGNATURE_NAME
-from export.ort_session import onnx_session
 from export.signature import Signature, serving_function
 from export.tensor_info import TensorInfo
 
@@ -51,34 +48,28 @@ def keras_runner(model: keras.Model, signature: Signature) -> Runner:
     return run
 
 
-def savedmodel_runner(folder: str | Path) -> Runner:
-    """The ``serving_default`` signature of a SavedModel, called by its input names."""
-    signature = tf.saved_model.load(str(folder)).signatures[SIGNATURE_NAME]
-
-    def run(inputs: Arrays) -> Arrays:
-        outputs = signature(**{name: tf.constant(value) for name, value in inputs.items()})
-        return {name: value.numpy() for name, value in outputs.items()}
-
-    return run
+FREE_SIZE = 8  # the size probes give an axis the model leaves free
 
 
-def onnx_runner(path: str | Path) -> Runner:
-    session = onnx_session(path)
-    names = [output.name for output in session.get_outputs()]
-    return lambda inputs: dict(zip(names, session.run(names, inputs), strict=True))
+def random_inputs(
+    inputs: Sequence[TensorInfo], batch: int, rng: np.random.Generator, pixels: bool = True
+) -> Arrays:
+    """Inputs to probe a model with.
 
-
-def random_inputs(inputs: Sequence[TensorInfo], batch: int, rng: np.random.Generator) -> Arrays:
-    """Inputs to probe a model with: pixels in [0, 255] for float images, N(0, 1) for
-    other float inputs, 0 or 1 for integer and boolean inputs (valid indices for any
-    embedding or lookup)."""
+    Images (rank 4): pixels in [0, 255] (``pixels``) or in [0, 1], as float or integer
+    values; other float inputs N(0, 1); other integer and boolean inputs 0 or 1 (valid
+    indices for any embedding or lookup). Free axes get :data:`FREE_SIZE`.
+    """
     arrays = {}
     for info in inputs:
-        shape = (batch, *(size or 1 for size in info.shape[1:]))
-        if "float" not in info.dtype:  # ints and bools (bfloat16 is no numpy dtype)
+        shape = (batch, *(size or FREE_SIZE for size in info.shape[1:]))
+        image, integer = len(shape) == 4, "float" not in info.dtype  # bfloat16: no numpy dtype
+        if image and integer:
+            values = rng.integers(0, 256 if pixels else 2, shape)
+        elif image:
+            values = rng.uniform(0, 255 if pixels else 1, shape)
+        elif integer:
             values = rng.integers(0, 2, shape)
-        elif len(shape) == 4:
-            values = rng.uniform(0, 255, shape)
         else:
             values = rng.standard_normal(shape)
         arrays[info.name] = values.astype(info.dtype)
@@ -86,61 +77,58 @@ def random_inputs(inputs: Sequence[TensorInfo], batch: int, rng: np.random.Gener
 
 
 def relative_error(candidate: Arrays, reference: Arrays) -> float:
-    """The largest ``max |candidate - reference| / max |reference|`` over the float outputs.
+    """The largest ``max |candidate - reference| / max |reference|`` over the float outputs;
+    ``inf`` where a candidate's values are not finite and the reference's are.
 
-    Integer outputs (``class_index``) are derived from float ones and not compared.
+    Integer outputs (``class_index``) are derived from float ones and not compared
+    (an argmax may flip between runtimes on a near tie); their shapes are.
 
     Raises:
-        ValueError: the candidate lacks an output of the reference.
+        ValueError: the candidate lacks an output of the reference, or has another shape.
     """
     missing = sorted(set(reference) - set(candidate))
     if missing:
         raise ValueError(f"outputs {missing} are missing (has {sorted(candidate)})")
     errors = [0.0]
     for name, expected in reference.items():
+        got = np.asarray(candidate[name])
+        if got.shape != expected.shape:
+            raise ValueError(f"output {name!r} has shape {got.shape}, expected {expected.shape}")
         if not np.issubdtype(expected.dtype, np.floating):
             continue
-        expected = expected.astype(np.float64)
-        scale = max(float(np.abs(expected).max(initial=0.0)), np.finfo(np.float32).tiny)
-        difference = np.abs(candidate[name].astype(np.float64) - expected).max(initial=0.0)
+        expected, got = expected.astype(np.float64), got.astype(np.float64)
+        if not np.array_equal(np.isfinite(got), np.isfinite(expected)):
+            return float("inf")
+        finite = np.isfinite(expected)
+        scale = max(float(np.abs(expected[finite]).max(initial=0.0)), np.finfo(np.float32).tiny)
+        difference = np.abs(got[finite] - expected[finite]).max(initial=0.0)
         errors.append(float(difference) / scale)
     return max(errors)
 
 
-def sample_inputs(signature: Signature, batch: int) -> Arrays:
-    """The inputs an export is checked on: :func:`random_inputs`, the same every time."""
-    return random_inputs(signature.inputs, batch, np.random.default_rng(batch))
+# the probes an export is checked on: (batch, pixels in [0, 255] or else in [0, 1])
+PROBES = ((1, True), (3, False))
 
 
 def check_parity(
-    reference: keras.Model,
-    signature: Signature,
-    candidate: Runner,
-    what: str,
-    batches: Sequence[int] = (1, 3),
+    reference: keras.Model, signature: Signature, candidate: Runner, what: str
 ) -> float:
     """Check that ``candidate`` computes what ``reference`` (in inference mode) does.
 
-    Both run on :func:`sample_inputs` at each batch size. Returns the largest relative
-    error.
+    Both run on each of :data:`PROBES` (:func:`random_inputs`, the same every time).
+    Returns the largest relative error.
 
     Raises:
-        ValueError: the candidate fails on the inputs, lacks an output, or is farther
-            than :func:`tolerance_for` the reference; the message starts with ``what``.
+        ValueError: the reference or the candidate fails on the inputs, the candidate
+            lacks an output, or is farther than :func:`tolerance_for` the reference; the
+            message names ``what``.
     """
-    tolerance = tolerance_for(reference)
-    expected = keras_runner(reference, signature)
+    tolerance, expected = tolerance_for(reference), keras_runner(reference, signature)
     worst = 0.0
-    for batch in batches:
-        arrays = sample_inputs(signature, batch)
-        try:
-            worst = max(worst, relative_error(candidate(arrays), expected(arrays)))
-        except Exception as error:  # any runtime's failure: one clear message
-            raise ValueError(
-                f"{what} does not run on the model's sample inputs (batch {batch}): "
-                f"{type(error).__name__}: {error}"
-            ) from error
-    if not worst <= tolerance:  # NaN fails too
+    for batch, pixels in PROBES:
+        arrays = random_inputs(signature.inputs, batch, np.random.default_rng(batch), pixels)
+        worst = max(worst, compare(expected, {what: candidate}, arrays)[what])
+    if not worst <= tolerance:
         raise ValueError(
             f"{what} does not compute what the Keras model does: relative error "
             f"{worst:.2e}, above the bound {tolerance:.0e}"
@@ -152,13 +140,21 @@ def compare(reference: Runner, candidates: dict[str, Runner], inputs: Arrays) ->
     """Relative error of each candidate against the reference on the same inputs.
 
     Raises:
-        ValueError: a candidate fails on the inputs or lacks an output (named).
+        ValueError: the reference or a candidate (named) fails on the inputs, or a
+            candidate lacks an output.
     """
-    expected = reference(inputs)
+    try:
+        expected = reference(inputs)
+    except Exception as error:  # TensorFlow's errors come in many types
+        raise ValueError(
+            f"the Keras model fails on the comparison inputs: {type(error).__name__}: {error}"
+        ) from error
     errors = {}
     for name, run in candidates.items():
         try:
             errors[name] = relative_error(run(inputs), expected)
         except Exception as error:  # any runtime's failure: one clear message
-            raise ValueError(f"{name} fails on the comparison inputs: {error}") from error
+            raise ValueError(
+                f"{name} fails on the comparison inputs: {type(error).__name__}: {error}"
+            ) from error
     return errors

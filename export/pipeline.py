@@ -18,8 +18,11 @@ import numpy as np
 from cfconv_tf.data import batched, load_dataset
 from cfconv_tf.training import compile_model
 from export.atomic import staged_version
-from export.freeze import freeze_model, image_input_size, load_trained_model, unsaveable_layers
-from export.names import CLASS_NAMES_KEY, PREPROCESSING_KEY
+from export.compact import EXACT, KernelStorage, compact_model
+from export.freeze import computes_the_trained_model, freeze_model
+from export.model_files import load_trained_model, unsaveable_layers
+from export.model_graph import image_input_size
+from export.names import CLASS_NAMES_KEY, KERNEL_STORAGE_KEY, PREPROCESSING_KEY
 from export.onnx_export import build_onnx, save_onnx
 from export.parity import (
     Runner,
@@ -110,16 +113,29 @@ def freeze_and_report(
     dataset: str | None = None,
     evaluate_limit: int | None = None,
     dtype: str | None = None,
+    storage: KernelStorage = EXACT,
 ) -> dict:
     """Freeze, save to ``out`` (.keras) and report trained vs frozen test accuracy.
 
     Sizes are reported for a model with one image input, accuracy for an image
-    classifier whose dataset is known.
+    classifier whose dataset is known. With compact kernel ``storage`` the frozen model
+    computes with the kernels an export with that storage keeps, and the report has each
+    layer's kernel error (:mod:`export.compact`).
     """
     trained = load_trained_model(model_path)
     frozen = freeze_model(trained, source, input_size, dtype)
-    one_image = sum(len(info.shape) == 4 for info in input_infos(trained)) == 1
+    unsaveable = unsaveable_layers(frozen)
+    if unsaveable:
+        raise ValueError(
+            f"the frozen model cannot be saved as a .keras file: layers {unsaveable} create "
+            f"their CF layers in their own __init__ instead of taking them through their "
+            f"config, so Keras would load them with new, trainable CF layers. Export the "
+            f"model directly (cfconv export freezes in memory)."
+        )
     report = {"source": source, "out": str(out)}
+    if not storage.is_exact:
+        report["kernel_errors"] = compact_model(frozen, storage)
+    one_image = sum(len(info.shape) == 4 for info in input_infos(trained)) == 1
     if one_image:
         height, width, _ = image_input_size(trained)
         frozen_size = image_input_size(frozen)[:2]
@@ -131,20 +147,12 @@ def freeze_and_report(
             report["frozen_accuracy"] = accuracy(
                 frozen, test_split(model_path, frozen_size, dataset, evaluate_limit)
             )
-    unsaveable = unsaveable_layers(frozen)
-    if unsaveable:
-        raise ValueError(
-            f"the frozen model cannot be saved as a .keras file: layers {unsaveable} create "
-            f"their CF layers in their own __init__ instead of taking them through their "
-            f"config, so Keras would load them with new, trainable CF layers. Export the "
-            f"model directly (cfconv export freezes in memory)."
-        )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.staging.keras")
     try:
         frozen.save(staging)
-        reference = _reference(trained, frozen, source, input_size, dtype)
+        reference = _reference(trained, frozen, source, input_size, dtype, storage)
         report["parity"] = check_export(load_keras(staging), reference, signature_of(reference))
         staging.replace(out)
     finally:
@@ -158,11 +166,12 @@ def _reference(
     source: str,
     input_size: tuple[int, int] | None,
     dtype: str | None,
+    storage: KernelStorage,
 ) -> keras.Model:
     """The model an export of ``frozen`` must compute: the trained one where the two
-    are comparable (stored kernels, trained size, own dtypes), else the frozen one."""
-    same_size = input_size is None or tuple(input_size) == image_input_size(trained)[:2]
-    return trained if source == "state" and same_size and dtype is None else frozen
+    compute the same function (and the kernels are kept exactly), else the frozen one."""
+    same = computes_the_trained_model(trained, source, input_size, dtype)
+    return trained if same and storage.is_exact else frozen
 
 
 def export_model(
@@ -177,14 +186,22 @@ def export_model(
     opset: int | None = None,
     labels: str | Path | None = None,
     dtype: str | None = None,
+    storage: KernelStorage = EXACT,
 ) -> Path:
     """Freeze (if needed) and export; returns the written version folder.
 
     ``labels``: a class-names file for a classifier outside a run directory; ``dtype``:
-    a dtype policy for every layer (:func:`export.freeze.freeze_model`).
+    a dtype policy for every layer (:func:`export.freeze.freeze_model`); ``storage``:
+    compact spectral kernels for ONNX (:mod:`export.compact`; the file's metadata holds
+    the storage and each layer's kernel error).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
+    if fmt == "savedmodel" and not storage.is_exact:
+        raise ValueError(
+            "compact kernels (--kernel-rank, --kernel-dtype) are an ONNX storage option; "
+            "a SavedModel keeps its kernels as float32 variables"
+        )
     trained = load_trained_model(model_path)
     frozen = freeze_model(trained, source, input_size, dtype)
     if labels is not None and classifier_units(frozen) is None:
@@ -202,6 +219,11 @@ def export_model(
     }
     if run_dir_of(model_path):
         metadata[PREPROCESSING_KEY] = PREPROCESSING
+    if not storage.is_exact:
+        metadata[KERNEL_STORAGE_KEY] = {
+            **dataclasses.asdict(storage),
+            "relative_errors": compact_model(frozen, storage),
+        }
     if fmt != "savedmodel":  # build (and so validate) before anything is staged
         onnx_model = build_onnx(
             frozen,
@@ -212,8 +234,9 @@ def export_model(
                 key: value if isinstance(value, str) else json.dumps(value)
                 for key, value in metadata.items()
             },
+            storage,
         )
-    reference = _reference(trained, frozen, source, input_size, dtype)
+    reference = _reference(trained, frozen, source, input_size, dtype, storage)
     with staged_version(Path(out), name, version) as (staging, final):
         if fmt == "savedmodel":
             saved = {**metadata, CLASS_NAMES_KEY: signature.class_names}
@@ -240,7 +263,7 @@ class ParityReport:
             f"{name} on {kind}: {error:.2e}"
             for kind, errors in self.errors.items()
             for name, error in errors.items()
-            if error > self.tolerance
+            if not error <= self.tolerance
         ]
 
 
@@ -255,9 +278,10 @@ def verify_exports(
     """Relative error of the frozen model and each export against the trained model.
 
     Compared on random inputs and, for an image model whose dataset is known, on real
-    test images. An export made at another input size (``--input-size``) is compared on
-    random inputs with the trained model frozen at that size from its generators, which
-    is what such an export holds.
+    test images. An export made otherwise (at another input size, with kernels from the
+    generators, or with compact kernels: read from its inputs and metadata) is compared
+    on random inputs with the trained model frozen and compacted the same way, which is
+    what such an export holds.
 
     Raises:
         ValueError: an export that cannot be loaded or run, or whose inputs are not the
@@ -269,13 +293,13 @@ def verify_exports(
     exports = [load_savedmodel(path) for path in savedmodels]
     exports += [load_onnx(path) for path in onnx_files]
     candidates = {"frozen keras": keras_runner(freeze_model(trained), signature)}
-    resized: dict[tuple[int, int], dict[str, Runner]] = {}
+    others: dict[tuple, dict[str, Runner]] = {}  # (size, source, storage) -> exports
     for export in exports:
-        if same_inputs(export.inputs, signature.inputs):
+        how = _how_exported(export, signature)
+        if how == (None, "state", EXACT):
             candidates[export.what] = export.run
         else:
-            size = _resized_image(export, signature)
-            resized.setdefault(size, {})[export.what] = export.run
+            others.setdefault(how, {})[export.what] = export.run
     rng = np.random.default_rng(seed)
     inputs = {"random": random_inputs(signature.inputs, samples, rng)}
     if (dataset or run_dir_of(model_path)) and len(signature.inputs) == 1:
@@ -284,15 +308,37 @@ def verify_exports(
         inputs["test images"] = {signature.inputs[0].name: images.numpy()}
     reference = keras_runner(trained, signature)
     errors = {kind: compare(reference, candidates, arrays) for kind, arrays in inputs.items()}
-    for (height, width), runners in resized.items():
-        there = freeze_model(trained, "mlp", (height, width))
-        resized_signature = signature_of(there, class_names)
-        errors[f"random at {height}x{width}, against the model frozen there"] = compare(
-            keras_runner(there, resized_signature),
+    for (size, source, storage), runners in others.items():
+        there = freeze_model(trained, source, size)
+        described_as = [f"kernels from the {source}"]
+        if size is not None:
+            described_as.insert(0, f"at {size[0]}x{size[1]}")
+        if not storage.is_exact:
+            compact_model(there, storage)
+            described_as.append(f"stored as {storage}")
+        there_signature = signature_of(there, class_names)
+        errors[f"random, against the model frozen {', '.join(described_as)}"] = compare(
+            keras_runner(there, there_signature),
             runners,
-            random_inputs(resized_signature.inputs, samples, rng),
+            random_inputs(there_signature.inputs, samples, rng),
         )
     return ParityReport(errors, tolerance_for(trained))
+
+
+def _how_exported(
+    export: LoadedExport, signature: Signature
+) -> tuple[tuple[int, int] | None, str, KernelStorage]:
+    """``(input size or None for the trained one, kernel source, kernel storage)`` of an
+    export, from its inputs and its metadata."""
+    size = (
+        None if same_inputs(export.inputs, signature.inputs) else _resized_image(export, signature)
+    )
+    source = export.metadata.get("kernel_source", "state")
+    stored = export.metadata.get(KERNEL_STORAGE_KEY)
+    if stored is None:
+        return size, source, EXACT
+    settings = json.loads(stored) if isinstance(stored, str) else stored
+    return size, source, KernelStorage(settings["rank"], settings["dtype"])
 
 
 def _resized_image(export: LoadedExport, signature: Signature) -> tuple[int, int]:

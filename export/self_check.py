@@ -10,13 +10,14 @@ on the model's sample inputs against the Keras model
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from export.names import SIGNATURE_NAME
+from export.names import METADATA_FILE, SIGNATURE_NAME
 from export.ort_session import onnx_session, tensor_infos
 from export.parity import Runner, check_parity, keras_runner
 from export.signature import Signature, input_infos, signature_of
@@ -30,6 +31,7 @@ class LoadedExport:
     what: str
     inputs: tuple[TensorInfo, ...]
     run: Runner
+    metadata: dict = dataclasses.field(default_factory=dict)  # how it was exported
 
 
 def load_onnx(path: str | Path) -> LoadedExport:
@@ -45,7 +47,7 @@ def load_onnx(path: str | Path) -> LoadedExport:
     def run(arrays):
         return dict(zip(names, session.run(names, arrays), strict=True))
 
-    return LoadedExport(what, inputs, run)
+    return LoadedExport(what, inputs, run, dict(session.get_modelmeta().custom_metadata_map))
 
 
 def load_savedmodel(folder: str | Path) -> LoadedExport:
@@ -64,7 +66,9 @@ def load_savedmodel(folder: str | Path) -> LoadedExport:
         outputs = serve(**{name: tf.constant(value) for name, value in arrays.items()})
         return {name: value.numpy() for name, value in outputs.items()}
 
-    return LoadedExport(what, inputs, run)
+    metadata_file = Path(folder) / METADATA_FILE
+    metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
+    return LoadedExport(what, inputs, run, metadata)
 
 
 def load_keras(path: str | Path) -> LoadedExport:

@@ -8,9 +8,15 @@ GELU and ``celu`` (:mod:`export.tf2onnx_math`), which tf2onnx alone refuses.
 
 from __future__ import annotations
 
-from tf2onnx.convert import main
+import cfconv_tf  # noqa: F401  (first: quiets TensorFlow, registers the handlers)
 
-import cfconv_tf  # noqa: F401  (registers the handlers with tf2onnx)
+
+def main() -> None:
+    """Run tf2onnx's command line on ``sys.argv``."""
+    from tf2onnx.convert import main as convert
+
+    convert()
+
 
 if __name__ == "__main__":
     main()

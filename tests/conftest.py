@@ -23,12 +23,18 @@ from cfconv_tf.distribution import split_cpu  # noqa: E402
 split_cpu(2)
 
 
+def fresh_seed() -> int:
+    """A new seed every run, or ``$CFCONV_TEST_SEED`` to replay one; printed, so a
+    failure's output says which seed to replay."""
+    seed = int(os.environ.get("CFCONV_TEST_SEED") or np.random.SeedSequence().entropy % 2**31)
+    print(f"rng seed {seed} (replay with CFCONV_TEST_SEED={seed})")
+    return seed
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
-    """Fresh random inputs every run; the seed is printed on failure by pytest's -ra."""
-    seed = int(np.random.SeedSequence().entropy % 2**32)
-    print(f"rng seed {seed}")
-    return np.random.default_rng(seed)
+    """Fresh random inputs every run (:func:`fresh_seed`)."""
+    return np.random.default_rng(fresh_seed())
 
 
 @pytest.fixture(scope="session")

@@ -22,12 +22,11 @@ from export.onnx_spectral import LOWERINGS
 from export.parity import (
     TOLERANCE,
     keras_runner,
-    onnx_runner,
     random_inputs,
     relative_error,
-    savedmodel_runner,
 )
 from export.pipeline import export_model, verify_exports
+from export.self_check import load_onnx, load_savedmodel
 from export.signature import signature_of
 
 # The paper network's ops in the factorized lowering (a sigmoid head adds Concat and Sub).
@@ -65,7 +64,7 @@ def test_every_runtime_computes_the_trained_model(tiny_config, tmp_path, shape, 
     saved = export_model(
         tmp_path / "model.keras", "savedmodel", tmp_path / "sm", "m", labels=labels
     )
-    assert relative_error(savedmodel_runner(saved)(inputs), expected) <= 1e-4
+    assert relative_error(load_savedmodel(saved).run(inputs), expected) <= 1e-4
     for lowering in sorted(LOWERINGS):
         folder = export_model(
             tmp_path / "model.keras",
@@ -75,7 +74,7 @@ def test_every_runtime_computes_the_trained_model(tiny_config, tmp_path, shape, 
             lowering=lowering,
             labels=labels,
         )
-        assert relative_error(onnx_runner(folder / "model.onnx")(inputs), expected) <= 1e-4
+        assert relative_error(load_onnx(folder / "model.onnx").run(inputs), expected) <= 1e-4
 
 
 def test_real_images_through_every_export_of_a_trained_run(trained_runs, tmp_path):
@@ -234,7 +233,9 @@ def test_large_weights_go_to_an_external_data_file(tiny_config, tmp_path, rng):
     external = {t.name for t in initializers if t.data_location == onnx.TensorProto.EXTERNAL}
     assert {"cfconv_kernel_1_real", "cfconv_kernel_1_imag"} <= external  # 5.6 kB each
     inputs = random_inputs(signature.inputs, 3, rng)
-    assert relative_error(onnx_runner(path)(inputs), keras_runner(model, signature)(inputs)) <= 1e-4
+    assert (
+        relative_error(load_onnx(path).run(inputs), keras_runner(model, signature)(inputs)) <= 1e-4
+    )
 
 
 def staged_or_versions(base) -> list[str]:
@@ -316,7 +317,9 @@ def test_trainable_models_are_frozen_before_conversion(tiny_config, tmp_path, rn
     path = export_onnx(model, tmp_path, class_names=["a", "b", "c"])
     signature = signature_of(model, ["a", "b", "c"])
     inputs = random_inputs(signature.inputs, 3, rng)
-    assert relative_error(onnx_runner(path)(inputs), keras_runner(model, signature)(inputs)) <= 1e-4
+    assert (
+        relative_error(load_onnx(path).run(inputs), keras_runner(model, signature)(inputs)) <= 1e-4
+    )
 
 
 def test_regression_models_export_as_what_they_are(tmp_path, capsys):

@@ -15,6 +15,7 @@ from zoo_layers import SpectralBlock
 
 from cfconv_tf.cli import main
 from export.onnx_export import export_onnx
+from export.parity import check_parity
 from export.pipeline import export_model, freeze_and_report, verify_exports
 from export.self_check import LoadedExport, check_export
 from export.signature import signature_of
@@ -63,17 +64,21 @@ def test_an_export_that_fails_its_check_leaves_nothing(tmp_path, monkeypatch):
     model = adapted_model()
     model.save(tmp_path / "trained.keras")
 
-    def wrong(reference, signature, candidate, what, batches=(1, 3)):
+    def wrong(reference, signature, candidate, what):
         raise ValueError(f"{what} does not compute what the Keras model does")
 
     monkeypatch.setattr("export.self_check.check_parity", wrong)
     for fmt in ("onnx", "savedmodel"):
         with pytest.raises(ValueError, match="does not compute"):
             export_model(tmp_path / "trained.keras", fmt, tmp_path / "out", "m")
-    assert [path.name for path in (tmp_path / "out" / "m").iterdir()] == []
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
     with pytest.raises(ValueError, match="does not compute"):
         export_onnx(model, tmp_path / "python")
-    assert list((tmp_path / "python").iterdir()) == []
+    assert not (tmp_path / "python").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) in (
+        ["trained.keras"],
+        ["out", "trained.keras"],
+    )
 
 
 def test_an_export_with_other_inputs_is_refused(rng):
@@ -170,3 +175,20 @@ def test_users_classes_load_through_the_import_option(tmp_path, monkeypatch):
     command += ["--import", "my_layers"]
     subprocess.run(command, cwd=tmp_path, check=True, timeout=300)
     assert (tmp_path / "out" / "m" / "1" / "model.onnx").is_file()
+
+
+def test_not_a_number_and_wrong_shapes_never_pass_a_check():
+    model = adapted_model()
+    signature = signature_of(model)
+    name = signature.outputs[0].name
+
+    def outputs(fill, shape=None):
+        return lambda arrays: {name: np.full(shape or (len(arrays["image"]), 2), fill, np.float32)}
+
+    for fill, shape, match in (
+        (np.nan, None, r"relative error inf"),
+        (np.inf, None, r"relative error inf"),
+        (0.5, (1, 2), r"has shape \(1, 2\), expected \(3, 2\)"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            check_parity(model, signature, outputs(fill, shape), "the candidate")

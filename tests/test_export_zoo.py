@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import pytest
 import tensorflow as tf
-from conftest import small_cf
+from conftest import fresh_seed, small_cf
 from zoo_layers import SpectralBlock
 from zoo_worker import EXPORTS
 
@@ -32,13 +32,12 @@ from export.parity import (
     HALF_PRECISION_EPSILON,
     TOLERANCE,
     keras_runner,
-    onnx_runner,
     random_inputs,
     relative_error,
-    savedmodel_runner,
     tolerance_for,
 )
 from export.savedmodel import write_savedmodel
+from export.self_check import load_onnx, load_savedmodel
 from export.signature import classifier_units, signature_of
 from export.triton import triton_config
 
@@ -327,7 +326,7 @@ def check_exports(
     assert sorted(saved.structured_input_signature[1]) == sorted(inputs)
     assert sorted(saved.structured_outputs) == sorted(outputs)
     errors = {
-        "savedmodel": relative_error(savedmodel_runner(tmp_path / "savedmodel")(arrays), expected)
+        "savedmodel": relative_error(load_savedmodel(tmp_path / "savedmodel").run(arrays), expected)
     }
     for lowering in sorted(LOWERINGS):
         folder = tmp_path / lowering
@@ -336,7 +335,7 @@ def check_exports(
         graph = onnx.load(path).graph
         assert [value.name for value in graph.input] == inputs
         assert [value.name for value in graph.output] == outputs
-        errors[lowering] = relative_error(onnx_runner(path)(arrays), expected)
+        errors[lowering] = relative_error(load_onnx(path).run(arrays), expected)
     config = triton_config("m", signature)
     assert pbtxt_names(config, "input") == inputs
     assert pbtxt_names(config, "output") == outputs
@@ -353,18 +352,17 @@ def zoo_exports(tmp_path_factory) -> tuple[Path, dict]:
     the trained model's outputs on them; then exported every way by one fresh process
     (zoo_worker.py). Returns the folder and the worker's results."""
     folder = tmp_path_factory.mktemp("zoo")
-    seed = int(np.random.SeedSequence().entropy % 2**31)
-    print(f"zoo seed {seed}")
-    for index, (name, (build, _, _)) in enumerate(sorted(ZOO.items())):
-        rng = np.random.default_rng(seed + index)
-        keras.utils.set_random_seed(seed + index)
+    seed = fresh_seed()
+    for offset, (name, (build, _, _)) in enumerate(sorted(ZOO.items())):
+        rng = np.random.default_rng(seed + offset)
+        keras.utils.set_random_seed((seed + offset) % 2**31)
         model = build()
         train_step(model, rng)
         model_dir = folder / name
         model_dir.mkdir()
         model.save(model_dir / "trained.keras")
         classes = classifier_units(model)
-        names = [f"c{index}" for index in range(classes)] if classes else None
+        names = [f"c{number}" for number in range(classes)] if classes else None
         if names:
             (model_dir / "labels.txt").write_text("\n".join(names) + "\n")
         signature = signature_of(model, names)
@@ -454,6 +452,6 @@ def test_mixed_precision_model_trains_freezes_and_exports(policy, tmp_path, rng)
         inputs = random_inputs(signature.inputs, 3, rng)
         # against the float32 computation of the same weights
         assert (
-            relative_error(onnx_runner(path)(inputs), keras_runner(as_float, signature)(inputs))
+            relative_error(load_onnx(path).run(inputs), keras_runner(as_float, signature)(inputs))
             <= TOLERANCE
         )

@@ -12,6 +12,7 @@ from cfconv_tf.frozen import FrozenSpectralConv2D
 from cfconv_tf.layers import CFConv2D
 from cfconv_tf.spectral import hermitian_project
 from export.freeze import freeze_model
+from export.signature import signature_of
 
 
 @pytest.mark.parametrize("shape", [(9, 8, 1), (8, 8, 3), (7, 11, 2)])
@@ -238,3 +239,78 @@ def test_freeze_report_of_a_two_image_model_saves_and_reports_no_sizes(tmp_path)
     keras.Model([left, right], merged).save(tmp_path / "two.keras")
     report = freeze_and_report(tmp_path / "two.keras", tmp_path / "frozen.keras")
     assert "trained_size" not in report and (tmp_path / "frozen.keras").is_file()
+
+
+def test_every_layer_but_the_cf_layers_is_the_trained_models_own(rng):
+    inputs = keras.Input((8, 8, 1), name="image")
+    norm = keras.layers.Normalization(name="norm")
+    norm.adapt(rng.uniform(0, 255, (8, 8, 8, 1)).astype(np.float32))
+    x = small_cf(3, name="cf")(norm(inputs))
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.ops.mean(x + small_cf(3, name="cf2")(x), axis=(1, 2))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    frozen = freeze_model(model)
+    for name in ("norm", "bn", "head"):
+        assert frozen.get_layer(name) is model.get_layer(name)
+    assert isinstance(frozen.get_layer("cf"), FrozenSpectralConv2D)
+    assert isinstance(model.get_layer("cf"), CFConv2D)  # the trained model is unchanged
+
+
+def test_a_nested_model_without_cf_layers_follows_a_new_input_size(rng):
+    backbone_input = keras.Input((16, 12, 1))
+    features = keras.layers.Conv2D(2, 3, padding="same")(backbone_input)
+    backbone = keras.Model(backbone_input, features, name="backbone")
+    inputs = keras.Input((16, 12, 1), name="image")
+    x = keras.layers.GlobalAveragePooling2D()(small_cf(2, name="cf")(backbone(inputs)))
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    frozen = freeze_model(model, source="mlp", input_size=(32, 20))
+    assert frozen.get_layer("cf").input_size == (32, 20)
+    assert frozen(rng.uniform(0, 255, (2, 32, 20, 1)).astype(np.float32)).shape == (2, 2)
+
+
+@keras.saving.register_keras_serializable(package="cfconv_tests")
+class Branches(keras.layers.Layer):
+    """CF layers in a list and a dict of a user's layer, summed."""
+
+    def __init__(self, filters: int = 2, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.listed = [small_cf(filters), small_cf(filters)]
+        self.named = {"extra": small_cf(filters)}
+
+    def call(self, inputs, training=None):
+        outputs = [layer(inputs, training=training) for layer in self.listed]
+        return keras.ops.sum(keras.ops.stack(outputs), 0) + self.named["extra"](inputs)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "filters": self.filters}
+
+
+def test_cf_layers_in_a_users_lists_and_dicts_freeze_and_keep_their_grid(rng):
+    inputs = keras.Input((6, 7, 2), name="image")
+    x = keras.layers.GlobalAveragePooling2D()(Branches()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    frozen = freeze_model(model)  # checked against the trained model inside
+    inner = [layer for layer in frozen._flatten_layers() if isinstance(layer, FrozenSpectralConv2D)]
+    assert len(inner) == 3
+    assert not any(isinstance(layer, CFConv2D) for layer in frozen._flatten_layers())
+    assert [info.name for info in signature_of(frozen).outputs] == ["head"]
+    assert isinstance(model.layers[1].listed[0], CFConv2D)  # swapped on a copy
+    with pytest.raises(
+        ValueError, match=r"branches.* cannot take the inputs .*\(None, 12, 14, 2\)"
+    ):
+        freeze_model(model, source="mlp", input_size=(12, 14))
+
+
+def test_a_dtype_policy_rebuilds_each_layers_constants_in_it():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inputs = keras.Input((6, 6, 1), name="image")
+        x = keras.layers.Normalization(mean=120.3, variance=9.0, name="norm")(inputs)
+        model = keras.Model(inputs, small_cf(2, name="cf")(x))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert float(model.get_layer("norm").mean.numpy().ravel()[0]) == 120.3125  # float16
+    frozen = freeze_model(model, dtype="float32")
+    mean = frozen.get_layer("norm").mean
+    assert mean.dtype == "float32" and float(np.ravel(mean)[0]) == pytest.approx(120.3, abs=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import keras
@@ -81,23 +82,24 @@ def test_elementwise_ops_tf2onnx_lacks_convert_exactly(name, function, rng):
     assert np.abs(got - expected).max() <= 1e-6 * np.abs(expected).max()
 
 
-def test_tf2onnxs_command_line_converts_our_savedmodel(tmp_path, monkeypatch, rng):
-    """``python -m export.tf2onnx_convert`` is tf2onnx's CLI with our handlers."""
+def test_tf2onnxs_command_line_converts_our_savedmodel(tmp_path, rng):
+    """``python -m export.tf2onnx_convert`` (a fresh process) is tf2onnx's CLI with our
+    handlers registered."""
     from conftest import small_cf
 
     from export.freeze import freeze_model
     from export.savedmodel import write_savedmodel
     from export.signature import signature_of
-    from export.tf2onnx_convert import main
 
     inputs = keras.Input((6, 7, 1), name="image")
     model = keras.Model(inputs, small_cf(2, activation="gelu")(inputs))
     frozen = freeze_model(model)
     write_savedmodel(frozen, signature_of(frozen), tmp_path / "saved", {})
     output = tmp_path / "model.onnx"
-    argv = ["tf2onnx.convert", "--saved-model", str(tmp_path / "saved"), "--output", str(output)]
-    monkeypatch.setattr(sys, "argv", argv)
-    main()
+    command = [sys.executable, "-m", "export.tf2onnx_convert", "--saved-model"]
+    subprocess.run(
+        [*command, str(tmp_path / "saved"), "--output", str(output)], check=True, timeout=300
+    )
     session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     images = rng.uniform(0, 1, (2, 6, 7, 1)).astype(np.float32)
     (got,) = session.run(None, {session.get_inputs()[0].name: images})

@@ -22,8 +22,9 @@ from cfconv_tf.config import load_model_config
 from cfconv_tf.models import build_model
 from export.freeze import freeze_model
 from export.onnx_export import build_onnx, save_onnx
-from export.parity import Runner, keras_runner, onnx_runner, savedmodel_runner
+from export.parity import Runner, keras_runner
 from export.savedmodel import write_savedmodel
+from export.self_check import load_onnx, load_savedmodel
 from export.signature import signature_of
 
 BASELINE = "spatial 3x3"
@@ -65,14 +66,14 @@ def runtimes(name: str, model: keras.Model, workdir: Path) -> Iterator[tuple[str
     yield "keras", on_images(keras_runner(model, signature)), "fft"
     folder = workdir / name.replace(" ", "_")
     write_savedmodel(model, signature, folder / "savedmodel", {})
-    yield "savedmodel", on_images(savedmodel_runner(folder / "savedmodel")), "fft"
+    yield "savedmodel", on_images(load_savedmodel(folder / "savedmodel").run), "fft"
     lowerings = SPECTRAL_LOWERINGS if name == "cf" else ("factorized",)
     for lowering in lowerings:
         target = folder / f"onnx_{lowering}"
         target.mkdir(parents=True)
         path = save_onnx(build_onnx(model, signature, lowering), target)
         label = f"onnxruntime {lowering}" if name == "cf" else "onnxruntime"
-        yield label, on_images(onnx_runner(path)), SPECTRAL_LOWERINGS[lowering]
+        yield label, on_images(load_onnx(path).run), SPECTRAL_LOWERINGS[lowering]
 
 
 def run_infer(

@@ -15,7 +15,8 @@ import numpy as np
 
 from cfconv_tf.bench.timing import median, time_calls
 from export.ort_session import onnx_session, tensor_infos
-from export.parity import Arrays, onnx_runner, random_inputs, relative_error
+from export.parity import Arrays, random_inputs, relative_error
+from export.self_check import load_onnx
 
 
 def _largest_error(outputs: Arrays, reference: Arrays) -> float | None:
@@ -42,7 +43,7 @@ def run_onnx_files(
     missing = [str(path) for path in files.values() if not Path(path).is_file()]
     if missing:
         raise FileNotFoundError(f"no ONNX file at {', '.join(missing)}")
-    runners = {label: onnx_runner(path) for label, path in files.items()}
+    runners = {label: load_onnx(path).run for label, path in files.items()}
     signatures = {
         label: tensor_infos(onnx_session(path).get_inputs()) for label, path in files.items()
     }
