@@ -17,7 +17,7 @@ from export.freeze import freeze_model
 from export.names import KERNEL_STORAGE_KEY
 from export.onnx_spectral import LOWERINGS
 from export.parity import TOLERANCE, keras_runner, random_inputs, relative_error
-from export.pipeline import export_model, freeze_and_report
+from export.pipeline import export_model, freeze_and_report, verify_exports
 from export.self_check import load_onnx
 from export.signature import signature_of
 
@@ -52,8 +52,8 @@ def test_truncation_keeps_the_best_rank_r_part_and_reports_its_error(rng):
     np.testing.assert_array_equal(half, part.astype(np.float16).astype(np.float32))
 
 
-def test_a_dense_factorized_kernel_loses_nothing_at_the_generators_rank():
-    model = dense_factorized_model(rank=3)
+def test_a_dense_factorized_kernel_loses_nothing_at_the_generators_rank(saved_dense_model):
+    model = saved_dense_model[0]
     frozen = freeze_model(model)
     errors = compact_model(frozen, KernelStorage(rank=3))
     assert set(errors) == {
@@ -63,47 +63,48 @@ def test_a_dense_factorized_kernel_loses_nothing_at_the_generators_rank():
     assert max(compact_model(freeze_model(model), KernelStorage(rank=1)).values()) > 1e-3
 
 
-@pytest.mark.parametrize("lowering", sorted(LOWERINGS))
-def test_rank_r_exports_are_smaller_and_compute_the_trained_model(lowering, tmp_path):
+@pytest.fixture(scope="module")
+def saved_dense_model(tmp_path_factory):
+    """A trained dense factorized model (rank 3) and its ``.keras`` file."""
     model = dense_factorized_model(rank=3)
-    model.save(tmp_path / "trained.keras")
-    full = export_model(
-        tmp_path / "trained.keras", "onnx", tmp_path / "full", "m", lowering=lowering
+    path = tmp_path_factory.mktemp("compact") / "trained.keras"
+    model.save(path)
+    return model, path
+
+
+@pytest.mark.parametrize("lowering", sorted(LOWERINGS))
+def test_rank_r_exports_are_smaller_and_compute_the_trained_model(
+    lowering, saved_dense_model, tmp_path
+):
+    model, path = saved_dense_model
+    full_bytes = 4 * sum(
+        np.asarray(weight).size
+        for layer in freeze_model(model).layers
+        if isinstance(layer, FrozenSpectralConv2D)
+        for weight in layer.get_weights()
     )
-    compact = export_model(
-        tmp_path / "trained.keras",
-        "onnx",
-        tmp_path / "compact",
-        "m",
-        lowering=lowering,
-        storage=KernelStorage(rank=3, dtype="float16"),
-    )
-    kernel_bytes = {
-        name: sum(
-            tensor.raw_data.__len__()
-            for tensor in onnx.load(folder / "model.onnx").graph.initializer
-            if tensor.name.startswith("cfconv_kernel_")
-        )
-        for name, folder in (("full", full), ("compact", compact))
-    }
-    assert kernel_bytes["compact"] * 4 < kernel_bytes["full"]
-    metadata = {prop.key: prop.value for prop in onnx.load(compact / "model.onnx").metadata_props}
-    stored = json.loads(metadata[KERNEL_STORAGE_KEY])
-    assert (stored["rank"], stored["dtype"]) == (3, "float16")
-    assert max(stored["relative_errors"].values()) <= 2.0**-10  # half precision's rounding
     signature = signature_of(model)
     inputs = random_inputs(signature.inputs, 3, np.random.default_rng(1))
     expected = keras_runner(model, signature)(inputs)
-    assert relative_error(load_onnx(compact / "model.onnx").run(inputs), expected) <= 1e-3
-    exact = export_model(
-        tmp_path / "trained.keras",
-        "onnx",
-        tmp_path / "exact",
-        "m",
-        lowering=lowering,
-        storage=KernelStorage(rank=3),
-    )
-    assert relative_error(load_onnx(exact / "model.onnx").run(inputs), expected) <= TOLERANCE
+    for storage, bound in ((KernelStorage(3), TOLERANCE), (KernelStorage(3, "float16"), 1e-3)):
+        folder = export_model(
+            path, "onnx", tmp_path / storage.dtype, "m", lowering=lowering, storage=storage
+        )
+        proto = onnx.load(folder / "model.onnx")
+        kernel_bytes = sum(
+            len(tensor.raw_data)
+            for tensor in proto.graph.initializer
+            if tensor.name.startswith("cfconv_kernel_")
+        )
+        assert kernel_bytes * (2 if storage.dtype == "float32" else 4) < full_bytes
+        stored = json.loads(
+            {prop.key: prop.value for prop in proto.metadata_props}[KERNEL_STORAGE_KEY]
+        )
+        assert (stored["rank"], stored["dtype"]) == (3, storage.dtype)
+        # float32 factors: rounding only; float16: half precision's rounding
+        assert max(stored["relative_errors"].values()) <= (1e-5 if bound == TOLERANCE else 2.0**-10)
+        run = load_onnx(folder / "model.onnx").run
+        assert relative_error(run(inputs), expected) <= bound
 
 
 def test_compact_storage_is_an_onnx_option(tmp_path):
@@ -131,3 +132,7 @@ def test_cli_freeze_reports_the_compact_models_accuracy_and_errors(trained_runs,
     assert main([*argv, "--kernel-dtype", "float16"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("kernel stored with relative error") == len(report["kernel_errors"])
+    (written,) = (tmp_path / "out").glob("*/1/model.onnx")
+    verified = verify_exports(run, [], [str(written)])  # against the model compacted alike
+    assert not verified.failures()
+    assert any("rank 2, float16" in kind for kind in verified.errors)
