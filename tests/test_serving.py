@@ -232,6 +232,11 @@ def truncated_png() -> bytes:
     return png(np.zeros((28, 28, 1)))[:50]
 
 
+def encoded(body: bytes, coding: str) -> dict:
+    """httpx options of a request whose body is sent with ``Content-Encoding: coding``."""
+    return {"content": body, "headers": {"Content-Encoding": coding}}
+
+
 BAD_REQUESTS = [
     ("post", "/v1/models/cf:predict", {"content": b"{oops"}, 400, "malformed JSON"),
     (
@@ -328,58 +333,49 @@ BAD_REQUESTS = [
     (
         "post",
         "/v1/models/cf:predict",
-        {"content": b"{}", "headers": {"Content-Encoding": "br"}},
+        encoded(b"{}", "br"),
         415,
         "Content-Encoding 'br'",
     ),
     (
         "post",
         "/v1/models/cf:predict",
-        {"content": b"{}", "headers": {"Content-Encoding": "gzip, gzip"}},
+        encoded(b"{}", "gzip, gzip"),
         415,
         "Content-Encoding",
     ),
     (
         "post",
         "/v2/models/cf/infer",
-        {"content": b"{not gzip}", "headers": {"Content-Encoding": "gzip"}},
+        encoded(b"{not gzip}", "gzip"),
         400,
         "corrupt gzip body",
     ),
     (
         "post",
         "/v1/models/cf:predict",
-        {
-            "content": gzip.compress(b'{"instances": []}')[:-6],
-            "headers": {"Content-Encoding": "gzip"},
-        },
+        encoded(gzip.compress(b'{"instances": []}')[:-6], "gzip"),
         400,
         "truncated",
     ),
     (
         "post",
         "/v1/models/cf:predict",
-        {"content": zlib.compress(b"{}") + b"junk", "headers": {"Content-Encoding": "deflate"}},
+        encoded(zlib.compress(b"{}") + b"junk", "deflate"),
         400,
         "after the end",
     ),
     (
         "post",
         "/v2/models/cf/infer",
-        {
-            "content": gzip.compress(b" " * (MAX_BODY_MB * 2**20 + 1)),
-            "headers": {"Content-Encoding": "gzip"},
-        },
+        encoded(gzip.compress(b" " * (MAX_BODY_MB * 2**20 + 1)), "gzip"),
         413,
         "decompressed",
     ),
     (
         "post",
         "/v1/classify/cf",
-        {
-            "content": zlib.compress(b"\x00" * (MAX_BODY_MB * 2**20 + 1)),
-            "headers": {"Content-Encoding": "deflate"},
-        },
+        encoded(zlib.compress(b"\x00" * (MAX_BODY_MB * 2**20 + 1)), "deflate"),
         413,
         "decompressed",
     ),
