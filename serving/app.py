@@ -227,7 +227,11 @@ async def v2_ready(request: Request) -> Response:
 
 async def v2_server(request: Request) -> Response:
     return json_response(
-        {"name": "cfconv-serve", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+        {
+            "name": "cfconv-serve",
+            "version": "0.1.0",
+            "extensions": ["binary_tensor_data", "classification"],
+        }
     )
 
 
@@ -251,7 +255,14 @@ async def v2_infer(request: Request) -> Response:
     )
     outputs = await model.predict(inputs)
     content, headers = await off_loop(
-        request, kserve.infer_response, identifier, model.name, model.version, outputs, chosen
+        request,
+        kserve.infer_response,
+        identifier,
+        model.name,
+        model.version,
+        outputs,
+        chosen,
+        backend.output_labels,
     )
     media = "application/octet-stream" if headers else "application/json"
     return await answer(request, content, headers, media)

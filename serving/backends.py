@@ -80,6 +80,11 @@ class Backend:
             )
 
     @property
+    def output_labels(self) -> dict[str, list[str]]:
+        """Class names by the output whose classes they name (Triton's output labels)."""
+        return {PROBABILITIES: self.class_names} if self.class_names else {}
+
+    @property
     def image_classifier(self) -> tuple[str, tuple[int, int, int]] | None:
         """``(input name, (H, W, C))`` if the model classifies images: one image input,
         ``probabilities`` and ``class_index`` outputs, and known class names."""

@@ -5,17 +5,20 @@ inference statistics).
 With ``Inference-Header-Content-Length: L`` the body is an L-byte JSON header followed by
 the raw tensor bytes of the inputs whose ``parameters.binary_data_size`` is set, in
 order. Outputs are sent as binary data when the request asks for it per output
-(``parameters.binary_data``) or for all (``parameters.binary_data_output``).
+(``parameters.binary_data``) or for all (``parameters.binary_data_output``), and as their
+top classes when it asks for ``parameters.classification`` (:mod:`serving.classification`).
 """
 
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 import numpy as np
 import orjson
 
 from export.tensor_info import TensorInfo
+from serving import classification
 from serving.backends import Backend
 from serving.batching import Statistics
 from serving.errors import ClientError
@@ -33,6 +36,14 @@ from serving.tensors import (
 HEADER_LENGTH = "inference-header-content-length"
 DIGITS = re.compile(r"[0-9]{1,12}")
 Arrays = dict[str, np.ndarray]
+
+
+class RequestedOutput(NamedTuple):
+    """An output to send: as binary data or JSON, and as its top ``classes`` if asked."""
+
+    name: str
+    binary: bool
+    classes: int | None = None
 
 
 def _object(value: object, what: str) -> dict:
@@ -113,25 +124,27 @@ def parse_infer(request: dict, binary: bytes, inputs: tuple[TensorInfo, ...]) ->
     return same_batch(arrays)
 
 
-def requested_outputs(request: dict, outputs: tuple[TensorInfo, ...]) -> list[tuple[str, bool]]:
-    """``(output name, as binary)`` for each of the model's ``outputs`` to send, checked
-    before inference."""
-    known = [info.name for info in outputs]
+def requested_outputs(request: dict, outputs: tuple[TensorInfo, ...]) -> list[RequestedOutput]:
+    """The model's ``outputs`` to send and how, checked before inference."""
+    infos = {info.name: info for info in outputs}
     all_binary = _object(request.get("parameters"), "parameters").get("binary_data_output", False)
     requested = request.get("outputs")
     if requested is None:
-        return [(name, all_binary is True) for name in known]
+        return [RequestedOutput(name, all_binary is True) for name in infos]
     if not isinstance(requested, list) or not all(isinstance(item, dict) for item in requested):
         raise ClientError('"outputs" must be a list of {"name": ...} objects')
     chosen = []
     for item in requested:
         name = item.get("name")
-        if name not in known:
-            raise ClientError(f"unknown output {str(name)[:64]!r}; the model has {known}")
-        binary = _object(item.get("parameters"), f"output {name!r}: parameters").get(
-            "binary_data", all_binary
+        if name not in infos:
+            raise ClientError(f"unknown output {str(name)[:64]!r}; the model has {list(infos)}")
+        parameters = _object(item.get("parameters"), f"output {name!r}: parameters")
+        count = parameters.get(classification.PARAMETER)
+        if count is not None:
+            count = classification.class_count(count, infos[name])
+        chosen.append(
+            RequestedOutput(name, parameters.get("binary_data", all_binary) is True, count)
         )
-        chosen.append((name, binary is True))
     return chosen
 
 
@@ -140,28 +153,44 @@ def request_id(request: dict) -> str | None:
     return request["id"] if isinstance(request.get("id"), str) else None
 
 
+def _datatype(value: np.ndarray) -> str:
+    """The KServe datatype of an answer's array (text, as object arrays, is BYTES)."""
+    return "BYTES" if value.dtype == object else KSERVE_NAMES[value.dtype.name]
+
+
+def _binary(value: np.ndarray) -> bytes:
+    """An answer's array in the binary tensor extension's layout: raw values, or for BYTES
+    each element as its 4-byte little-endian length and its UTF-8 bytes."""
+    if value.dtype != object:
+        return value.tobytes()
+    encoded = (item.encode() for item in value.reshape(-1))
+    return b"".join(len(item).to_bytes(4, "little") + item for item in encoded)
+
+
 def infer_response(
     identifier: str | None,
     name: str,
     version: int,
     outputs: Arrays,
-    chosen: list[tuple[str, bool]],
+    chosen: list[RequestedOutput],
+    labels: dict[str, list[str]] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
-    """The response body and extra headers (binary when the client asked for it)."""
+    """The response body and extra headers (binary when the client asked for it);
+    ``labels``: class names by output, for the classification extension."""
     header_outputs, blobs = [], []
-    for output, binary in chosen:
+    for output, binary, classes in chosen:
         value = np.ascontiguousarray(outputs[output])
-        entry = {
-            "name": output,
-            "datatype": KSERVE_NAMES[value.dtype.name],
-            "shape": list(value.shape),
-        }
+        if classes is not None:
+            value = classification.top_classes(value, classes, (labels or {}).get(output))
+        entry = {"name": output, "datatype": _datatype(value), "shape": list(value.shape)}
         if binary:
-            blob = value.tobytes()
+            blob = _binary(value)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = value.reshape(-1)
+            entry["data"] = (
+                value.reshape(-1).tolist() if value.dtype == object else value.reshape(-1)
+            )
         header_outputs.append(entry)
     header = {"model_name": name, "model_version": str(version), "outputs": header_outputs}
     if identifier is not None:

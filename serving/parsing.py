@@ -46,7 +46,7 @@ def v2_infer(
     header_length: str | None,
     inputs: tuple[TensorInfo, ...],
     outputs: tuple[TensorInfo, ...],
-) -> tuple[str | None, Arrays, list[tuple[str, bool]]]:
+) -> tuple[str | None, Arrays, list[kserve.RequestedOutput]]:
     """A KServe v2 body -> ``(request id, inputs, outputs to send and how)``."""
     request, binary = kserve.split_body(body, header_length)
     chosen = kserve.requested_outputs(request, outputs)

@@ -127,6 +127,39 @@ def test_kserve_json_and_a_real_v2_client_with_binary_tensors(server, reference,
     np.testing.assert_array_equal(result.as_numpy("class_index"), expected.argmax(1))
 
 
+def test_tritonclient_asks_for_the_top_classes_by_label(server, reference, images):
+    """Triton's classification extension: K "score:index:label" entries per row, best first."""
+    import tritonclient.http as triton
+
+    expected = reference(images)
+    names = httpx.get(f"{server.url}/models").json()["models"][0]["class_names"]
+    assert "classification" in httpx.get(f"{server.url}/v2").json()["extensions"]
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+    tensor = triton.InferInput("image", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    for binary in (True, False):
+        result = client.infer(
+            "cf",
+            [tensor],
+            outputs=[
+                triton.InferRequestedOutput("probabilities", binary_data=binary, class_count=3),
+                triton.InferRequestedOutput("class_index", binary_data=binary),
+            ],
+        )
+        top = result.as_numpy("probabilities")
+        assert top.shape == (3, 3) and result.get_output("probabilities")["datatype"] == "BYTES"
+        for row, scores in zip(top, expected, strict=True):
+            # tritonclient gives binary BYTES as bytes, JSON ones as str
+            entries = [(e.decode() if binary else e).split(":") for e in row]
+            values = [float(value) for value, _, _ in entries]
+            chosen = [int(index) for _, index, _ in entries]
+            assert [label for _, _, label in entries] == [names[i] for i in chosen]
+            np.testing.assert_allclose(values, scores[chosen], atol=1e-5)
+            assert values == sorted(values, reverse=True)
+            assert min(values) >= np.delete(scores, chosen).max() - 1e-5
+        np.testing.assert_array_equal(result.as_numpy("class_index"), expected.argmax(1))
+
+
 def raw_deflate(data: bytes) -> bytes:
     """Deflate without the zlib wrapper, as some clients send for ``Content-Encoding: deflate``."""
     compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)

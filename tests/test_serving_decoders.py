@@ -287,6 +287,8 @@ def test_multipart_uploads(body, boundary):
 )
 def test_kserve_answers_encode(values, binary, identifier):
     outputs = {"score": np.asarray(values, np.float32).reshape(-1, 1)}
-    body, headers = kserve.infer_response(identifier, "m", 1, outputs, [("score", binary)])
+    body, headers = kserve.infer_response(
+        identifier, "m", 1, outputs, [kserve.RequestedOutput("score", binary)]
+    )
     header = body[: int(headers["Inference-Header-Content-Length"])] if headers else body
     assert json.loads(header)["outputs"][0]["shape"] == [len(values), 1]

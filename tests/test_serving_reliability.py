@@ -382,6 +382,41 @@ MALFORMED = [
         400,
         "takes the inputs",
     ),
+    *(
+        (
+            f"classification {count!r}",
+            "post",
+            "/v2/models/cf/infer",
+            {
+                "json": infer_body(
+                    PIXELS,
+                    outputs=[{"name": "probabilities", "parameters": {"classification": count}}],
+                )
+            },
+            400,
+            "classification must be a positive integer",
+        )
+        for count in (0, -2, "3", 1.5, True)
+    ),
+    *(
+        (
+            f"classification of {model}/{output}",
+            "post",
+            f"/v2/models/{model}/infer",
+            {
+                "json": {
+                    **infer_body(PIXELS if model == "cf" else [0.0] * 64, shape=shape),
+                    "outputs": [{"name": output, "parameters": {"classification": 2}}],
+                }
+            },
+            400,
+            f"output {output!r} cannot be classified",
+        )
+        for model, output, shape in (
+            ("cf", "class_index", (1, 28, 28, 1)),
+            ("seg", "logits", (1, 8, 8, 1)),
+        )
+    ),
     (
         "huge empty shape",
         "post",
@@ -434,6 +469,25 @@ def test_any_exported_model_is_served_by_its_own_signature(server):
     assert listed["cf"]["image_classifier"] and not listed["reg"]["image_classifier"]
     metadata = httpx.get(f"{server.url}/v2/models/pair").json()
     assert [tensor["name"] for tensor in metadata["inputs"]] == ["image", "meta"]
+
+
+def test_classification_without_labels_and_beyond_the_class_count(server):
+    """Triton omits ":label" when the output has no labels, and gives every class when
+    more are asked for than there are."""
+
+    def classified(model: str, output: str, count: int, body: dict) -> dict:
+        body["outputs"] = [{"name": output, "parameters": {"classification": count}}]
+        answer = httpx.post(f"{server.url}/v2/models/{model}/infer", json=body)
+        assert answer.status_code == 200, answer.text
+        (tensor,) = answer.json()["outputs"]
+        assert tensor["datatype"] == "BYTES"
+        return tensor
+
+    value = classified("reg", "value", 5, infer_body([1.0] * 64, shape=(1, 8, 8, 1)))
+    assert value["shape"] == [1, 1] and re.fullmatch(r"-?[0-9]+\.[0-9]{6}:0", value["data"][0])
+    every = classified("classifier", "probabilities", 9, infer_body([1.0] * 16, shape=(1, 4, 4, 1)))
+    assert every["shape"] == [1, 3]
+    assert sorted(entry.split(":", 2)[2] for entry in every["data"]) == ["cat", "dog", "fish"]
 
 
 def test_a_bool_input_takes_true_and_false_only(server):
