@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -12,17 +13,28 @@ import psutil
 from cfconv_tf.bench.processes import free_port, wait_ready
 
 MAX_BODY_MB = 1
+WITHOUT_FILE_CAPABILITIES = [
+    "setpriv",
+    "--inh-caps=-dac_override,-dac_read_search",
+    "--bounding-set=-dac_override,-dac_read_search",
+]
 
 
 class Server:
-    """``cfconv serve`` in a subprocess; stops it with SIGTERM."""
+    """``cfconv serve`` in a subprocess; stops it with SIGTERM.
 
-    def __init__(self, repo: Path, *extra: str) -> None:
+    ``superuser_files=False``: when the tests run as root, the server runs without the
+    capabilities that let root read and search any file (through ``setpriv``), so file
+    permissions hold for it as for a deployment's unprivileged user.
+    """
+
+    def __init__(self, repo: Path, *extra: str, superuser_files: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = repo.parent / f"serve-{self.port}.log"
         self.process = subprocess.Popen(
             [
+                *([] if superuser_files or os.geteuid() else WITHOUT_FILE_CAPABILITIES),
                 sys.executable,
                 "-m",
                 "cfconv_tf.cli",
