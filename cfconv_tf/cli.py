@@ -224,7 +224,8 @@ def _cmd_summary(args: argparse.Namespace) -> None:
         counts = parameter_counts(build_model(config, variant, shape, config.classes))
         print(
             f"{config.name} {variant:8s} input {shape}: {counts['trainable']:,} trainable "
-            f"parameters, {counts['non_trainable']:,} spectral-state entries"
+            f"parameters, {counts['non_trainable']:,} non-trainable entries "
+            "(spectral state, norm statistics)"
         )
 
 

@@ -34,6 +34,14 @@ SPATIAL_KINDS = ("dense", SEPARABLE)
 # in training and inference, unlike batch statistics.
 LAYER_NORMALIZATION = "layer"
 NORMALIZATIONS = ("none", LAYER_NORMALIZATION)
+# The network family: the paper's stride-1 stack, or a ResNet-style downsampling CNN
+# (see cfconv_tf.models).
+RESNET = "resnet"
+ARCHITECTURES = ("paper", RESNET)
+# Where a ResNet block of a spectral stage puts its CF-Conv: in place of the block's
+# second 3x3 convolution, or added to it as a global branch.
+SPECTRAL_ADD = "add"
+SPECTRAL_MODES = ("replace", SPECTRAL_ADD)
 # The ModelConfig fields that define a CF-Conv layer's generators.
 GENERATOR_FIELDS = (
     "generator",
@@ -46,7 +54,14 @@ GENERATOR_FIELDS = (
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """The paper's CNN family: conv stack, global average pooling, dense head.
+    """A network: its convolutions, global average pooling, a dense head.
+
+    ``architecture`` ``"paper"`` uses ``conv_layers``, ``filters``, ``normalization``
+    and the ``spatial_*`` fields; ``"resnet"`` uses ``stage_filters`` (one width a
+    stage; every stage after the first halves the resolution), ``blocks_per_stage``
+    (two 3x3 convolutions a block), ``residual`` (false: the plain twin) and
+    ``spectral_stages`` / ``spectral_mode`` (where its CF-Conv variant puts CF-Convs,
+    and how). The CF-Conv settings (``samples``, ``generator``...) serve both.
 
     ``input_size``/``channels`` of ``None`` mean "the dataset's own"; ``classes`` is
     always taken from the dataset at training time and only used here as a default.
@@ -72,6 +87,12 @@ class ModelConfig:
     spatial_kernel_size: int = 3
     spatial_kind: str = "dense"
     normalization: str = "none"
+    architecture: str = "paper"
+    stage_filters: tuple[int, ...] = (32, 64, 128)
+    blocks_per_stage: int = 1
+    residual: bool = True
+    spectral_stages: tuple[int, ...] = ()
+    spectral_mode: str = "replace"
     learning_rate: float = 1e-3
     batch_size: int = 32
     epochs: int = 10
@@ -83,6 +104,7 @@ class ModelConfig:
             "filters",
             "classes",
             "spatial_kernel_size",
+            "blocks_per_stage",
             "batch_size",
             "epochs",
         ):
@@ -103,10 +125,31 @@ class ModelConfig:
             ("state_initializer", NAMED_STATE_INITIALIZERS),
             ("spatial_kind", SPATIAL_KINDS),
             ("normalization", NORMALIZATIONS),
+            ("architecture", ARCHITECTURES),
+            ("spectral_mode", SPECTRAL_MODES),
         ):
             value = getattr(self, field)
             if value not in choices:
                 raise ValueError(f"{self.name}: {field} must be one of {choices}, got {value!r}")
+        if not self.stage_filters or any(
+            isinstance(width, bool) or not isinstance(width, int) or width <= 0
+            for width in self.stage_filters
+        ):
+            raise ValueError(
+                f"{self.name}: stage_filters must be positive integers, got {self.stage_filters}"
+            )
+        if not isinstance(self.residual, bool):
+            raise ValueError(f"{self.name}: residual must be true or false, got {self.residual!r}")
+        if self.spectral_stages and self.architecture != RESNET:
+            raise ValueError(f"{self.name}: spectral_stages needs architecture {RESNET!r}")
+        stages = range(len(self.stage_filters))
+        if len(set(self.spectral_stages)) != len(self.spectral_stages) or any(
+            stage not in stages for stage in self.spectral_stages
+        ):
+            raise ValueError(
+                f"{self.name}: spectral_stages must be distinct stage indices in "
+                f"0..{len(self.stage_filters) - 1}, got {self.spectral_stages}"
+            )
         if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) <= 0):
             raise ValueError(
                 f"{self.name}: input_size must be [height, width], got {self.input_size}"
@@ -144,7 +187,7 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
     path = _config_path(name_or_path, Path())
     raw = _read_settings(path, ())
     raw.setdefault("name", path.stem)
-    for key in ("dense_units", "input_size", "hidden_units"):
+    for key in ("dense_units", "input_size", "hidden_units", "stage_filters", "spectral_stages"):
         if raw.get(key) is not None:
             raw[key] = tuple(raw[key])
     return ModelConfig(**raw)

@@ -1,11 +1,28 @@
-"""The paper's CNN (Fig. 3) in a CF-Conv variant and a spatial-conv baseline."""
+"""The configured networks, each in a CF-Conv variant and a spatial-conv baseline.
+
+Two families (``ModelConfig.architecture``):
+
+- ``"paper"``: the paper's CNN (Fig. 3), a stack of stride-1 convolutions at the input's
+  resolution; ``"cf"`` makes every convolution a CF-Conv.
+- ``"resnet"``: a ResNet-style CNN (3x3 convolutions, BatchNorm, ReLU, stride-2
+  stages), residual or its plain twin; ``"spatial"`` is that ordinary CNN, ``"cf"`` the
+  same CNN with CF-Convs in the blocks of ``spectral_stages``, replacing the block's
+  second 3x3 convolution or added to it as a global branch (the Fast Fourier
+  Convolution design, Chi et al. 2020, at the stage's reduced resolution).
+"""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
 
-from cfconv_tf.config import LAYER_NORMALIZATION, SEPARABLE, ModelConfig
+from cfconv_tf.config import (
+    LAYER_NORMALIZATION,
+    RESNET,
+    SEPARABLE,
+    SPECTRAL_ADD,
+    ModelConfig,
+)
 from cfconv_tf.layers import CFConv2D
 
 VARIANTS = ("cf", "spatial")
@@ -18,12 +35,63 @@ def build_model(
     classes: int,
     seed: int | None = None,
 ) -> keras.Model:
-    """Build the paper's network.
+    """Build the network ``config.architecture`` names: the paper's (below) or a
+    ResNet-style downsampling CNN (:func:`cfconv_tf.resnet.resnet_body`).
 
     Input: raw pixel values ``[B, H, W, C]`` float32 in [0, 255] (scaled to [0, 1]
     inside the model, so exported models take pixels as they are). Output:
     probabilities ``[B, 1]`` (sigmoid) when ``classes == 2``, else ``[B, classes]``
     (softmax).
+
+    Raises:
+        ValueError: an unknown variant or fewer than 2 classes.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown model variant {variant!r}; choose one of {VARIANTS}")
+    if classes < 2:
+        raise ValueError(f"a classifier needs at least 2 classes, got {classes}")
+    inputs = keras.Input(shape=input_shape, name="image")
+    hidden = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    if config.architecture == RESNET:
+        hidden = _resnet_body(config, variant, hidden, seed)
+    else:
+        hidden = _paper_body(config, variant, hidden, seed)
+    hidden = keras.layers.GlobalAveragePooling2D(name="pool")(hidden)
+    for index, units in enumerate(config.dense_units):
+        hidden = keras.layers.Dense(units, activation="relu", name=f"dense_{index}")(hidden)
+    if classes == 2:
+        outputs = keras.layers.Dense(1, activation="sigmoid", name="probabilities")(hidden)
+    else:
+        outputs = keras.layers.Dense(classes, activation="softmax", name="probabilities")(hidden)
+    return keras.Model(inputs, outputs, name=f"{config.name}_{variant}")
+
+
+def cf_layer(
+    config: ModelConfig, filters: int, activation, seed: int | None, name: str
+) -> CFConv2D:
+    """A CF-Conv layer of ``filters`` outputs with the configuration's layer settings."""
+    return CFConv2D(
+        filters,
+        samples=config.samples,
+        generator=config.generator,
+        generator_rank=config.generator_rank,
+        hidden_units=config.hidden_units,
+        fourier_bands=config.fourier_bands,
+        generator_initializer=config.generator_initializer,
+        update_rate=config.update_rate,
+        state_initializer=config.state_initializer,
+        kernel_scale=config.kernel_scale,
+        recompute_generators=config.recompute_generators,
+        activation=activation,
+        seed=seed,
+        name=name,
+    )
+
+
+def _paper_body(
+    config: ModelConfig, variant: str, hidden: keras.KerasTensor, seed: int | None
+) -> keras.KerasTensor:
+    """The paper's convolution stack: ``[B, H, W, C]`` -> ``[B, H, W, filters]``.
 
     Args:
         variant: ``"cf"`` for CF-Conv layers, ``"spatial"`` for convolutions of
@@ -35,28 +103,13 @@ def build_model(
     by ``GroupNormalization`` with one group (``norm_<i>``: per image, over height, width
     and channels), then the ReLU (``relu_<i>``).
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown model variant {variant!r}; choose one of {VARIANTS}")
-    if classes < 2:
-        raise ValueError(f"a classifier needs at least 2 classes, got {classes}")
     normalized = config.normalization == LAYER_NORMALIZATION
     activation = None if normalized else "relu"
-    inputs = keras.Input(shape=input_shape, name="image")
-    hidden = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     for index in range(config.conv_layers):
         if variant == "cf":
-            layer = CFConv2D(
+            layer = cf_layer(
+                config,
                 config.filters,
-                samples=config.samples,
-                generator=config.generator,
-                generator_rank=config.generator_rank,
-                hidden_units=config.hidden_units,
-                fourier_bands=config.fourier_bands,
-                generator_initializer=config.generator_initializer,
-                update_rate=config.update_rate,
-                state_initializer=config.state_initializer,
-                kernel_scale=config.kernel_scale,
-                recompute_generators=config.recompute_generators,
                 activation=activation,
                 seed=None if seed is None else seed + index,
                 name=f"cfconv_{index}",
@@ -78,18 +131,84 @@ def build_model(
         if normalized:
             hidden = keras.layers.GroupNormalization(groups=1, name=f"norm_{index}")(hidden)
             hidden = keras.layers.ReLU(name=f"relu_{index}")(hidden)
-    hidden = keras.layers.GlobalAveragePooling2D(name="pool")(hidden)
-    for index, units in enumerate(config.dense_units):
-        hidden = keras.layers.Dense(units, activation="relu", name=f"dense_{index}")(hidden)
-    if classes == 2:
-        outputs = keras.layers.Dense(1, activation="sigmoid", name="probabilities")(hidden)
+    return hidden
+
+
+def _resnet_body(
+    config: ModelConfig, variant: str, hidden: keras.KerasTensor, seed: int | None
+) -> keras.KerasTensor:
+    """Stem and stages: ``[B, H, W, C]`` -> ``[B, H / 2^(S-1), W / 2^(S-1), last width]``.
+
+    A 3x3 stem of ``stage_filters[0]``, then ``blocks_per_stage`` basic blocks per stage,
+    the first block of every stage after the first at stride 2 ("same" padding, so odd
+    sizes round up).
+    """
+    hidden = _conv_bn(hidden, config.stage_filters[0], 1, "stem")
+    hidden = keras.layers.ReLU(name="stem_relu")(hidden)
+    for stage, width in enumerate(config.stage_filters):
+        spectral = variant == "cf" and stage in config.spectral_stages
+        for block in range(config.blocks_per_stage):
+            stride = 2 if stage > 0 and block == 0 else 1
+            name = f"stage{stage}_block{block}"
+            cf_seed = None if seed is None else seed + 100 * stage + block
+            hidden = _basic_block(config, hidden, width, stride, spectral, cf_seed, name)
+    return hidden
+
+
+def _basic_block(
+    config: ModelConfig,
+    inputs: keras.KerasTensor,
+    width: int,
+    stride: int,
+    spectral: bool,
+    seed: int | None,
+    name: str,
+) -> keras.KerasTensor:
+    """conv-BN-ReLU, conv-BN, (+ shortcut), ReLU: ``[B, H, W, C]`` ->
+    ``[B, H / stride, W / stride, width]``.
+
+    With ``spectral``, the second convolution is a CF-Conv (``spectral_mode``
+    ``"replace"``) or a 3x3 convolution plus a batch-normalized CF-Conv of the same input
+    (``"add"``). The shortcut is the identity, or a 1x1 convolution with BatchNorm where
+    the shape changes; the plain twin (``residual: false``) has none.
+    """
+    hidden = _conv_bn(inputs, width, stride, f"{name}_conv0")
+    hidden = keras.layers.ReLU(name=f"{name}_relu0")(hidden)
+    if spectral:
+        branch = cf_layer(config, width, None, seed, f"{name}_cfconv")(hidden)
+        branch = keras.layers.BatchNormalization(name=f"{name}_cfconv_bn")(branch)
+        if config.spectral_mode == SPECTRAL_ADD:
+            local = _conv_bn(hidden, width, 1, f"{name}_conv1")
+            branch = keras.layers.Add(name=f"{name}_local_global")([local, branch])
+        hidden = branch
     else:
-        outputs = keras.layers.Dense(classes, activation="softmax", name="probabilities")(hidden)
-    return keras.Model(inputs, outputs, name=f"{config.name}_{variant}")
+        hidden = _conv_bn(hidden, width, 1, f"{name}_conv1")
+    if config.residual:
+        shortcut = inputs
+        if stride != 1 or inputs.shape[-1] != width:
+            shortcut = _conv_bn(inputs, width, stride, f"{name}_shortcut", kernel_size=1)
+        hidden = keras.layers.Add(name=f"{name}_add")([hidden, shortcut])
+    return keras.layers.ReLU(name=f"{name}_relu1")(hidden)
+
+
+def _conv_bn(
+    inputs: keras.KerasTensor, width: int, stride: int, name: str, kernel_size: int = 3
+) -> keras.KerasTensor:
+    """A bias-free convolution followed by BatchNorm (``name``, ``name_bn``)."""
+    hidden = keras.layers.Conv2D(
+        width,
+        kernel_size,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=name,
+    )(inputs)
+    return keras.layers.BatchNormalization(name=f"{name}_bn")(hidden)
 
 
 def parameter_counts(model: keras.Model) -> dict[str, int]:
-    """Trainable and non-trainable (spectral state) parameter counts."""
+    """Trainable and non-trainable (spectral state, BatchNorm statistics) parameter counts."""
     return {
         "trainable": sum(int(np.prod(w.shape)) for w in model.trainable_weights),
         "non_trainable": sum(int(np.prod(w.shape)) for w in model.non_trainable_weights),

@@ -143,7 +143,8 @@ def train(
     parameters = parameter_counts(model)
     print(
         f"{model.name}: {parameters['trainable']:,} trainable parameters, "
-        f"{parameters['non_trainable']:,} spectral-state entries; {describe(strategy)}"
+        f"{parameters['non_trainable']:,} non-trainable entries (spectral state, norm "
+        f"statistics); {describe(strategy)}"
     )
 
     train_data = training_stream(

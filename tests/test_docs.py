@@ -77,7 +77,7 @@ def test_the_command_line_is_quiet_unless_asked(tmp_path):
     command = [sys.executable, "-m", "cfconv_tf.cli", "summary", "--config", "paper_cnn"]
     quiet = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
     assert quiet.returncode == 0, quiet.stderr
-    assert "spectral-state entries" in quiet.stdout
+    assert "non-trainable entries" in quiet.stdout
     native = re.compile(r"^[IWE]\d{4} |absl::InitializeLog", re.M)
     assert not native.search(quiet.stderr), quiet.stderr
     verbose = subprocess.run(

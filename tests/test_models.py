@@ -1,4 +1,4 @@
-"""The paper's network from configuration files, and configuration errors."""
+"""The configured networks (the paper's and the ResNet family) and configuration errors."""
 
 from __future__ import annotations
 
@@ -161,6 +161,21 @@ def test_bad_model_requests_are_rejected(tiny_config, tmp_path):
         ("generator_rank: 2.5", "generator_rank must be a positive integer"),
         ("spatial_kind: dilated", "bad: spatial_kind must be one of"),
         ("normalization: batch", "bad: normalization must be one of"),
+        ("architecture: vit", "bad: architecture must be one of"),
+        ("spectral_mode: multiply", "bad: spectral_mode must be one of"),
+        ("stage_filters: []", "stage_filters must be positive integers"),
+        ("stage_filters: [8, 0]", "stage_filters must be positive integers"),
+        ("blocks_per_stage: 0", "blocks_per_stage must be a positive integer"),
+        ("residual: 1", "residual must be true or false"),
+        ("spectral_stages: [0]", "spectral_stages needs architecture 'resnet'"),
+        (
+            "architecture: resnet\nstage_filters: [8, 16]\nspectral_stages: [2]",
+            "spectral_stages must be distinct stage indices in 0..1",
+        ),
+        (
+            "architecture: resnet\nspectral_stages: [1, 1]",
+            "spectral_stages must be distinct",
+        ),
     ]:
         bad.write_text(line + "\n")
         with pytest.raises(ValueError, match=message):
@@ -173,3 +188,103 @@ def test_every_named_configuration_loads_and_has_a_model_card():
     for name in names:
         assert load_model_config(name).name == name
         assert (MODELS_DIR / f"{name}.md").is_file(), f"{name} has no model card"
+
+
+def _resnet(**changes) -> ModelConfig:
+    """A small ResNet-family configuration: 3 stages of widths 4, 6, 8."""
+    return ModelConfig(
+        name="tiny_resnet",
+        architecture="resnet",
+        stage_filters=(4, 6, 8),
+        dense_units=(),
+        samples=1.0,
+        generator="factorized",
+        generator_rank=2,
+        hidden_units=(8,),
+    ).replace(**changes)
+
+
+@pytest.mark.parametrize("size", [(16, 16), (15, 21)])
+def test_resnet_downsamples_per_stage_with_shortcuts_where_shapes_change(size, rng):
+    config = _resnet(blocks_per_stage=2)
+    model = build_model(config, "spatial", (*size, 1), 3)
+    assert not any(isinstance(layer, CFConv2D) for layer in model.layers)
+    # "same" padding at stride 2 rounds odd sizes up: 15 -> 8 -> 4
+    expected = [
+        tuple(-(-side // 2**stage) for side in size) + (width,)
+        for stage, width in enumerate(config.stage_filters)
+    ]
+    outputs = [model.get_layer(f"stage{s}_block1_relu1").output.shape[1:] for s in range(3)]
+    assert outputs == expected
+    # a 1x1 shortcut only where a block changes the shape: the first block of each
+    # stage after the stem's width; the others add their input as it is
+    shortcuts = sorted(layer.name for layer in model.layers if layer.name.endswith("_shortcut"))
+    assert shortcuts == ["stage1_block0_shortcut", "stage2_block0_shortcut"]
+    identity = model.get_layer("stage0_block1_add")
+    assert model.get_layer("stage0_block0_relu1").output in identity.input
+    probabilities = model(rng.uniform(0, 255, (2, *size, 1)).astype(np.float32)).numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_resnet_plain_twin_has_the_same_convolutions_and_no_shortcut():
+    residual = build_model(_resnet(), "spatial", (16, 16, 1), 2)
+    plain = build_model(_resnet(residual=False), "spatial", (16, 16, 1), 2)
+    assert not any(isinstance(layer, keras.layers.Add) for layer in plain.layers)
+    convs = {
+        model: sorted(
+            (layer.name, layer.kernel.shape)
+            for layer in model.layers
+            if isinstance(layer, keras.layers.Conv2D) and "shortcut" not in layer.name
+        )
+        for model in (residual, plain)
+    }
+    assert convs[residual] == convs[plain]
+
+
+@pytest.mark.parametrize("mode", ["replace", "add"])
+def test_resnet_cf_variant_puts_cf_convs_in_the_spectral_stages_only(mode, rng):
+    config = _resnet(spectral_stages=(1, 2), spectral_mode=mode)
+    model = build_model(config, "cf", (12, 10, 1), 2, seed=3)
+    cf_layers = {layer.name: layer for layer in model.layers if isinstance(layer, CFConv2D)}
+    assert sorted(cf_layers) == ["stage1_block0_cfconv", "stage2_block0_cfconv"]
+    # each at its stage's reduced resolution, with the stage's width
+    assert cf_layers["stage1_block0_cfconv"].output.shape[1:] == (6, 5, 6)
+    assert cf_layers["stage2_block0_cfconv"].output.shape[1:] == (3, 3, 8)
+    kept = {layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)}
+    assert ("stage2_block0_conv1" in kept) == (mode == "add")
+    assert "stage0_block0_conv1" in kept and "stage2_block0_conv0" in kept
+    if mode == "add":  # the local 3x3 path and the global CF-Conv branch are summed
+        local_global = model.get_layer("stage2_block0_local_global")
+        assert model.get_layer("stage2_block0_cfconv_bn").output in local_global.input
+    # the spatial variant of the same configuration is the ordinary CNN
+    spatial = build_model(config, "spatial", (12, 10, 1), 2)
+    assert not any(isinstance(layer, CFConv2D) for layer in spatial.layers)
+    images = rng.uniform(0, 255, (3, 12, 10, 1)).astype(np.float32)
+    assert model(images, training=False).shape == (3, 1)
+
+
+def test_resnet_cf_variant_trains_and_its_cf_layers_write_their_state(rng):
+    from cfconv_tf.training import compile_model
+
+    model = build_model(_resnet(spectral_stages=(2,)), "cf", (8, 8, 1), 2, seed=1)
+    compile_model(model, 2, 1e-2)
+    layer = model.get_layer("stage2_block0_cfconv")
+    before = layer.get_weights()
+    images = rng.uniform(0, 255, (8, 8, 8, 1)).astype(np.float32)
+    model.fit(images, np.arange(8) % 2, epochs=1, batch_size=4, verbose=0)
+    after = layer.get_weights()
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert np.isfinite(model.predict(images, verbose=0)).all()
+
+
+def test_pathfinder_resnet_configurations_are_the_ordinary_cnn_and_its_cf_variants():
+    def trainable(name: str, variant: str) -> int:
+        model = build_model(load_model_config(name), variant, (64, 64, 1), 2)
+        return parameter_counts(model)["trainable"]
+
+    ordinary = trainable("pathfinder_resnet", "spatial")
+    # about the CF-Conv network's size; the CF-Conv that replaces a 3x3 convolution
+    # keeps the parameter count within a few percent
+    assert trainable("pathfinder_cf_norm", "cf") == pytest.approx(ordinary, rel=0.25)
+    assert trainable("pathfinder_resnet", "cf") == pytest.approx(ordinary, rel=0.05)
+    assert trainable("pathfinder_resnet_plain", "spatial") < ordinary
