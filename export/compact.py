@@ -18,6 +18,7 @@ compact file is smaller to store and ship, not faster to run.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 
 import keras
 import numpy as np
@@ -87,12 +88,52 @@ def product(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return flat.reshape(*u.shape[:-1], *v.shape[1:])
 
 
+Factors = tuple[np.ndarray, np.ndarray]  # U [H, Wf, r], V [r, Cin, Cout] as stored
+
+
+@dataclasses.dataclass(frozen=True)
+class _Compacted:
+    """What :func:`compact_model` gave a layer: its storage, each kernel part's stored
+    factors, and the kernel parts (their product) the layer was set to."""
+
+    storage: KernelStorage
+    factors: tuple[Factors, Factors]
+    kernel: tuple[np.ndarray, np.ndarray]
+
+
+# layer -> what compact_model gave it, so that an export writes those very factors
+_COMPACTED: weakref.WeakKeyDictionary[FrozenSpectralConv2D, _Compacted] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def stored_factors(part: np.ndarray, storage: KernelStorage) -> Factors:
+    """Rank-``storage.rank`` factors of a kernel part, as the file stores them."""
+    u, v = factors(part, storage.rank)
+    return stored(u, storage), stored(v, storage)
+
+
 def compact_part(part: np.ndarray, storage: KernelStorage) -> np.ndarray:
     """The kernel part ``[H, Wf, Cin, Cout]`` an export with ``storage`` computes with."""
     if storage.rank is None:
         return stored(part, storage).astype(np.float32)
-    u, v = factors(part, storage.rank)
-    return product(stored(u, storage), stored(v, storage))
+    return product(*stored_factors(part, storage))
+
+
+def layer_factors(layer: FrozenSpectralConv2D, storage: KernelStorage) -> tuple[Factors, Factors]:
+    """The stored factors of ``layer``'s real and imaginary kernel parts (``storage`` has
+    a rank): the ones :func:`compact_model` computed the layer's kernel from, while the
+    layer still holds that kernel, else the factors of the kernel it holds."""
+    parts = tuple(np.asarray(weight) for weight in layer.get_weights())
+    compacted = _COMPACTED.get(layer)
+    if (
+        compacted is not None
+        and compacted.storage == storage
+        and all(np.array_equal(a, b) for a, b in zip(parts, compacted.kernel, strict=True))
+    ):
+        return compacted.factors
+    real, imag = (stored_factors(part, storage) for part in parts)
+    return real, imag
 
 
 def compact_model(model: keras.Model, storage: KernelStorage) -> dict[str, float]:
@@ -100,18 +141,25 @@ def compact_model(model: keras.Model, storage: KernelStorage) -> dict[str, float
 
     Returns each layer's relative error ``||K' - K|| / ||K||`` (Frobenius norm over both
     parts). ``model`` is changed in place: export it, and its exports compute what it
-    now computes.
+    now computes (with a rank, they store the factors computed here:
+    :func:`layer_factors`).
     """
     errors = {}
     for layer in model._flatten_layers(include_self=False):
         if not isinstance(layer, FrozenSpectralConv2D):
             continue
         parts = [np.asarray(weight) for weight in layer.get_weights()]
-        compacted = [compact_part(part, storage) for part in parts]
+        if storage.rank is None:
+            compacted = [compact_part(part, storage) for part in parts]
+        else:
+            kept = tuple(stored_factors(part, storage) for part in parts)
+            compacted = [product(*pair) for pair in kept]
         difference = sum(
             np.sum((new - old) ** 2.0) for new, old in zip(compacted, parts, strict=True)
         )
         scale = sum(np.sum(old.astype(np.float64) ** 2.0) for old in parts)
         errors[layer.name] = float(np.sqrt(difference / max(scale, np.finfo(np.float64).tiny)))
         layer.set_weights(compacted)
+        if storage.rank is not None:
+            _COMPACTED[layer] = _Compacted(storage, kept, tuple(compacted))
     return errors

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from cfconv_tf.frozen import FrozenSpectralConv2D
 from cfconv_tf.spectral import spectral_conv2d
-from export.compact import EXACT, KernelStorage, factors, stored
+from export.compact import EXACT, KernelStorage, layer_factors, stored
 from export.factorized_dft import FactorizedDFT
 
 LOWERINGS = {"factorized": 17, "matmul": 17, "dft": 20}  # lowering -> minimum opset
@@ -40,17 +40,15 @@ def kernel_operands(
     ``imag`` is stored as ``<part>_frequencies`` ``[F or H * Wf, r]`` and
     ``<part>_channels`` ``[r, Cin * Cout]`` (:mod:`export.compact`).
     """
-    kernel_real, kernel_imag = (np.asarray(part) for part in layer.get_weights())
     if storage.rank is None:
+        kernel_real, kernel_imag = (np.asarray(part) for part in layer.get_weights())
         parts = {"real": kernel_real, "imag": kernel_imag}
         if lowering == "factorized":
             parts = dict(
                 zip(parts, _plan(layer).kernel_order(kernel_real, kernel_imag), strict=True)
             )
         return {name: stored(value, storage) for name, value in parts.items()}
-    (u_real, v_real), (u_imag, v_imag) = (
-        factors(part, storage.rank) for part in (kernel_real, kernel_imag)
-    )
+    (u_real, v_real), (u_imag, v_imag) = layer_factors(layer, storage)
     if lowering == "factorized":  # a per-frequency gather (and sign): rows of U follow it
         u_real, u_imag = (
             u[..., 0] for u in _plan(layer).kernel_order(u_real[..., None], u_imag[..., None])
