@@ -35,6 +35,22 @@ def versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def free_version(base: Path, name: str, version: int | None = None) -> Path:
+    """The folder ``base/name/<version>`` a new version goes to (``version`` defaults to
+    one more than the newest), or an error for a bad name or version, or a version
+    folder that already holds a model. Callers may ask before doing expensive work;
+    :func:`staged_version` asks again when it writes."""
+    model_dir = Path(base) / check_model_name(name)
+    if version is None:
+        version = (versions(model_dir) or [0])[-1] + 1
+    if version <= 0:
+        raise ValueError(f"version must be a positive integer, got {version}")
+    final = model_dir / str(version)
+    if final.exists() and any(final.iterdir()):
+        raise FileExistsError(f"{final} already holds a model; choose another version")
+    return final
+
+
 @contextlib.contextmanager
 def staged_version(
     base: Path, name: str, version: int | None = None
@@ -50,14 +66,8 @@ def staged_version(
     model). An existing, non-empty version folder is an error, checked before anything
     is written. On any exception the staging folder is removed.
     """
-    model_dir = Path(base) / check_model_name(name)
-    if version is None:
-        version = (versions(model_dir) or [0])[-1] + 1
-    if version <= 0:
-        raise ValueError(f"version must be a positive integer, got {version}")
-    final = model_dir / str(version)
-    if final.exists() and any(final.iterdir()):
-        raise FileExistsError(f"{final} already holds a model; choose another version")
+    final = free_version(base, name, version)
+    model_dir = final.parent
     created = not model_dir.exists()
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))

@@ -23,7 +23,9 @@ between (a 32x32 model with a CF layer after 2x2 pooling, frozen at 64x64, has t
 layer on 32x32), and a layer that cannot take the new size is named.
 
 A frozen model that should compute what the trained one does (stored kernels, trained
-size, the layers' own dtypes) is checked against it before it is returned.
+size, the layers' own dtypes) is checked against it before it is returned, unless the
+caller checks what it makes of the frozen model against the trained one anyway (as
+every export does with the file it writes).
 """
 
 from __future__ import annotations
@@ -237,6 +239,7 @@ def freeze_model(
     source: str = "state",
     input_size: tuple[int, int] | None = None,
     dtype: str | None = None,
+    check: bool = True,
 ) -> keras.Model:
     """Return the inference model of ``model`` (Functional; same inputs and outputs).
 
@@ -247,11 +250,16 @@ def freeze_model(
         dtype: a dtype policy for every layer (e.g. ``"float32"`` to deploy a
             mixed-precision model where a runtime lacks its compute dtype's kernels);
             default: each layer keeps its own.
+        check: compare the frozen model with ``model`` on sample inputs where the two
+            should compute the same function (:func:`computes_the_trained_model`).
+            ``False`` for a caller that checks the frozen model (or what it writes of
+            it) against ``model`` itself, or that has no use for the check (a
+            benchmark timing a model with random weights).
 
     Raises:
         ValueError: unknown source; a subclassed model; an input size the model cannot
             take (the message names the layer); a frozen model that does not compute
-            what the trained one does.
+            what the trained one does (when checked).
     """
     if source not in KERNEL_SOURCES:
         raise ValueError(f"unknown kernel source {source!r}; choose one of {KERNEL_SOURCES}")
@@ -266,7 +274,7 @@ def freeze_model(
     frozen = freezer.freeze_graph(functional, _new_inputs(functional, input_size))
     _set_kernels(freezer.pairs, source)
     _check_no_cf_layers(frozen)
-    if computes_the_trained_model(model, source, input_size, dtype):
+    if check and computes_the_trained_model(model, source, input_size, dtype):
         signature = signature_of(model)
         check_parity(model, signature, keras_runner(frozen, signature), "the frozen model")
     return frozen

@@ -6,6 +6,7 @@ Each runner maps the model's inputs by name (numpy arrays) to its outputs by nam
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -110,30 +111,62 @@ def relative_error(candidate: Arrays, reference: Arrays) -> float:
 PROBES = ((1, True), (3, False))
 
 
+@dataclass(frozen=True)
+class ReferenceOutputs:
+    """What a Keras model computes on each of :data:`PROBES`, computed once, so that
+    every candidate checked against the model (a frozen model, each written export) is
+    run on the same inputs without running the model again."""
+
+    signature: Signature
+    tolerance: float
+    probes: tuple[tuple[Arrays, Arrays], ...]  # (inputs, the model's outputs) per probe
+
+    def check(self, candidate: Runner, what: str) -> float:
+        """Check that ``candidate`` computes what the model does; returns the largest
+        relative error over the probes.
+
+        Raises:
+            ValueError: the candidate fails on the inputs, lacks an output, or is
+                farther than the tolerance; the message names ``what``.
+        """
+        worst = max(
+            _errors(expected, {what: candidate}, inputs)[what] for inputs, expected in self.probes
+        )
+        if not worst <= self.tolerance:
+            raise ValueError(
+                f"{what} does not compute what the Keras model does: relative error "
+                f"{worst:.2e}, above the bound {self.tolerance:.0e}"
+            )
+        return worst
+
+
+def reference_outputs(reference: keras.Model, signature: Signature) -> ReferenceOutputs:
+    """``reference`` (in inference mode) run on each of :data:`PROBES`
+    (:func:`random_inputs`, the same every time), held to :func:`tolerance_for` it.
+
+    Raises:
+        ValueError: the model fails on the inputs.
+    """
+    run = keras_runner(reference, signature)
+    probes = []
+    for batch, pixels in PROBES:
+        inputs = random_inputs(signature.inputs, batch, np.random.default_rng(batch), pixels)
+        probes.append((inputs, _expected(run, inputs)))
+    return ReferenceOutputs(signature, tolerance_for(reference), tuple(probes))
+
+
 def check_parity(
     reference: keras.Model, signature: Signature, candidate: Runner, what: str
 ) -> float:
-    """Check that ``candidate`` computes what ``reference`` (in inference mode) does.
-
-    Both run on each of :data:`PROBES` (:func:`random_inputs`, the same every time).
-    Returns the largest relative error.
+    """Check that ``candidate`` computes what ``reference`` (in inference mode) does, on
+    each of :data:`PROBES`; returns the largest relative error.
 
     Raises:
         ValueError: the reference or the candidate fails on the inputs, the candidate
             lacks an output, or is farther than :func:`tolerance_for` the reference; the
             message names ``what``.
     """
-    tolerance, expected = tolerance_for(reference), keras_runner(reference, signature)
-    worst = 0.0
-    for batch, pixels in PROBES:
-        arrays = random_inputs(signature.inputs, batch, np.random.default_rng(batch), pixels)
-        worst = max(worst, compare(expected, {what: candidate}, arrays)[what])
-    if not worst <= tolerance:
-        raise ValueError(
-            f"{what} does not compute what the Keras model does: relative error "
-            f"{worst:.2e}, above the bound {tolerance:.0e}"
-        )
-    return worst
+    return reference_outputs(reference, signature).check(candidate, what)
 
 
 def compare(reference: Runner, candidates: dict[str, Runner], inputs: Arrays) -> dict[str, float]:
@@ -143,12 +176,25 @@ def compare(reference: Runner, candidates: dict[str, Runner], inputs: Arrays) ->
         ValueError: the reference or a candidate (named) fails on the inputs, or a
             candidate lacks an output.
     """
+    return _errors(_expected(reference, inputs), candidates, inputs)
+
+
+def _expected(reference: Runner, inputs: Arrays) -> Arrays:
+    """The reference's outputs, or a ``ValueError`` saying that the Keras model fails."""
     try:
-        expected = reference(inputs)
+        return reference(inputs)
     except Exception as error:  # TensorFlow's errors come in many types
         raise ValueError(
             f"the Keras model fails on the comparison inputs: {type(error).__name__}: {error}"
         ) from error
+
+
+def _errors(expected: Arrays, candidates: dict[str, Runner], inputs: Arrays) -> dict[str, float]:
+    """Relative error of each candidate's outputs on ``inputs`` against ``expected``.
+
+    Raises:
+        ValueError: a candidate (named) fails on the inputs, or lacks an output.
+    """
     errors = {}
     for name, run in candidates.items():
         try:

@@ -17,7 +17,7 @@ import numpy as np
 
 from cfconv_tf.data import batched, load_dataset
 from cfconv_tf.training import compile_model
-from export.atomic import staged_version
+from export.atomic import free_version, staged_version
 from export.compact import EXACT, KernelStorage, compact_model
 from export.freeze import computes_the_trained_model, freeze_model
 from export.model_files import load_trained_model, unsaveable_layers
@@ -25,10 +25,12 @@ from export.model_graph import image_input_size
 from export.names import CLASS_NAMES_KEY, KERNEL_STORAGE_KEY, PREPROCESSING_KEY
 from export.onnx_export import build_onnx, save_onnx
 from export.parity import (
+    ReferenceOutputs,
     Runner,
     compare,
     keras_runner,
     random_inputs,
+    reference_outputs,
     tolerance_for,
 )
 from export.savedmodel import write_savedmodel
@@ -120,10 +122,11 @@ def freeze_and_report(
     Sizes are reported for a model with one image input, accuracy for an image
     classifier whose dataset is known. With compact kernel ``storage`` the frozen model
     computes with the kernels an export with that storage keeps, and the report has each
-    layer's kernel error (:mod:`export.compact`).
+    layer's kernel error (:mod:`export.compact`). The saved file is loaded back and
+    checked before it replaces ``out``.
     """
     trained = load_trained_model(model_path)
-    frozen = freeze_model(trained, source, input_size, dtype)
+    frozen = freeze_model(trained, source, input_size, dtype, check=False)  # file checked
     unsaveable = unsaveable_layers(frozen)
     if unsaveable:
         raise ValueError(
@@ -153,7 +156,8 @@ def freeze_and_report(
     try:
         frozen.save(staging)
         reference = _reference(trained, frozen, source, input_size, dtype, storage)
-        report["parity"] = check_export(load_keras(staging), reference, signature_of(reference))
+        expected = reference_outputs(reference, signature_of(reference))
+        report["parity"] = check_export(load_keras(staging), expected)
         staging.replace(out)
     finally:
         staging.unlink(missing_ok=True)
@@ -174,6 +178,113 @@ def _reference(
     return trained if same and storage.is_exact else frozen
 
 
+@dataclass(frozen=True)
+class PreparedExport:
+    """A trained model frozen (and its kernels compacted) once, with what every export
+    of it must compute, ready to be written in any format (:func:`write_export`)."""
+
+    frozen: keras.Model
+    signature: Signature
+    metadata: dict  # every export's metadata but its name
+    storage: KernelStorage
+    expected: ReferenceOutputs  # the trained (or, see `_reference`, frozen) model's outputs
+
+
+def prepare_export(
+    model_path: str | Path,
+    source: str = "state",
+    input_size: tuple[int, int] | None = None,
+    labels: str | Path | None = None,
+    dtype: str | None = None,
+    storage: KernelStorage = EXACT,
+) -> PreparedExport:
+    """Load, freeze and (with compact ``storage``) compact a trained model for export.
+
+    ``labels``: a class-names file for a classifier outside a run directory; ``dtype``:
+    a dtype policy for every layer (:func:`export.freeze.freeze_model`); ``storage``:
+    compact spectral kernels for ONNX (:mod:`export.compact`; the metadata holds the
+    storage and each layer's kernel error). The frozen model is not checked here: each
+    written export is checked against the reference outputs instead.
+    """
+    trained = load_trained_model(model_path)
+    frozen = freeze_model(trained, source, input_size, dtype, check=False)
+    if labels is not None and classifier_units(frozen) is None:
+        raise ValueError(
+            f"class names were given, but {frozen.name} is not a classifier (one softmax or "
+            f"one-unit sigmoid output); export it without them"
+        )
+    signature = signature_of(frozen, class_names_for(model_path, labels))
+    metadata = {
+        "kernel_source": source,
+        "trained_model": str(model_path),
+        "inputs": [[info.name, list(info.shape), info.dtype] for info in signature.inputs],
+        "outputs": [[info.name, list(info.shape), info.dtype] for info in signature.outputs],
+    }
+    if run_dir_of(model_path):
+        metadata[PREPROCESSING_KEY] = PREPROCESSING
+    if not storage.is_exact:
+        metadata[KERNEL_STORAGE_KEY] = {
+            **dataclasses.asdict(storage),
+            "relative_errors": compact_model(frozen, storage),
+        }
+    reference = _reference(trained, frozen, source, input_size, dtype, storage)
+    return PreparedExport(
+        frozen, signature, metadata, storage, reference_outputs(reference, signature)
+    )
+
+
+def _check_format(fmt: str, storage: KernelStorage) -> None:
+    """Refuse an unknown format, and compact kernels outside ONNX."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
+    if fmt == "savedmodel" and not storage.is_exact:
+        raise ValueError(
+            "compact kernels (--kernel-rank, --kernel-dtype) are an ONNX storage option; "
+            "a SavedModel keeps its kernels as float32 variables"
+        )
+
+
+def write_export(
+    prepared: PreparedExport,
+    fmt: str,
+    out: str | Path,
+    name: str,
+    version: int | None = None,
+    lowering: str = "factorized",
+    opset: int | None = None,
+) -> Path:
+    """Write one export of a prepared model; returns the written version folder.
+
+    The written file is loaded by its runtime and checked against the prepared reference
+    outputs before the version folder appears.
+    """
+    _check_format(fmt, prepared.storage)
+    frozen, signature = prepared.frozen, prepared.signature
+    metadata = {"name": name, **prepared.metadata}
+    if fmt != "savedmodel":  # build (and so validate) before anything is staged
+        onnx_model = build_onnx(
+            frozen,
+            signature,
+            lowering,
+            opset,
+            {
+                key: value if isinstance(value, str) else json.dumps(value)
+                for key, value in metadata.items()
+            },
+            prepared.storage,
+        )
+    with staged_version(Path(out), name, version) as (staging, final):
+        if fmt == "savedmodel":
+            saved = {**metadata, CLASS_NAMES_KEY: signature.class_names}
+            write_savedmodel(frozen, signature, staging, saved)
+            check_export(load_savedmodel(staging), prepared.expected)
+        else:
+            check_export(load_onnx(save_onnx(onnx_model, staging)), prepared.expected)
+    if fmt == "triton":
+        write_repository_entry(final.parent, name, signature)
+    return final
+
+
 def export_model(
     model_path: str | Path,
     fmt: str,
@@ -188,65 +299,14 @@ def export_model(
     dtype: str | None = None,
     storage: KernelStorage = EXACT,
 ) -> Path:
-    """Freeze (if needed) and export; returns the written version folder.
-
-    ``labels``: a class-names file for a classifier outside a run directory; ``dtype``:
-    a dtype policy for every layer (:func:`export.freeze.freeze_model`); ``storage``:
-    compact spectral kernels for ONNX (:mod:`export.compact`; the file's metadata holds
-    the storage and each layer's kernel error).
+    """Freeze and export (:func:`prepare_export`, then :func:`write_export`); returns
+    the written version folder. A bad format, storage, name or version is refused
+    before the model is loaded.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
-    if fmt == "savedmodel" and not storage.is_exact:
-        raise ValueError(
-            "compact kernels (--kernel-rank, --kernel-dtype) are an ONNX storage option; "
-            "a SavedModel keeps its kernels as float32 variables"
-        )
-    trained = load_trained_model(model_path)
-    frozen = freeze_model(trained, source, input_size, dtype)
-    if labels is not None and classifier_units(frozen) is None:
-        raise ValueError(
-            f"class names were given, but {frozen.name} is not a classifier (one softmax or "
-            f"one-unit sigmoid output); export it without them"
-        )
-    signature = signature_of(frozen, class_names_for(model_path, labels))
-    metadata = {
-        "name": name,
-        "kernel_source": source,
-        "trained_model": str(model_path),
-        "inputs": [[info.name, list(info.shape), info.dtype] for info in signature.inputs],
-        "outputs": [[info.name, list(info.shape), info.dtype] for info in signature.outputs],
-    }
-    if run_dir_of(model_path):
-        metadata[PREPROCESSING_KEY] = PREPROCESSING
-    if not storage.is_exact:
-        metadata[KERNEL_STORAGE_KEY] = {
-            **dataclasses.asdict(storage),
-            "relative_errors": compact_model(frozen, storage),
-        }
-    if fmt != "savedmodel":  # build (and so validate) before anything is staged
-        onnx_model = build_onnx(
-            frozen,
-            signature,
-            lowering,
-            opset,
-            {
-                key: value if isinstance(value, str) else json.dumps(value)
-                for key, value in metadata.items()
-            },
-            storage,
-        )
-    reference = _reference(trained, frozen, source, input_size, dtype, storage)
-    with staged_version(Path(out), name, version) as (staging, final):
-        if fmt == "savedmodel":
-            saved = {**metadata, CLASS_NAMES_KEY: signature.class_names}
-            write_savedmodel(frozen, signature, staging, saved)
-            check_export(load_savedmodel(staging), reference, signature)
-        else:
-            check_export(load_onnx(save_onnx(onnx_model, staging)), reference, signature)
-    if fmt == "triton":
-        write_repository_entry(final.parent, name, signature)
-    return final
+    _check_format(fmt, storage)
+    free_version(Path(out), name, version)
+    prepared = prepare_export(model_path, source, input_size, labels, dtype, storage)
+    return write_export(prepared, fmt, out, name, version, lowering, opset)
 
 
 @dataclass(frozen=True)
@@ -292,7 +352,8 @@ def verify_exports(
     signature = signature_of(trained, class_names)
     exports = [load_savedmodel(path) for path in savedmodels]
     exports += [load_onnx(path) for path in onnx_files]
-    candidates = {"frozen keras": keras_runner(freeze_model(trained), signature)}
+    frozen = freeze_model(trained, check=False)  # compared with the trained model below
+    candidates = {"frozen keras": keras_runner(frozen, signature)}
     others: dict[tuple, dict[str, Runner]] = {}  # (size, source, storage) -> exports
     for export in exports:
         how = _how_exported(export, signature)

@@ -3,8 +3,9 @@
 An export reports success only after this: the file is loaded by the runtime that will
 serve it (onnxruntime for ONNX, ``tf.saved_model.load`` for a SavedModel, Keras for a
 frozen ``.keras``), its inputs are compared with the model's signature, and it is run
-on the model's sample inputs against the Keras model
-(:func:`export.parity.check_parity`). ``cfconv verify`` loads exports the same way.
+on the model's sample inputs against the Keras model's outputs on them
+(:class:`export.parity.ReferenceOutputs`, computed once for all the exports of a
+model). ``cfconv verify`` loads exports the same way.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import tensorflow as tf
 
 from export.names import METADATA_FILE, SIGNATURE_NAME
 from export.ort_session import onnx_session, tensor_infos
-from export.parity import Runner, check_parity, keras_runner
-from export.signature import Signature, input_infos, signature_of
+from export.parity import ReferenceOutputs, Runner, keras_runner
+from export.signature import input_infos, signature_of
 from export.tensor_info import TensorInfo
 
 
@@ -91,16 +92,17 @@ def same_inputs(found: Sequence[TensorInfo], expected: Sequence[TensorInfo]) -> 
     return described(found) == described(expected)
 
 
-def check_export(export: LoadedExport, reference: keras.Model, signature: Signature) -> float:
-    """Check that ``export`` takes the signature's inputs and computes what ``reference``
-    does; returns its relative error.
+def check_export(export: LoadedExport, reference: ReferenceOutputs) -> float:
+    """Check that ``export`` takes the reference's inputs and computes what the reference
+    model does; returns its relative error.
 
     Raises:
         ValueError: other inputs, a failure to run, or an error above the bound.
     """
-    if not same_inputs(export.inputs, signature.inputs):
+    expected = reference.signature.inputs
+    if not same_inputs(export.inputs, expected):
         raise ValueError(
             f"{export.what} takes the inputs {described(export.inputs)}, but the model "
-            f"takes {described(signature.inputs)}"
+            f"takes {described(expected)}"
         )
-    return check_parity(reference, signature, export.run, export.what)
+    return reference.check(export.run, export.what)

@@ -25,7 +25,7 @@ from export.parity import (
     random_inputs,
     relative_error,
 )
-from export.pipeline import export_model, verify_exports
+from export.pipeline import export_model, prepare_export, verify_exports, write_export
 from export.self_check import load_onnx, load_savedmodel
 from export.signature import signature_of
 
@@ -61,28 +61,21 @@ def test_every_runtime_computes_the_trained_model(tiny_config, tmp_path, shape, 
     inputs = random_inputs(signature.inputs, 6, rng)
     expected = keras_runner(model, signature)(inputs)
     assert expected["probabilities"].shape == (6, classes)
-    saved = export_model(
-        tmp_path / "model.keras", "savedmodel", tmp_path / "sm", "m", labels=labels
-    )
+    prepared = prepare_export(tmp_path / "model.keras", labels=labels)  # frozen once
+    saved = write_export(prepared, "savedmodel", tmp_path / "sm", "m")
     assert relative_error(load_savedmodel(saved).run(inputs), expected) <= 1e-4
     for lowering in sorted(LOWERINGS):
-        folder = export_model(
-            tmp_path / "model.keras",
-            "onnx",
-            tmp_path / lowering,
-            "m",
-            lowering=lowering,
-            labels=labels,
-        )
+        folder = write_export(prepared, "onnx", tmp_path / lowering, "m", lowering=lowering)
         assert relative_error(load_onnx(folder / "model.onnx").run(inputs), expected) <= 1e-4
 
 
 def test_real_images_through_every_export_of_a_trained_run(trained_runs, tmp_path):
     run = trained_runs["cf"]
-    saved = export_model(run, "savedmodel", tmp_path / "sm", "cf")
+    prepared = prepare_export(run)
+    saved = write_export(prepared, "savedmodel", tmp_path / "sm", "cf")
     onnx_files = [
-        str(export_model(run, "onnx", tmp_path / lowering, "cf", lowering=lowering) / "model.onnx")
-        for lowering in sorted(LOWERINGS)
+        str(write_export(prepared, "onnx", tmp_path / low, "cf", lowering=low) / "model.onnx")
+        for low in sorted(LOWERINGS)
     ]
     report = verify_exports(run, [str(saved)], onnx_files)
     assert set(report.errors) == {"random", "test images"}
@@ -92,7 +85,8 @@ def test_real_images_through_every_export_of_a_trained_run(trained_runs, tmp_pat
 
 
 def test_onnx_files_are_valid_real_valued_and_self_describing(trained_runs, tmp_path):
-    folder = export_model(trained_runs["cf"], "onnx", tmp_path, "cf")
+    prepared = prepare_export(trained_runs["cf"])
+    folder = write_export(prepared, "onnx", tmp_path, "cf")
     model = onnx.load(folder / "model.onnx")
     onnx.checker.check_model(model, full_check=True)
     assert model.opset_import[0].version == 17
@@ -112,9 +106,7 @@ def test_onnx_files_are_valid_real_valued_and_self_describing(trained_runs, tmp_
     props = {prop.key: prop.value for prop in model.metadata_props}
     assert json.loads(props["class_names"])[0] == "T-shirt/top"
     assert "1/255" in props["preprocessing"] and props["lowering"] == "factorized"
-    dft = onnx.load(
-        export_model(trained_runs["cf"], "onnx", tmp_path, "cf", lowering="dft") / "model.onnx"
-    )
+    dft = onnx.load(write_export(prepared, "onnx", tmp_path, "cf", lowering="dft") / "model.onnx")
     assert dft.opset_import[0].version == 20
     dft_ops = {node.op_type for node in dft.graph.node}
     assert "DFT" in dft_ops and dft_ops <= MODEL_OPS | {

@@ -15,7 +15,7 @@ from zoo_layers import SpectralBlock
 
 from cfconv_tf.cli import main
 from export.onnx_export import export_onnx
-from export.parity import check_parity
+from export.parity import ReferenceOutputs, check_parity, reference_outputs
 from export.pipeline import export_model, freeze_and_report, verify_exports
 from export.self_check import LoadedExport, check_export
 from export.signature import signature_of
@@ -64,10 +64,10 @@ def test_an_export_that_fails_its_check_leaves_nothing(tmp_path, monkeypatch):
     model = adapted_model()
     model.save(tmp_path / "trained.keras")
 
-    def wrong(reference, signature, candidate, what):
+    def wrong(reference, candidate, what):
         raise ValueError(f"{what} does not compute what the Keras model does")
 
-    monkeypatch.setattr("export.self_check.check_parity", wrong)
+    monkeypatch.setattr(ReferenceOutputs, "check", wrong)
     for fmt in ("onnx", "savedmodel"):
         with pytest.raises(ValueError, match="does not compute"):
             export_model(tmp_path / "trained.keras", fmt, tmp_path / "out", "m")
@@ -87,7 +87,7 @@ def test_an_export_with_other_inputs_is_refused(rng):
     extra = TensorInfo("functional/normalization/Sub/y:0", (1, 1, 1, 1), "float32")
     export = LoadedExport("the ONNX file x.onnx", (*signature.inputs, extra), lambda _: {})
     with pytest.raises(ValueError, match=r"x.onnx takes the inputs .*Sub/y:0.* but the model"):
-        check_export(export, model, signature)
+        check_export(export, reference_outputs(model, signature))
 
 
 def test_verify_compares_an_export_at_another_size_with_the_model_frozen_there(
