@@ -107,13 +107,10 @@ def test_rank_r_exports_are_smaller_and_compute_the_trained_model(
         assert relative_error(run(inputs), expected) <= bound
 
 
-def test_compact_storage_is_an_onnx_option(tmp_path):
-    model = dense_factorized_model()
-    model.save(tmp_path / "trained.keras")
+def test_compact_storage_is_an_onnx_option(saved_dense_model, tmp_path):
+    path = saved_dense_model[1]
     with pytest.raises(ValueError, match="ONNX storage option"):
-        export_model(
-            tmp_path / "trained.keras", "savedmodel", tmp_path, "m", storage=KernelStorage(2)
-        )
+        export_model(path, "savedmodel", tmp_path, "m", storage=KernelStorage(2))
     for bad in ({"rank": 0}, {"dtype": "int4"}):
         with pytest.raises(ValueError, match="kernel"):
             KernelStorage(**bad)

@@ -366,10 +366,11 @@ def zoo_exports(tmp_path_factory) -> tuple[Path, dict]:
         if names:
             (model_dir / "labels.txt").write_text("\n".join(names) + "\n")
         signature = signature_of(model, names)
+        run = keras_runner(model, signature)
         inputs, expected = {}, {}
         for batch in BATCHES:
             arrays = random_inputs(signature.inputs, batch, rng)
-            outputs = keras_runner(model, signature)(arrays)
+            outputs = run(arrays)
             inputs.update({f"{key}@{batch}": value for key, value in arrays.items()})
             expected.update({f"{key}@{batch}": value for key, value in outputs.items()})
         np.savez(model_dir / "inputs.npz", **inputs)

@@ -1,11 +1,12 @@
 """The export zoo's fresh process: load each trained ``.keras`` and export it every way.
 
 ``python zoo_worker.py FOLDER``: for every ``FOLDER/<model>/trained.keras`` (with
-``inputs.npz`` and, for a classifier, ``labels.txt``), export a SavedModel, a Triton
-entry (factorized ONNX) and ONNX in every other lowering through the same pipeline as
-``cfconv export`` (which checks each written file itself), run each export on the
-inputs, and write ``<model>/outputs/<export>.npz`` and ``FOLDER/results.json`` (each
-export's input and output names, or its error).
+``inputs.npz`` and, for a classifier, ``labels.txt``), freeze the model once and export
+a SavedModel, a Triton entry (factorized ONNX) and ONNX in every other lowering through
+the same pipeline as ``cfconv export`` (:func:`export.pipeline.prepare_export`, then
+:func:`export.pipeline.write_export`, which checks each written file itself), run each
+export on the inputs, and write ``<model>/outputs/<export>.npz`` and
+``FOLDER/results.json`` (each export's input and output names, or its error).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from cfconv_tf.cli import import_modules
 from export.onnx_spectral import LOWERINGS
-from export.pipeline import export_model
+from export.pipeline import PreparedExport, prepare_export, write_export
 from export.self_check import load_onnx, load_savedmodel
 
 EXPORTS = {  # export name -> (format, lowering)
@@ -30,17 +31,11 @@ EXPORTS = {  # export name -> (format, lowering)
 }
 
 
-def export_and_run(model_dir: Path, export: str) -> dict:
+def export_and_run(model_dir: Path, prepared: PreparedExport, export: str) -> dict:
+    """Write one export of the prepared model, run it on the inputs, save its outputs;
+    returns its input and output names."""
     fmt, lowering = EXPORTS[export]
-    labels = model_dir / "labels.txt"
-    folder = export_model(
-        model_dir / "trained.keras",
-        fmt,
-        model_dir / export,
-        "m",
-        lowering=lowering,
-        labels=labels if labels.is_file() else None,
-    )
+    folder = write_export(prepared, fmt, model_dir / export, "m", lowering=lowering)
     loaded = load_savedmodel(folder) if fmt == "savedmodel" else load_onnx(folder / "model.onnx")
     inputs = dict(np.load(model_dir / "inputs.npz"))
     outputs = {}
@@ -53,17 +48,35 @@ def export_and_run(model_dir: Path, export: str) -> dict:
     return {"inputs": [info.name for info in loaded.inputs], "outputs": names}
 
 
+def export_all(model_dir: Path) -> dict[str, dict]:
+    """Every export of one model, frozen once: each export's names, or its error (an
+    error in loading or freezing is every export's)."""
+    labels = model_dir / "labels.txt"
+    try:
+        prepared = prepare_export(
+            model_dir / "trained.keras", labels=labels if labels.is_file() else None
+        )
+    except Exception as error:  # recorded for the tests that ask about this model
+        return {export: _failure(error) for export in EXPORTS}
+    results = {}
+    for export in EXPORTS:
+        try:
+            results[export] = export_and_run(model_dir, prepared, export)
+        except Exception as error:  # recorded for the test that asks about it
+            results[export] = _failure(error)
+    return results
+
+
+def _failure(error: Exception) -> dict:
+    return {"error": f"{type(error).__name__}: {error}"}
+
+
 def main(folder: Path) -> None:
     import_modules(["zoo_layers"])
     results = {}
     for model_dir in sorted(path.parent for path in folder.glob("*/trained.keras")):
-        for export in EXPORTS:
-            try:
-                results[f"{model_dir.name}/{export}"] = export_and_run(model_dir, export)
-            except Exception as error:  # recorded for the test that asks about it
-                results[f"{model_dir.name}/{export}"] = {
-                    "error": f"{type(error).__name__}: {error}"
-                }
+        for export, result in export_all(model_dir).items():
+            results[f"{model_dir.name}/{export}"] = result
     (folder / "results.json").write_text(json.dumps(results, indent=1))
 
 
