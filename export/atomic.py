@@ -70,7 +70,7 @@ def staged_version(
     model_dir = final.parent
     created = not model_dir.exists()
     model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{final.name}-", dir=model_dir))
     try:
         yield staging, final
         staging.chmod(0o755)
