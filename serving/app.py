@@ -129,22 +129,20 @@ async def read_body(request: Request, limit: int | None = None) -> bytes:
 async def intake(request: Request, parse: Callable, *args):
     """``parse(body, *args)`` off the event loop.
 
-    A body declared small (up to :data:`INLINE_PARSE_BYTES`) is read at once and parsed
+    The body is read first, within the body deadline (408 beyond it), holding nothing but
+    its connection: a client that promises a large body and sends it slowly, or never,
+    keeps no one else waiting. A small body (up to :data:`INLINE_PARSE_BYTES`) is parsed
     on a worker thread: its parse holds the GIL only briefly, and many small requests
-    arriving together must all reach the batcher to share a call. A larger (or
-    undeclared) body waits its turn, a few at a time, and is parsed in a parser process
-    (:mod:`serving.parsing`): the requests waiting are not read, so uvicorn stops reading
-    their sockets (its flow control) and a crowd of large uploads cannot keep the event
-    loop busy. A request waits for its turn at most the body deadline (then 503), and
-    that deadline starts again when its turn comes. A compressed body always takes the
-    second way: how large it is shows only as it is inflated (in the parser process,
-    within the body limit).
+    arriving together must all reach the batcher to share a call. A larger or compressed
+    one (how large a compressed body is shows only as it is inflated, within the body
+    limit) is parsed in a parser process (:mod:`serving.parsing`), a few at a time; it
+    waits for its turn at most the body deadline (then 503). Bodies being read take at
+    most ``max_connections`` times the body limit of memory.
     """
     state = request.app.state
     coding = encodings.request_coding(", ".join(request.headers.getlist("content-encoding")))
-    declared = declared_length(request)
-    if coding is None and declared is not None and declared <= INLINE_PARSE_BYTES:
-        body = await read_body(request, INLINE_PARSE_BYTES)
+    body = await read_body(request)
+    if coding is None and len(body) <= INLINE_PARSE_BYTES:
         return await off_loop(request, parse, body, *args)
     if coding is not None:
         parse = functools.partial(parsing.inflated, parse, coding, state.settings.max_body_bytes)
@@ -152,9 +150,8 @@ async def intake(request: Request, parse: Callable, *args):
         async with asyncio.timeout(state.settings.body_timeout_s):
             await state.intake.acquire()
     except TimeoutError as error:
-        raise ServiceUnavailable("the server is busy reading other large requests") from error
+        raise ServiceUnavailable("the server is busy parsing other large requests") from error
     try:
-        body = await read_body(request)
         parsers = state.parsers
         loop = asyncio.get_running_loop()
         try:

@@ -66,6 +66,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     _setting_option(parser, "--poll-seconds", "poll_seconds", type=_positive_float)
     _setting_option(parser, "--header-timeout", "header_timeout_s", type=_positive_float)
     _setting_option(parser, "--body-timeout", "body_timeout_s", type=_positive_float)
+    _setting_option(parser, "--write-timeout", "write_timeout_s", type=_positive_float)
     _setting_option(parser, "--keep-alive", "keep_alive_s", type=_positive_float)
     _setting_option(parser, "--max-connections", "max_connections", type=_positive_int)
     _setting_option(parser, "--allowed-host", "allowed_hosts", action="append")

@@ -47,6 +47,11 @@ class ServerSettings:
         "seconds for a client to send a request's headers (from connecting or the last response)",
     )
     body_timeout_s: float = _setting(30.0, "seconds for a client to send a request's body")
+    write_timeout_s: float = _setting(
+        60.0,
+        "seconds for a client to take an answer once the server has to wait for it to read "
+        "(beyond it the connection is closed)",
+    )
     keep_alive_s: float = _setting(5.0, "seconds an idle connection stays open")
     max_connections: int = _setting(256, "concurrent connections and requests; beyond it 503")
     allowed_hosts: tuple[str, ...] = _setting(

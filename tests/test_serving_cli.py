@@ -36,6 +36,7 @@ def test_every_option_reaches_its_setting(tmp_path):
     argv += ["--max-delay-ms", "1.5", "--max-queue-images", "9", "--max-body-mb", "0.5"]
     argv += ["--max-image-pixels", "100", "--max-request-pixels", "200", "--poll-seconds", "7"]
     argv += ["--header-timeout", "1", "--body-timeout", "2", "--keep-alive", "3"]
+    argv += ["--write-timeout", "4"]
     argv += ["--max-connections", "5", "--allowed-host", "a.example", "--cors-origin", "o"]
     argv += ["--auth-token-file", str(token)]
     settings = settings_from(parse(argv))
@@ -54,6 +55,7 @@ def test_every_option_reaches_its_setting(tmp_path):
         poll_seconds=7.0,
         header_timeout_s=1.0,
         body_timeout_s=2.0,
+        write_timeout_s=4.0,
         keep_alive_s=3.0,
         max_connections=5,
         allowed_hosts=("a.example",),

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import gzip
 import io
 import json
 import re
@@ -21,6 +23,7 @@ from pathlib import Path
 import httpx
 import keras
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 from servers import Server
@@ -30,6 +33,7 @@ from serving.devices import CPU, CUDA, execution_providers
 
 FLAGS = (
     "--max-body-mb", "8", "--header-timeout", "1", "--body-timeout", "4", "--keep-alive", "1",
+    "--write-timeout", "1",
     "--max-image-pixels", "1000000", "--max-request-pixels", "3000000", "--poll-seconds", "0.3",
     "--max-connections", "48", "--max-batch-size", "32", "--max-queue-images", "4096",
 )  # fmt: skip
@@ -812,6 +816,98 @@ def test_slow_idle_and_excess_connections_are_bounded(server):
             connection.close()
     time.sleep(0.3)
     assert httpx.get(f"{server.url}/v2", timeout=5).status_code == 200
+
+
+def test_bodies_that_do_not_arrive_hold_no_parsing_slot(server):
+    """Four clients that promise large bodies and send one byte (declared, chunked,
+    compressed) wait for their body deadline without a parsing slot: requests that take
+    the same way (a large body, an undeclared one) are answered meanwhile, as the log's
+    order shows."""
+    large = json.dumps({"instances": images(230).tolist()}).encode()
+    assert len(large) > 2**20  # beyond the size parsed at once
+    small = json.dumps({"instances": images(1).tolist()}).encode()
+    head = b"POST /v1/models/cf:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: stalled\r\n"
+    stalled = [
+        raw_request(server.port, head + b"Content-Length: 2000000\r\n\r\n", b"{"),
+        raw_request(server.port, head + b"Content-Length: 2000000\r\n\r\n", b"{"),
+        raw_request(server.port, head + b"Transfer-Encoding: chunked\r\n\r\n", b"1\r\n{\r\n"),
+        raw_request(
+            server.port,
+            head + b"Content-Encoding: gzip\r\nContent-Length: 2000000\r\n\r\n",
+            gzip.compress(b"{")[:1],
+        ),
+    ]
+    time.sleep(0.3)  # they have all started waiting
+    for name, content in (("answered-large", large), ("answered-chunked", iter([small]))):
+        answer = httpx.post(
+            f"{server.url}/v1/models/cf:predict",
+            content=content,
+            headers={"X-Request-ID": name},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+    for connection in stalled:
+        reply = read_all(connection)
+        assert reply.startswith(b"HTTP/1.1 408") and b"did not arrive" in reply, reply[:200]
+    order = re.findall(r"request_id=(stalled|answered-\w+) \S+ \S+ (\d+)", server.log.read_text())
+    assert (
+        order == [("answered-large", "200"), ("answered-chunked", "200")] + [("stalled", "408")] * 4
+    )
+
+
+def pipeline_without_reading(port: int, count: int) -> socket.socket:
+    """A connection that sends ``count`` pipelined requests for the demo page (from a
+    thread: the server stops reading while its answers wait) and a small receive buffer."""
+    connection = socket.socket()
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connection.connect(("127.0.0.1", port))
+    request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+    def send() -> None:
+        with contextlib.suppress(OSError):
+            connection.sendall(request * count)
+
+    threading.Thread(target=send, daemon=True).start()
+    return connection
+
+
+def server_connections(server: Server, port: int) -> list:
+    """The server's TCP connections to the local port ``port``."""
+    connections = psutil.Process(server.process.pid).net_connections("tcp")
+    return [c for c in connections if c.raddr and c.raddr.port == port]
+
+
+def test_a_client_that_never_reads_its_answers_is_let_go(server):
+    connection = pipeline_without_reading(server.port, 4000)
+    port = connection.getsockname()[1]
+    deadline = time.monotonic() + 15  # the write deadline is 1 s
+    while server_connections(server, port):
+        assert time.monotonic() < deadline, "the server kept the connection"
+        time.sleep(0.2)
+    assert "did not take its answer" in server.log.read_text()
+    connection.close()
+
+
+def test_a_client_that_reads_a_large_answer_at_a_trickle_is_let_go(server):
+    """An answer larger than the kernel's socket buffers (6 MB) read at 10 kB/s: the
+    server waits for the client for the write deadline, then lets it go."""
+    x = np.random.default_rng(0).uniform(0, 1, (4000, 8, 8, 1))  # long decimals in JSON
+    body = json.dumps({"instances": x.tolist()}).encode()
+    connection = socket.socket()
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connection.connect(("127.0.0.1", server.port))
+    connection.sendall(
+        b"POST /v1/models/seg:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    connection.settimeout(5)
+    received, started = 0, time.monotonic()
+    with contextlib.suppress(ConnectionResetError):
+        while time.monotonic() - started < 30 and (chunk := connection.recv(512)):
+            received += len(chunk)
+            time.sleep(0.05)  # about 10 kB/s: the answer would take ten minutes
+    assert time.monotonic() - started < 30 and received < 6_000_000
+    assert server.log.read_text().count("did not take its answer") >= 2
 
 
 def test_a_client_that_goes_away_is_logged_as_such_not_as_an_error(server):
