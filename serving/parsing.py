@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
@@ -26,6 +29,7 @@ from serving.images import PixelBudget, decode_image
 from serving.tensors import parse_json
 
 Arrays = dict[str, np.ndarray]
+PARENT_POLL_S = 0.5  # how often a parser process checks that the server still runs
 
 
 def inflated(parse: Callable, coding: str, limit: int, body: bytes, *args):
@@ -80,13 +84,38 @@ def _multipart_image(body: bytes, content_type: str) -> bytes:
     return asyncio.run(parse())
 
 
+def exit_with(parent: int) -> None:
+    """Run in each parser process: exit as soon as the server process ``parent`` is gone.
+
+    A server stopped by a signal shuts its pool down, but one killed outright (SIGKILL,
+    the out-of-memory killer) cannot, and its parsers (and with them the multiprocessing
+    resource tracker, which lives until the last of them exits) would live on as orphans
+    under a supervisor that watches the server's PID only. A thread polling the parent's
+    PID works wherever the parser runs, unlike Linux's parent-death signal, which fires
+    when the *thread* that started the process ends.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-server", daemon=True).start()
+
+
 def parser_pool(processes: int) -> ProcessPoolExecutor:
-    """Worker processes for the functions above, started now (not on the first request).
+    """Worker processes for the functions above, started now (not on the first request),
+    each ending with the server (:func:`exit_with`).
 
     Spawned, not forked: the server's process has threads (inference lanes, the event
     loop) that a fork would copy in an arbitrary state.
     """
-    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(
+        processes,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=exit_with,
+        initargs=(os.getpid(),),
+    )
     for future in [pool.submit(parse_json, b"0") for _ in range(processes)]:
         future.result()
     return pool

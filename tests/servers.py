@@ -65,8 +65,8 @@ class Server:
         gone, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, f"processes outlived the server: {alive}"
 
-    def assert_stopped_gracefully(self) -> None:
-        """uvicorn drains in-flight requests, runs the lifespan shutdown, then re-raises
-        SIGTERM so the exit status says what ended the process."""
-        assert self.process.wait(timeout=60) in (0, -signal.SIGTERM)
+    def assert_stopped_gracefully(self, stop: int = signal.SIGTERM) -> None:
+        """The server drains in-flight requests, runs the lifespan shutdown, then raises
+        the signal ``stop`` again so the exit status says what ended the process."""
+        assert self.process.wait(timeout=60) in (0, -stop)
         assert "Application shutdown complete" in self.log.read_text()

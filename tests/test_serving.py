@@ -9,6 +9,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 from servers import MAX_BODY_MB, Server
@@ -489,19 +491,75 @@ def test_request_ids_are_echoed_or_made(server):
     assert "request_id=abc-123 GET /v2 200" in server.log.read_text()
 
 
-def test_sigterm_finishes_in_flight_requests(repo, images):
-    server = Server(repo)
-    body = {"instances": images[:1].tolist()}
+def read_until_closed(connection: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a reset fails)."""
+    chunks = []
+    while chunk := connection.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
-    async def requests_then_stop() -> list[int]:
-        load = asyncio.create_task(hammer(f"{server.url}/v1/models/cf:predict", 1.5, 16, body))
+
+async def keep_alive_load(url: str, seconds: float, clients: int, body: dict) -> list:
+    """``clients`` loops posting ``body`` on kept-alive connections for ``seconds``: each
+    answer's status and ``Connection`` header, or the transport error's type."""
+    outcomes: list = []
+    deadline = time.monotonic() + seconds
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def loop() -> None:
+            while time.monotonic() < deadline:
+                try:
+                    answer = await client.post(url, json=body)
+                    outcomes.append((answer.status_code, answer.headers.get("connection")))
+                except httpx.TransportError as error:
+                    outcomes.append(type(error).__name__)
+
+        await asyncio.gather(*(loop() for _ in range(clients)))
+    return outcomes
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_drains_the_server_and_resets_no_connection(repo, images, stop):
+    """In-flight requests are answered, later ones on open connections get 503 with
+    ``Connection: close``, and no connection is dropped with a request on it: the only
+    errors are refused connects once the server stopped listening."""
+    server = Server(repo)
+    url = f"{server.url}/v1/models/cf:predict"
+    body = {"instances": images[:1].tolist()}
+    request = json.dumps(body).encode()
+    head = b"POST /v1/models/cf:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n"
+    kept = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    kept.sendall(head % len(request) + request[:10])  # in flight at the signal
+
+    async def requests_then_stop() -> list:
+        load = asyncio.create_task(keep_alive_load(url, 1.5, 16, body))
         await asyncio.sleep(0.5)
-        server.process.send_signal(signal.SIGTERM)
+        server.process.send_signal(stop)
+        await asyncio.sleep(0.3)  # the drain has begun
+        kept.sendall(request[10:] + head % len(request) + request)  # and the next request
         return await load
 
-    statuses = asyncio.run(requests_then_stop())
-    server.assert_stopped_gracefully()
-    assert 200 in statuses and not [s for s in statuses if s not in (200, 503, -1)]
+    outcomes = asyncio.run(requests_then_stop())
+    answers = read_until_closed(kept)
+    assert answers.startswith(b"HTTP/1.1 200") and answers.count(b"HTTP/1.1 ") == 2, answers
+    late = answers[answers.rindex(b"HTTP/1.1 ") :]
+    assert late.startswith(b"HTTP/1.1 503") and b"connection: close" in late.lower(), late
+    server.assert_stopped_gracefully(stop)
+    assert (200, None) in outcomes
+    unexpected = [o for o in outcomes if o not in ((200, None), (503, "close"), "ConnectError")]
+    assert not unexpected, unexpected
+
+
+def test_workers_do_not_outlive_a_killed_server(repo):
+    """A supervisor that SIGKILLs the server's PID leaves no parser process or resource
+    tracker behind."""
+    server = Server(repo)
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    assert len(children) >= 2  # the parser processes (and the resource tracker)
+    server.process.kill()
+    server.process.wait(timeout=10)
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"orphans: {alive}"
 
 
 def test_unknown_repository_is_a_clear_error(tmp_path):
