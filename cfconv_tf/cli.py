@@ -22,7 +22,7 @@ from cfconv_tf.sampling import validate_samples
 from export.compact import STORAGE_DTYPES, KernelStorage
 from export.onnx_spectral import LOWERINGS
 from export.pipeline import FORMATS
-from serving.cli import add_serve_arguments
+from serving.cli import add_serve_arguments, positive_float
 
 
 def _samples(text: str) -> int | float:
@@ -390,6 +390,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
                 conv_layers=layers,
                 clients=(1, 4) if quick else (1, 8, 32),
                 seconds=2 if quick else 10,
+                rates=tuple(args.rate or ()),
                 progress=lambda _: bar.add(1),
             )
     write_report(results, Path(args.out), "cfconv " + " ".join(args.argv))
@@ -562,6 +563,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="LABEL=FILE",
         help="onnx suite: an ONNX file to time (repeat; the first is the reference)",
+    )
+    bench.add_argument(
+        "--rate",
+        type=positive_float,
+        action="append",
+        help="serve: an open-loop rate in requests/s (repeat; default: 50 %% and 90 %% of "
+        "the best closed-loop throughput)",
     )
     bench.add_argument("--out", default="runs/bench", help="folder for results.json/md/png")
     bench.set_defaults(run=_cmd_bench)

@@ -26,7 +26,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
+    """An option's positive number (also for `cfconv bench`'s rates)."""
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
@@ -57,17 +58,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     _setting_option(parser, "--max-queue-images", "max_queue_images", type=_positive_int)
     parser.add_argument(
         "--max-body-mb",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULTS.max_body_bytes / 2**20,
         help="in MiB: " + SETTING_FIELDS["max_body_bytes"].metadata["help"],
     )
     _setting_option(parser, "--max-image-pixels", "max_image_pixels", type=_positive_int)
     _setting_option(parser, "--max-request-pixels", "max_request_pixels", type=_positive_int)
-    _setting_option(parser, "--poll-seconds", "poll_seconds", type=_positive_float)
-    _setting_option(parser, "--header-timeout", "header_timeout_s", type=_positive_float)
-    _setting_option(parser, "--body-timeout", "body_timeout_s", type=_positive_float)
-    _setting_option(parser, "--write-timeout", "write_timeout_s", type=_positive_float)
-    _setting_option(parser, "--keep-alive", "keep_alive_s", type=_positive_float)
+    _setting_option(parser, "--poll-seconds", "poll_seconds", type=positive_float)
+    _setting_option(parser, "--header-timeout", "header_timeout_s", type=positive_float)
+    _setting_option(parser, "--body-timeout", "body_timeout_s", type=positive_float)
+    _setting_option(parser, "--write-timeout", "write_timeout_s", type=positive_float)
+    _setting_option(parser, "--keep-alive", "keep_alive_s", type=positive_float)
     _setting_option(parser, "--max-connections", "max_connections", type=_positive_int)
     _setting_option(parser, "--allowed-host", "allowed_hosts", action="append")
     _setting_option(parser, "--cors-origin", "cors_origins", action="append")

@@ -91,9 +91,12 @@ LAYER_COLUMNS = ["stage", "input_size", "batch", "channels", "median_ms", "ratio
 SERVE_COLUMNS = [
     "runtime",
     "payload",
+    "mode",
     "clients",
+    "rate",
     "requests_per_s",
     "p50_ms",
+    "p90_ms",
     "p99_ms",
     "fraction_of_onnxruntime",
     "errors",
@@ -178,7 +181,10 @@ def write_report(results: dict, out: Path, command: str) -> None:
         ]
         _bar_plot(
             serve_rows,
-            lambda r: f"{r['runtime']} {r['payload']} x{r['clients']}",
+            lambda r: (
+                f"{r['runtime']} {r['payload']} "
+                + (f"at {r['rate']:.0f}/s" if r["rate"] else f"x{r['clients']}")
+            ),
             "serving p50 latency",
             out / "serve.png",
         )

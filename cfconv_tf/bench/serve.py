@@ -1,15 +1,25 @@
 """``cfconv bench serve``: ``cfconv serve`` under load next to onnxruntime in a plain loop.
 
 The frozen CF model is exported to a temporary repository and served by a real
-``cfconv serve`` process on 127.0.0.1; ``wrk`` (a C load generator, one thread, so it
-takes as little CPU from the server as possible) posts KServe v2 requests of one image
-each, as JSON and as binary tensors, from N concurrent connections. The baseline is
+``cfconv serve`` process on 127.0.0.1, which is sent KServe v2 requests of one image
+each, as JSON and as binary tensors, two ways:
+
+- closed loop: ``wrk`` (a C load generator, one thread, so it takes as little CPU from
+  the server as possible) from N concurrent connections, each sending its next request
+  when the last is answered;
+- open loop: requests due at a fixed rate (:mod:`cfconv_tf.bench.load`), their latency
+  counted from when they were due, so a stall's effect on the requests behind it shows
+  (a closed loop hides it by sending less). By default the rates are half of and 90 %
+  of the best closed-loop throughput of that payload.
+
+Each row has the throughput and the latency percentiles p50/p90/p99. The baseline is
 onnxruntime called in a loop in this process on the same cores with the same batch
-size. The server's throughput is reported as a fraction of that baseline.
+size; the server's throughput is reported as a fraction of it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -22,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cfconv_tf.bench.load import latency_percentiles, open_loop
 from cfconv_tf.bench.processes import free_port, wait_ready
-from cfconv_tf.bench.timing import median, time_calls
+from cfconv_tf.bench.timing import time_calls
 from cfconv_tf.config import load_model_config
 from cfconv_tf.models import build_model
 from export.freeze import freeze_model
@@ -31,6 +42,7 @@ from export.onnx_export import export_onnx
 from export.ort_session import onnx_session
 
 LATENCY_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+DEFAULT_RATE_FRACTIONS = (0.5, 0.9)  # of the best closed-loop throughput
 
 
 def _payloads(image: np.ndarray) -> dict[str, tuple[bytes, dict[str, str]]]:
@@ -71,7 +83,7 @@ def _wrk_script(folder: Path, name: str, body: bytes, headers: dict[str, str]) -
 
 
 def parse_wrk(output: str) -> dict[str, float]:
-    """Requests/s, p50/p99 latency (ms) and error count from ``wrk --latency``."""
+    """Requests/s, p50/p90/p99 latency (ms) and error count from ``wrk --latency``."""
 
     def latency(percent: str) -> float:
         value, unit = re.search(rf"^\s*{percent}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M).groups()
@@ -82,6 +94,7 @@ def parse_wrk(output: str) -> dict[str, float]:
     return {
         "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
         "p50_ms": latency("50"),
+        "p90_ms": latency("90"),
         "p99_ms": latency("99"),
         "errors": errors + (int(non_2xx.group(1)) if non_2xx else 0),
     }
@@ -92,9 +105,12 @@ def run_serve(
     conv_layers: int = 6,
     clients: tuple[int, ...] = (1, 8, 32),
     seconds: float = 10.0,
+    rates: tuple[float, ...] = (),
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[dict]:
-    """One row per (payload, clients), plus the onnxruntime-loop baseline."""
+    """The onnxruntime-loop baseline, then per payload one closed-loop row per client
+    count and one open-loop row per rate (requests/s; by default
+    :data:`DEFAULT_RATE_FRACTIONS` of the payload's best closed-loop throughput)."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise FileNotFoundError("bench serve needs wrk: apt-get install -y wrk")
@@ -102,7 +118,6 @@ def run_serve(
     # random weights, only timed: export_onnx checks its file against this frozen model
     model = freeze_model(build_model(config, "cf", (size, size, 3), 2, seed=0), check=False)
     image = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
-    rows = []
     with tempfile.TemporaryDirectory(prefix="cfconv-bench-serve-") as tmp:
         path = export_onnx(model, Path(tmp) / "repo" / "cf" / "1", class_names=["0", "1"])
 
@@ -117,13 +132,14 @@ def run_serve(
         baseline = {
             "runtime": "onnxruntime loop",
             "payload": "-",
+            "mode": "-",
             "clients": 1,
+            "rate": None,
             "requests_per_s": len(runs) / sum(runs),
-            "p50_ms": median(runs) * 1e3,
-            "p99_ms": float(np.percentile(runs, 99)) * 1e3,
+            **latency_percentiles(runs),
             "errors": 0,
         }
-        rows.append(baseline)
+        rows = [baseline]
 
         port = free_port()
         log = (Path(tmp) / "serve.log").open("w")
@@ -143,41 +159,33 @@ def run_serve(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        url = f"http://127.0.0.1:{port}/v2/models/cf/infer"
+        route = "/v2/models/cf/infer"
+        url = f"http://127.0.0.1:{port}{route}"
         try:
             wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", server)
             for payload, (body, headers) in _payloads(image).items():
                 script = _wrk_script(Path(tmp), payload, body, headers)
+                closed = []
                 for count in clients:
                     progress(f"serve {payload} x{count}")
-                    done = subprocess.run(
-                        [
-                            wrk,
-                            "-t1",
-                            f"-c{count}",
-                            f"-d{seconds:g}s",
-                            "--latency",
-                            # wrk's default 2 s socket timeout counts slow answers
-                            # (32 clients queue for seconds at 150x150) as errors.
-                            "--timeout",
-                            "120s",
-                            "-s",
-                            str(script),
-                            url,
-                        ],
-                        capture_output=True,
-                        text=True,
-                        check=True,
-                    )
-                    result = parse_wrk(done.stdout)
+                    closed.append(_closed_loop(wrk, script, url, count, seconds))
                     _drain(url, body, headers)
+                best = max(row["requests_per_s"] for row in closed)
+                opened = []
+                for rate in rates or [fraction * best for fraction in DEFAULT_RATE_FRACTIONS]:
+                    progress(f"serve {payload} at {rate:.1f}/s")
+                    result = asyncio.run(
+                        open_loop("127.0.0.1", port, route, body, headers, rate, seconds)
+                    )
+                    opened.append({"mode": "open", "clients": "-", "rate": rate, **result})
+                    _drain(url, body, headers)
+                for row in closed + opened:
                     rows.append(
                         {
                             "runtime": "cfconv serve",
                             "payload": payload,
-                            "clients": count,
-                            **result,
-                            "fraction_of_onnxruntime": result["requests_per_s"]
+                            **row,
+                            "fraction_of_onnxruntime": row["requests_per_s"]
                             / baseline["requests_per_s"],
                         }
                     )
@@ -185,6 +193,30 @@ def run_serve(
             server.terminate()
             server.wait(timeout=60)
     return rows
+
+
+def _closed_loop(wrk: str, script: Path, url: str, clients: int, seconds: float) -> dict:
+    """One ``wrk`` run from ``clients`` connections: its row's mode and measures."""
+    done = subprocess.run(
+        [
+            wrk,
+            "-t1",
+            f"-c{clients}",
+            f"-d{seconds:g}s",
+            "--latency",
+            # wrk's default 2 s socket timeout counts slow answers (32 clients queue
+            # for seconds at 150x150) as errors.
+            "--timeout",
+            "120s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {"mode": "closed", "clients": clients, "rate": None, **parse_wrk(done.stdout)}
 
 
 def _drain(url: str, body: bytes, headers: dict[str, str]) -> None:
