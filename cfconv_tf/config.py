@@ -50,6 +50,16 @@ GENERATOR_FIELDS = (
     "fourier_bands",
     "generator_initializer",
 )
+# The ModelConfig fields every CF-Conv layer of a model takes, under the same names as
+# CFConv2D's arguments.
+CF_LAYER_FIELDS = (
+    *GENERATOR_FIELDS,
+    "samples",
+    "update_rate",
+    "state_initializer",
+    "kernel_scale",
+    "recompute_generators",
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from cfconv_tf.config import (
+    CF_LAYER_FIELDS,
     LAYER_NORMALIZATION,
     RESNET,
     SEPARABLE,
@@ -70,22 +71,8 @@ def cf_layer(
     config: ModelConfig, filters: int, activation, seed: int | None, name: str
 ) -> CFConv2D:
     """A CF-Conv layer of ``filters`` outputs with the configuration's layer settings."""
-    return CFConv2D(
-        filters,
-        samples=config.samples,
-        generator=config.generator,
-        generator_rank=config.generator_rank,
-        hidden_units=config.hidden_units,
-        fourier_bands=config.fourier_bands,
-        generator_initializer=config.generator_initializer,
-        update_rate=config.update_rate,
-        state_initializer=config.state_initializer,
-        kernel_scale=config.kernel_scale,
-        recompute_generators=config.recompute_generators,
-        activation=activation,
-        seed=seed,
-        name=name,
-    )
+    settings = {field: getattr(config, field) for field in CF_LAYER_FIELDS}
+    return CFConv2D(filters, activation=activation, seed=seed, name=name, **settings)
 
 
 def _paper_body(
