@@ -499,23 +499,21 @@ def read_until_closed(connection: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-async def keep_alive_load(url: str, seconds: float, clients: int, body: dict) -> list:
-    """``clients`` loops posting ``body`` on kept-alive connections for ``seconds``: each
-    answer's status and ``Connection`` header, or the transport error's type."""
-    outcomes: list = []
-    deadline = time.monotonic() + seconds
+async def keep_alive_load(url: str, clients: int, body: dict, outcomes: list) -> None:
+    """``clients`` loops posting ``body`` on kept-alive connections until the server stops
+    listening; each answer's status and ``Connection`` header, or the transport error's
+    type, go to ``outcomes``."""
     async with httpx.AsyncClient(timeout=30) as client:
 
         async def loop() -> None:
-            while time.monotonic() < deadline:
+            while not outcomes or outcomes[-1] != "ConnectError":
                 try:
                     answer = await client.post(url, json=body)
                     outcomes.append((answer.status_code, answer.headers.get("connection")))
                 except httpx.TransportError as error:
                     outcomes.append(type(error).__name__)
 
-        await asyncio.gather(*(loop() for _ in range(clients)))
-    return outcomes
+        await asyncio.wait_for(asyncio.gather(*(loop() for _ in range(clients))), 60)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
@@ -531,15 +529,18 @@ def test_a_signal_drains_the_server_and_resets_no_connection(repo, images, stop)
     kept = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     kept.sendall(head % len(request) + request[:10])  # in flight at the signal
 
-    async def requests_then_stop() -> list:
-        load = asyncio.create_task(keep_alive_load(url, 1.5, 16, body))
-        await asyncio.sleep(0.5)
+    outcomes: list = []
+
+    async def requests_then_stop() -> None:
+        load = asyncio.create_task(keep_alive_load(url, 16, body, outcomes))
+        while len(outcomes) < 16:  # under way on every connection
+            await asyncio.sleep(0.05)
         server.process.send_signal(stop)
         await asyncio.sleep(0.3)  # the drain has begun
         kept.sendall(request[10:] + head % len(request) + request)  # and the next request
-        return await load
+        await load
 
-    outcomes = asyncio.run(requests_then_stop())
+    asyncio.run(requests_then_stop())
     answers = read_until_closed(kept)
     assert answers.startswith(b"HTTP/1.1 200") and answers.count(b"HTTP/1.1 ") == 2, answers
     late = answers[answers.rindex(b"HTTP/1.1 ") :]
