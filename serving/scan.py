@@ -12,8 +12,6 @@ yet is not a version yet; hidden entries (the exporter's staging folders) are sk
 from __future__ import annotations
 
 import dataclasses
-import errno
-import os
 import re
 from pathlib import Path
 
@@ -33,7 +31,7 @@ class Found:
 
 def describe(error: OSError) -> str:
     """An OS error without the path it names (clients see it; the paths are the server's)."""
-    return error.strerror or os.strerror(error.errno or errno.EIO) or type(error).__name__
+    return error.strerror or type(error).__name__
 
 
 def model_folders(root: Path) -> list[Path]:

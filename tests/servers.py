@@ -1,4 +1,5 @@
-"""A real server process for the tests: ``cfconv serve`` on a free port of 127.0.0.1."""
+"""A real server process for the tests: ``python -m serving`` (what ``cfconv serve``
+runs, without loading the library first) on a free port of 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ WITHOUT_FILE_CAPABILITIES = [
 
 
 class Server:
-    """``cfconv serve`` in a subprocess; stops it with SIGTERM.
+    """The server in a subprocess; stops it with SIGTERM.
 
     ``superuser_files=False``: when the tests run as root, the server runs without the
     capabilities that let root read and search any file (through ``setpriv``), so file
@@ -37,8 +38,7 @@ class Server:
                 *([] if superuser_files or os.geteuid() else WITHOUT_FILE_CAPABILITIES),
                 sys.executable,
                 "-m",
-                "cfconv_tf.cli",
-                "serve",
+                "serving",
                 "--model-repo",
                 str(repo),
                 "--port",
