@@ -111,19 +111,43 @@ async def read_body(request: Request, limit: int | None = None) -> bytes:
     declared = declared_length(request)
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"a request body of {declared} bytes exceeds the {limit}-byte limit")
+    memory: BodyMemory = request.app.state.body_memory
     chunks, size = [], 0
     try:
         async with asyncio.timeout(settings.body_timeout_s):
             async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
+                if size + len(chunk) > limit:
                     raise PayloadTooLarge(f"the request body exceeds the {limit}-byte limit")
+                memory.take(len(chunk))
+                size += len(chunk)
                 chunks.append(chunk)
     except TimeoutError as error:
         raise RequestTimeout(
             f"the request body did not arrive within {settings.body_timeout_s:g} s"
         ) from error
+    finally:
+        memory.give(size)
     return b"".join(chunks)
+
+
+class BodyMemory:
+    """The bytes of request bodies held while they arrive, all requests together, within
+    ``limit``: many clients that each send most of a large body, then stall, cannot make
+    the server hold ``max_connections`` bodies. Counts what arrived, not what a request
+    declares, so a client that promises much and sends little takes little."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+
+    def take(self, size: int) -> None:
+        """Count ``size`` more bytes held, or 503 when they would pass the limit."""
+        if self.held + size > self.limit:
+            raise ServiceUnavailable("the server is receiving too many request bodies; retry")
+        self.held += size
+
+    def give(self, size: int) -> None:
+        """``size`` bytes are no longer held by a body being read."""
+        self.held -= size
 
 
 async def intake(request: Request, parse: Callable, *args):
@@ -137,7 +161,7 @@ async def intake(request: Request, parse: Callable, *args):
     one (how large a compressed body is shows only as it is inflated, within the body
     limit) is parsed in a parser process (:mod:`serving.parsing`), a few at a time; it
     waits for its turn at most the body deadline (then 503). Bodies being read take at
-    most ``max_connections`` times the body limit of memory.
+    most ``--max-body-memory-mb`` of memory together (503 beyond it).
     """
     state = request.app.state
     coding = encodings.request_coding(", ".join(request.headers.getlist("content-encoding")))
@@ -458,6 +482,7 @@ def create_app(settings: ServerSettings, bind_host: str = "127.0.0.1") -> Starle
         },
     )
     app.state.settings, app.state.metrics, app.state.ready = settings, server_metrics, False
+    app.state.body_memory = BodyMemory(settings.max_body_memory_bytes)
     if settings.cors_origins:
         exposed = [kserve.HEADER_LENGTH, "x-request-id"]
         app.add_middleware(

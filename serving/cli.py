@@ -56,12 +56,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     _setting_option(parser, "--max-batch-size", "max_batch_size", type=_positive_int)
     _setting_option(parser, "--max-delay-ms", "max_delay_ms", type=float)
     _setting_option(parser, "--max-queue-images", "max_queue_images", type=_positive_int)
-    parser.add_argument(
-        "--max-body-mb",
-        type=positive_float,
-        default=DEFAULTS.max_body_bytes / 2**20,
-        help="in MiB: " + SETTING_FIELDS["max_body_bytes"].metadata["help"],
-    )
+    _mib_option(parser, "--max-body-mb", "max_body_bytes")
+    _mib_option(parser, "--max-body-memory-mb", "max_body_memory_bytes")
     _setting_option(parser, "--max-image-pixels", "max_image_pixels", type=_positive_int)
     _setting_option(parser, "--max-request-pixels", "max_request_pixels", type=_positive_int)
     _setting_option(parser, "--poll-seconds", "poll_seconds", type=positive_float)
@@ -84,6 +80,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _mib_option(parser: argparse.ArgumentParser, flag: str, field: str) -> None:
+    """An option in MiB for a setting held in bytes."""
+    parser.add_argument(
+        flag,
+        type=positive_float,
+        default=getattr(DEFAULTS, field) / 2**20,
+        help="in MiB: " + SETTING_FIELDS[field].metadata["help"],
+    )
+
+
 def _auth_token(path: str | None) -> str | None:
     if path is None:
         return None
@@ -99,6 +105,7 @@ def _auth_token(path: str | None) -> str | None:
 _CONVERTED = {  # settings whose option holds something else than the setting itself
     "model_repo": lambda args: Path(args.model_repo),
     "max_body_bytes": lambda args: int(args.max_body_mb * 2**20),
+    "max_body_memory_bytes": lambda args: int(args.max_body_memory_mb * 2**20),
     "auth_token": lambda args: _auth_token(args.auth_token_file),
 }
 

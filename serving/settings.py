@@ -37,6 +37,11 @@ class ServerSettings:
         512, "images waiting per model version; beyond it requests get 503 + Retry-After"
     )
     max_body_bytes: int = _setting(32 * 2**20, "largest request body (413 beyond it)")
+    max_body_memory_bytes: int = _setting(
+        512 * 2**20,
+        "request-body bytes held while bodies arrive, all requests together (at least the "
+        "largest body); a request that would pass it gets 503 + Retry-After",
+    )
     max_image_pixels: int = _setting(
         16_000_000, "pixels per encoded image (Pillow refuses more than ~89M whatever this says)"
     )
@@ -66,6 +71,13 @@ class ServerSettings:
         None, "a token every request must send as 'Authorization: Bearer <token>'"
     )
     work_threads: int = _setting(2, "threads decoding and encoding, off the event loop")
+
+    def __post_init__(self) -> None:
+        if self.max_body_memory_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"the body memory ({self.max_body_memory_bytes} bytes) must hold at least "
+                f"the largest body ({self.max_body_bytes} bytes)"
+            )
 
     def hosts_for(self, bind_host: str) -> tuple[str, ...]:
         """The Host allow-list for a server bound to ``bind_host`` (``("*",)``: any)."""

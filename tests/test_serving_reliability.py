@@ -30,6 +30,7 @@ from servers import Server
 
 from export.pipeline import export_model
 from serving.devices import CPU, CUDA, execution_providers
+from serving.settings import ServerSettings
 
 FLAGS = (
     "--max-body-mb", "8", "--header-timeout", "1", "--body-timeout", "4", "--keep-alive", "1",
@@ -635,6 +636,44 @@ def read_all(connection: socket.socket) -> bytes:
     while chunk := connection.recv(65536):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def test_bodies_held_while_they_arrive_stay_within_the_body_memory(repo):
+    """Two clients send most of a 1 MB body and stall: together they hold nearly all of
+    the 2 MiB body memory, so a third body that would pass it gets 503 at once (not the
+    body deadline later), small requests still get through, and once the stalled
+    clients go their bytes are free again."""
+    limited = Server(
+        repo, "--max-body-mb", "1", "--max-body-memory-mb", "2", "--body-timeout", "30",
+        "--poll-seconds", "60",
+    )  # fmt: skip
+    head = b"POST /v1/models/cf:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    try:
+        stalled = [
+            raw_request(limited.port, head + b"Content-Length: 1040000\r\n\r\n", b" " * 1_000_000)
+            for _ in range(2)
+        ]
+        small = json.dumps({"instances": images(1).tolist()}).encode()
+        padded = small[:-1] + b" " * 120_000 + b"}"
+        url = f"{limited.url}/v1/models/cf:predict"
+        deadline = time.monotonic() + 20
+        while (answer := httpx.post(url, content=padded, timeout=20)).status_code != 503:
+            assert answer.status_code == 200 and time.monotonic() < deadline, answer.text
+            time.sleep(0.1)  # the stalled bodies are still arriving
+        assert "receiving too many request bodies" in answer.json()["error"]
+        assert answer.headers["retry-after"] == "1"
+        assert httpx.post(url, content=small, timeout=20).status_code == 200
+        for connection in stalled:
+            connection.close()
+        deadline = time.monotonic() + 20
+        while (answer := httpx.post(url, content=padded, timeout=20)).status_code == 503:
+            assert time.monotonic() < deadline, "the stalled bodies' bytes were never freed"
+            time.sleep(0.1)
+        assert answer.status_code == 200, answer.text
+    finally:
+        limited.stop()
+    with pytest.raises(ValueError, match="must hold at least the largest body"):
+        ServerSettings(repo, max_body_bytes=2**20, max_body_memory_bytes=2**19)
 
 
 def test_a_version_unloaded_under_a_request_answers_it_at_once(server, repo):
