@@ -69,14 +69,22 @@ def test_every_setting_but_work_threads_is_an_option_with_its_description():
     parser = serve_parser()
     helps = {action.dest: action.help for action in parser._actions}
     fields = {field.name: field for field in dataclasses.fields(ServerSettings)}
-    # three settings take another form on the command line
-    renamed = {"max_body_bytes": "max_body_mb", "auth_token": "auth_token_file"}
+    # these settings take another form on the command line
+    renamed = {
+        "max_body_bytes": "max_body_mb",
+        "max_body_memory_bytes": "max_body_memory_mb",
+        "auth_token": "auth_token_file",
+    }
     expected = {renamed.get(name, name) for name in fields} - {"work_threads"}
     assert expected <= set(helps)
     for name, field in fields.items():
         if name in helps and "help" in field.metadata:
             assert helps[name] == field.metadata["help"], name
-    assert fields["max_body_bytes"].metadata["help"] in helps["max_body_mb"]
+    for setting, option in (
+        ("max_body_bytes", "max_body_mb"),
+        ("max_body_memory_bytes", "max_body_memory_mb"),
+    ):
+        assert fields[setting].metadata["help"] in helps[option]
     assert "--max-connections" in parser.format_help()  # argparse %-formats every help
 
 
