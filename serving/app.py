@@ -103,41 +103,54 @@ def declared_length(request: Request) -> int | None:
     return int(declared)
 
 
-async def read_body(request: Request, limit: int | None = None) -> bytes:
+@contextlib.asynccontextmanager
+async def received_body(request: Request, limit: int | None = None):
     """The request body within ``limit`` (``--max-body-mb`` or less; 413 beyond) and the
-    body deadline (408)."""
+    body deadline (408), counted in the server's :class:`BodyMemory` from its first byte
+    until the ``async with`` block that uses it ends (its parse included)."""
     settings: ServerSettings = request.app.state.settings
+    memory = BodyMemory.of(request.app)
     limit = min(limit or settings.max_body_bytes, settings.max_body_bytes)
     declared = declared_length(request)
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"a request body of {declared} bytes exceeds the {limit}-byte limit")
-    memory: BodyMemory = request.app.state.body_memory
     chunks, size = [], 0
     try:
-        async with asyncio.timeout(settings.body_timeout_s):
-            async for chunk in request.stream():
-                if size + len(chunk) > limit:
-                    raise PayloadTooLarge(f"the request body exceeds the {limit}-byte limit")
-                memory.take(len(chunk))
-                size += len(chunk)
-                chunks.append(chunk)
-    except TimeoutError as error:
-        raise RequestTimeout(
-            f"the request body did not arrive within {settings.body_timeout_s:g} s"
-        ) from error
+        try:
+            async with asyncio.timeout(settings.body_timeout_s):
+                async for chunk in request.stream():
+                    if size + len(chunk) > limit:
+                        raise PayloadTooLarge(f"the request body exceeds the {limit}-byte limit")
+                    memory.take(len(chunk))
+                    size += len(chunk)
+                    chunks.append(chunk)
+        except TimeoutError as error:
+            raise RequestTimeout(
+                f"the request body did not arrive within {settings.body_timeout_s:g} s"
+            ) from error
+        body = b"".join(chunks)
+        chunks.clear()
+        yield body
     finally:
         memory.give(size)
-    return b"".join(chunks)
 
 
 class BodyMemory:
-    """The bytes of request bodies held while they arrive, all requests together, within
-    ``limit``: many clients that each send most of a large body, then stall, cannot make
-    the server hold ``max_connections`` bodies. Counts what arrived, not what a request
-    declares, so a client that promises much and sends little takes little."""
+    """The bytes of request bodies held, from their first byte to the end of their parse,
+    all requests together, within ``limit``: many clients that each send a large body
+    (quickly, or most of it and then stall) cannot make the server hold
+    ``max_connections`` bodies. Counts what arrived, not what a request declares, so a
+    client that promises much and sends little takes little."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.held = limit, 0
+
+    @classmethod
+    def of(cls, app: Starlette) -> BodyMemory:
+        """The app's body memory, made on first use from its settings."""
+        if not hasattr(app.state, "body_memory"):
+            app.state.body_memory = cls(app.state.settings.max_body_memory_bytes)
+        return app.state.body_memory
 
     def take(self, size: int) -> None:
         """Count ``size`` more bytes held, or 503 when they would pass the limit."""
@@ -146,7 +159,7 @@ class BodyMemory:
         self.held += size
 
     def give(self, size: int) -> None:
-        """``size`` bytes are no longer held by a body being read."""
+        """``size`` bytes of a body are no longer held."""
         self.held -= size
 
 
@@ -160,12 +173,18 @@ async def intake(request: Request, parse: Callable, *args):
     arriving together must all reach the batcher to share a call. A larger or compressed
     one (how large a compressed body is shows only as it is inflated, within the body
     limit) is parsed in a parser process (:mod:`serving.parsing`), a few at a time; it
-    waits for its turn at most the body deadline (then 503). Bodies being read take at
-    most ``--max-body-memory-mb`` of memory together (503 beyond it).
+    waits for its turn at most the body deadline (then 503). Bodies, from their first
+    byte to the end of their parse, hold at most ``--max-body-memory-mb`` together (503
+    beyond it).
     """
+    async with received_body(request) as body:
+        return await _parsed(request, body, parse, *args)
+
+
+async def _parsed(request: Request, body: bytes, parse: Callable, *args):
+    """``parse(body, *args)`` on a worker thread, or in a parser process (see ``intake``)."""
     state = request.app.state
     coding = encodings.request_coding(", ".join(request.headers.getlist("content-encoding")))
-    body = await read_body(request)
     if coding is None and len(body) <= INLINE_PARSE_BYTES:
         return await off_loop(request, parse, body, *args)
     if coding is not None:
@@ -318,7 +337,8 @@ async def v2_statistics(request: Request) -> Response:
 
 
 async def v2_repository_index(request: Request) -> Response:
-    await read_body(request, INLINE_PARSE_BYTES)  # an optional {"ready": bool}, unused
+    async with received_body(request, INLINE_PARSE_BYTES):
+        pass  # an optional {"ready": bool}, unused
     entries = [
         {
             "name": name,
@@ -482,7 +502,6 @@ def create_app(settings: ServerSettings, bind_host: str = "127.0.0.1") -> Starle
         },
     )
     app.state.settings, app.state.metrics, app.state.ready = settings, server_metrics, False
-    app.state.body_memory = BodyMemory(settings.max_body_memory_bytes)
     if settings.cors_origins:
         exposed = [kserve.HEADER_LENGTH, "x-request-id"]
         app.add_middleware(

@@ -39,8 +39,8 @@ class ServerSettings:
     max_body_bytes: int = _setting(32 * 2**20, "largest request body (413 beyond it)")
     max_body_memory_bytes: int = _setting(
         512 * 2**20,
-        "request-body bytes held while bodies arrive, all requests together (at least the "
-        "largest body); a request that would pass it gets 503 + Retry-After",
+        "request-body bytes held until parsed, all requests together (at least the largest "
+        "body); a request that would pass it gets 503 + Retry-After",
     )
     max_image_pixels: int = _setting(
         16_000_000, "pixels per encoded image (Pillow refuses more than ~89M whatever this says)"

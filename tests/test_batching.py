@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from serving.app import INLINE_PARSE_BYTES, read_body
+from serving.app import INLINE_PARSE_BYTES, received_body
 from serving.batching import MicroBatcher
 from serving.errors import PayloadTooLarge
 from serving.settings import ServerSettings
@@ -76,10 +76,10 @@ def test_a_body_limit_below_the_inline_size_is_enforced():
 
     async def echo_size(request: Request) -> Response:
         try:
-            body = await read_body(request, INLINE_PARSE_BYTES)
+            async with received_body(request, INLINE_PARSE_BYTES) as body:
+                return Response(str(len(body)))
         except PayloadTooLarge as error:
             return Response(str(error), status_code=413)
-        return Response(str(len(body)))
 
     app = Starlette(routes=[Route("/", echo_size, methods=["POST"])])
     app.state.settings = ServerSettings(model_repo=Path("."), max_body_bytes=limit)
