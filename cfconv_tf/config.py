@@ -152,9 +152,10 @@ class ModelConfig:
             raise ValueError(f"{self.name}: residual must be true or false, got {self.residual!r}")
         if self.spectral_stages and self.architecture != RESNET:
             raise ValueError(f"{self.name}: spectral_stages needs architecture {RESNET!r}")
-        stages = range(len(self.stage_filters))
+        stages = len(self.stage_filters)
         if len(set(self.spectral_stages)) != len(self.spectral_stages) or any(
-            stage not in stages for stage in self.spectral_stages
+            isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage < stages
+            for stage in self.spectral_stages
         ):
             raise ValueError(
                 f"{self.name}: spectral_stages must be distinct stage indices in "
@@ -199,6 +200,8 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
     raw.setdefault("name", path.stem)
     for key in ("dense_units", "input_size", "hidden_units", "stage_filters", "spectral_stages"):
         if raw.get(key) is not None:
+            if not isinstance(raw[key], list):
+                raise ValueError(f"{path}: {key} must be a list, got {raw[key]!r}")
             raw[key] = tuple(raw[key])
     return ModelConfig(**raw)
 

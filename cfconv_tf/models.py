@@ -36,8 +36,8 @@ def build_model(
     classes: int,
     seed: int | None = None,
 ) -> keras.Model:
-    """Build the network ``config.architecture`` names: the paper's (below) or a
-    ResNet-style downsampling CNN (:func:`cfconv_tf.resnet.resnet_body`).
+    """Build the network ``config.architecture`` names: the paper's stack
+    (:func:`_paper_body`) or a ResNet-style downsampling CNN (:func:`_resnet_body`).
 
     Input: raw pixel values ``[B, H, W, C]`` float32 in [0, 255] (scaled to [0, 1]
     inside the model, so exported models take pixels as they are). Output:
@@ -45,12 +45,18 @@ def build_model(
     (softmax).
 
     Raises:
-        ValueError: an unknown variant or fewer than 2 classes.
+        ValueError: an unknown variant, fewer than 2 classes, or the CF-Conv variant of a
+            ResNet configuration without ``spectral_stages`` (it would have no CF-Conv).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown model variant {variant!r}; choose one of {VARIANTS}")
     if classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {classes}")
+    if variant == "cf" and config.architecture == RESNET and not config.spectral_stages:
+        raise ValueError(
+            f"{config.name}: the cf variant of a resnet configuration needs spectral_stages "
+            f"(the stages whose blocks get a CF-Conv); without them use --model spatial"
+        )
     inputs = keras.Input(shape=input_shape, name="image")
     hidden = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     if config.architecture == RESNET:
