@@ -126,7 +126,9 @@ def freeze_and_report(
     checked before it replaces ``out``.
     """
     trained = load_trained_model(model_path)
-    frozen = freeze_model(trained, source, input_size, dtype, check=False)  # file checked
+    # the saved file is checked against the trained model, except with compact storage,
+    # where it is checked against the compacted frozen model: then freezing is checked here
+    frozen = freeze_model(trained, source, input_size, dtype, check=not storage.is_exact)
     unsaveable = unsaveable_layers(frozen)
     if unsaveable:
         raise ValueError(
@@ -203,11 +205,12 @@ def prepare_export(
     ``labels``: a class-names file for a classifier outside a run directory; ``dtype``:
     a dtype policy for every layer (:func:`export.freeze.freeze_model`); ``storage``:
     compact spectral kernels for ONNX (:mod:`export.compact`; the metadata holds the
-    storage and each layer's kernel error). The frozen model is not checked here: each
-    written export is checked against the reference outputs instead.
+    storage and each layer's kernel error). Each written export is checked against the
+    reference outputs; the frozen model is checked here only with compact storage, whose
+    reference is the compacted frozen model rather than the trained one.
     """
     trained = load_trained_model(model_path)
-    frozen = freeze_model(trained, source, input_size, dtype, check=False)
+    frozen = freeze_model(trained, source, input_size, dtype, check=not storage.is_exact)
     if labels is not None and classifier_units(frozen) is None:
         raise ValueError(
             f"class names were given, but {frozen.name} is not a classifier (one softmax or "
