@@ -75,7 +75,7 @@ async def open_loop(
             status, keep_alive = await _exchange(connection, request)
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
             status, keep_alive = 0, False
-        else:
+        if status == 200:  # a refusal (503) is quick and would flatter both numbers
             latencies.append(time.perf_counter() - due)
         errors += status != 200
         if not keep_alive and connection is not None:
