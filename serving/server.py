@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import threading
 from collections.abc import Iterator
 
 import uvicorn
@@ -22,6 +23,10 @@ class DrainingServer(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            with super().capture_signals():  # signals reach only the main thread
+                yield
+            return
         previous = signal.signal(signal.SIGHUP, self.handle_exit)
         try:
             with super().capture_signals():
