@@ -932,6 +932,7 @@ def test_a_client_that_reads_a_large_answer_at_a_trickle_is_let_go(server):
     server waits for the client for the write deadline, then lets it go."""
     x = np.random.default_rng(0).uniform(0, 1, (4000, 8, 8, 1))  # long decimals in JSON
     body = json.dumps({"instances": x.tolist()}).encode()
+    let_go_before = server.log.read_text().count("did not take its answer")
     connection = socket.socket()
     connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     connection.connect(("127.0.0.1", server.port))
@@ -946,7 +947,7 @@ def test_a_client_that_reads_a_large_answer_at_a_trickle_is_let_go(server):
             received += len(chunk)
             time.sleep(0.05)  # about 10 kB/s: the answer would take ten minutes
     assert time.monotonic() - started < 30 and received < 6_000_000
-    assert server.log.read_text().count("did not take its answer") >= 2
+    assert server.log.read_text().count("did not take its answer") > let_go_before
 
 
 def test_a_client_that_goes_away_is_logged_as_such_not_as_an_error(server):
