@@ -8,7 +8,15 @@ DEMO_OUT ?= runs/demo
 
 .PHONY: setup data tools demo test lint clean
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+NATIVE_HEADERS := build/native/include/pocketfft_hdronly.h
+NATIVE_SOURCES := setup.py $(wildcard export/native/*.cpp export/native/*.hpp)
+
+# Headers of the native lowering's build (pocketfft, onnxruntime's C API), from PyPI and
+# Debian; without them the package installs without the native lowering.
+$(NATIVE_HEADERS): scripts/fetch_native_deps.py
+	-python3 scripts/fetch_native_deps.py build/native
+
+$(VENV)/.installed: pyproject.toml constraints.txt $(NATIVE_SOURCES) $(NATIVE_HEADERS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
@@ -34,4 +42,4 @@ test: setup data tools lint
 	$(VENV)/bin/pytest -q
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs build export/native/*.so

@@ -21,3 +21,7 @@ CLASS_NAMES_KEY = "class_names"
 PREPROCESSING_KEY = "preprocessing"
 LOWERING_KEY = "lowering"
 KERNEL_STORAGE_KEY = "kernel_storage"  # compact kernels: rank, dtype, each layer's error
+
+# The native lowering's custom op (export/native), as the ONNX files name it.
+NATIVE_DOMAIN = "ai.cfconv"
+NATIVE_OP = "SpectralConv2D"

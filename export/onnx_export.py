@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 import tensorflow as tf
 import tf2onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from cfconv_tf.frozen import FrozenSpectralConv2D, convolution_override
 from cfconv_tf.layers import CFConv2D
@@ -35,12 +35,20 @@ from export.atomic import remove_if_empty
 from export.compact import EXACT, KernelStorage
 from export.freeze import freeze_model
 from export.model_graph import all_layers
-from export.names import CLASS_NAMES_KEY, LOWERING_KEY, ONNX_DATA_FILE, ONNX_FILE
+from export.names import (
+    CLASS_NAMES_KEY,
+    LOWERING_KEY,
+    NATIVE_DOMAIN,
+    NATIVE_OP,
+    ONNX_DATA_FILE,
+    ONNX_FILE,
+)
 from export.onnx_spectral import (
     LOWERINGS,
     kernel_from_operands,
     kernel_operands,
     lowered_convolution,
+    native_node,
 )
 from export.parity import reference_outputs
 from export.self_check import check_export, load_onnx
@@ -50,6 +58,10 @@ from export.tf2onnx_handlers import transforms_as
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of weights above which they go to a side file
 CONVERTER_MAX_OPSET = 18  # tf2onnx 1.17's newest; higher opsets come from onnx's converter
 COMPLEX_TYPES = {TensorProto.COMPLEX64, TensorProto.COMPLEX128}
+_NATIVE_CONVERSION = {  # tf2onnx's arguments that write the native lowering's custom op
+    "custom_op_handlers": {"PyFunc": (native_node, [])},
+    "extra_opset": [helper.make_opsetid(NATIVE_DOMAIN, 1)],
+}
 
 
 def spectral_layers(model: keras.Model) -> list[FrozenSpectralConv2D]:
@@ -121,7 +133,9 @@ def _convert(
 
     transforms = "dft" if lowering == "dft" else "matmul"
     layer_names = [layer.name for layer in all_layers(model)]
-    proto = convert_function(traced, specs, opset, transforms, layer_names)
+    proto = convert_function(
+        traced, specs, opset, transforms, layer_names, native=lowering == "native"
+    )
     graph = proto.graph
     inputs = [value for value in graph.input if value.name not in kernels]
     del graph.input[:]
@@ -129,6 +143,13 @@ def _convert(
     outputs = {value.name: value for value in graph.output}  # tf2onnx sorts them by name
     del graph.output[:]
     graph.output.extend(outputs[info.name] for info in signature.outputs)
+    for value, info in zip(graph.output, signature.outputs, strict=True):
+        if not value.type.tensor_type.HasField("shape"):  # a custom op's output: from TF
+            value.CopyFrom(
+                helper.make_tensor_value_info(
+                    info.name, value.type.tensor_type.elem_type, list(info.shape)
+                )
+            )
     graph.initializer.extend(
         numpy_helper.from_array(value, name) for name, value in kernels.items()
     )
@@ -141,9 +162,11 @@ def convert_function(
     opset: int,
     transforms: str = "matmul",
     layer_names: Sequence[str] = (),
+    native: bool = False,
 ) -> onnx.ModelProto:
     """tf2onnx's conversion of ``function`` at ``opset``, FFTs written as ``transforms``,
     checked (:func:`check_converted`, naming the ``layer_names`` unconverted ops sit in).
+    ``native``: the native lowering's placeholders become its custom op.
 
     tf2onnx writes at most :data:`CONVERTER_MAX_OPSET`; onnx's version converter takes
     the checked model the rest of the way.
@@ -156,7 +179,10 @@ def convert_function(
     try:
         with transforms_as(transforms), _converter_errors() as errors:
             proto, _ = tf2onnx.convert.from_function(  # reuses the function traced above
-                traced, input_signature=specs, opset=min(opset, CONVERTER_MAX_OPSET)
+                traced,
+                input_signature=specs,
+                opset=min(opset, CONVERTER_MAX_OPSET),
+                **(_NATIVE_CONVERSION if native else {}),
             )
     except Exception as error:  # tf2onnx's own failures, of any type: one clear message
         raise ValueError(
@@ -211,7 +237,10 @@ def check_converted(
     (TensorFlow names each op after the layers it sits in).
     """
     unconverted = [
-        node for node in proto.graph.node if not onnx.defs.has(node.op_type, node.domain or "")
+        node
+        for node in proto.graph.node
+        if not onnx.defs.has(node.op_type, node.domain or "")
+        and (node.domain, node.op_type) != (NATIVE_DOMAIN, NATIVE_OP)
     ]
     if unconverted:
         ops = sorted({node.op_type for node in unconverted})

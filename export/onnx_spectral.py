@@ -13,6 +13,9 @@ layers look like to it. No lowering leaves a complex tensor in the ONNX graph:
   :mod:`export.tf2onnx_handlers` writes each transform as dense real DFT matrices.
 - ``dft`` (opset 20): the same graph, each transform written as ONNX ``DFT`` nodes, for
   runtimes that implement them well.
+- ``native`` (opset 17): each layer is one ``ai.cfconv.SpectralConv2D`` node, the
+  package's compiled kernel (:mod:`export.native`); only onnxruntime with that library
+  registered runs it (:func:`export.ort_session.onnx_session` registers it).
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from cfconv_tf.frozen import FrozenSpectralConv2D
 from cfconv_tf.spectral import spectral_conv2d
 from export.compact import EXACT, KernelStorage, layer_factors, stored
 from export.factorized_dft import FactorizedDFT
+from export.names import NATIVE_DOMAIN, NATIVE_OP
 
-LOWERINGS = {"factorized": 17, "matmul": 17, "dft": 20}  # lowering -> minimum opset
+LOWERINGS = {"factorized": 17, "matmul": 17, "dft": 20, "native": 17}  # -> minimum opset
+NATIVE_PLACEHOLDER = "cfconv_native_spectral_conv"  # TF name of the op tf2onnx rewrites
 
 
 def kernel_operands(
@@ -95,7 +100,38 @@ def lowered_convolution(
     """
     if lowering == "factorized":
         return factorized_spectral_conv2d(x, kernel_real, kernel_imag, _plan(layer))
+    if lowering == "native":
+        return native_placeholder(x, kernel_real, kernel_imag)
     return spectral_conv2d(x, kernel_real, kernel_imag)
+
+
+def native_placeholder(x: tf.Tensor, kernel_real: tf.Tensor, kernel_imag: tf.Tensor) -> tf.Tensor:
+    """A stand-in op in the traced graph that the converter turns into one
+    ``SpectralConv2D`` node (:func:`native_node`): ``x [N, H, W, Cin]`` and the half-spectrum
+    kernel parts ``[H, W//2+1, Cin, Cout]`` in, ``[N, H, W, Cout]`` out. It is only traced,
+    never run."""
+
+    def not_run(*_: np.ndarray) -> np.ndarray:
+        raise RuntimeError("the native spectral convolution runs only in its ONNX file")
+
+    y = tf.numpy_function(
+        not_run, [x, kernel_real, kernel_imag], tf.float32, name=NATIVE_PLACEHOLDER
+    )
+    y.set_shape([*x.shape[:3], kernel_real.shape[-1]])
+    return y
+
+
+def native_node(ctx, node, name: str, args) -> None:
+    """tf2onnx handler (old-style ``custom_op_handlers`` signature) turning the placeholder
+    ``PyFunc`` into ``ai.cfconv.SpectralConv2D``; any other ``PyFunc`` is refused."""
+    if NATIVE_PLACEHOLDER not in name:
+        raise ValueError(f"{name}: tf.numpy_function / tf.py_function cannot be exported")
+    node.type, node.domain = NATIVE_OP, NATIVE_DOMAIN
+    for key in list(node.attr):  # PyFunc's token and types: the custom op takes none
+        del node.attr[key]
+    x_shape, kernel_shape = (ctx.get_shape(tensor) for tensor in node.input[:2])
+    ctx.set_shape(node.output[0], [*x_shape[:3], kernel_shape[-1]])  # ONNX cannot infer it
+    ctx.set_dtype(node.output[0], ctx.get_dtype(node.input[0]))
 
 
 def _plan(layer: FrozenSpectralConv2D) -> FactorizedDFT:

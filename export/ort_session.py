@@ -7,6 +7,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from export.names import NATIVE_DOMAIN
+from export.native import MISSING, library_path
 from export.tensor_info import TensorInfo
 
 CPU = "CPUExecutionProvider"
@@ -28,14 +30,39 @@ ORT_TYPES = {
 }
 
 
-def onnx_session(
-    path: str | Path, threads: int | None = None, providers: Sequence[str] = (CPU,)
-) -> ort.InferenceSession:
-    """An onnxruntime session on ``providers`` (``threads`` intra-op threads, default: all)."""
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Session options with ``threads`` intra-op threads (default: all) and the native
+    lowering's custom op registered where its library is built."""
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=list(providers))
+    native = library_path()
+    if native is not None:
+        options.register_custom_ops_library(str(native))
+    return options
+
+
+def onnx_session(
+    model: str | Path | bytes,
+    threads: int | None = None,
+    providers: Sequence[str] = (CPU,),
+    options: ort.SessionOptions | None = None,
+) -> ort.InferenceSession:
+    """An onnxruntime session of ``model`` (a file, or a serialized model) on ``providers``,
+    with ``options`` (default: :func:`session_options` of ``threads``).
+
+    Raises:
+        ValueError: the model uses the native lowering and its library is not built here.
+    """
+    options = options or session_options(threads)
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, options, providers=list(providers))
+    except Exception as error:  # onnxruntime raises its own exception types
+        if library_path() is None and NATIVE_DOMAIN in str(error):
+            what = "the model" if isinstance(model, bytes) else str(model)
+            raise ValueError(f"{what} uses the native lowering, but {MISSING}") from error
+        raise
 
 
 def tensor_infos(values) -> tuple[TensorInfo, ...]:

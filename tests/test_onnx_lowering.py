@@ -5,15 +5,16 @@ from __future__ import annotations
 import keras
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import tensorflow as tf
 
 from cfconv_tf import FrozenSpectralConv2D
 from cfconv_tf.spectral import hermitian_project
 from export.factorized_dft import FactorizedDFT
+from export.names import NATIVE_DOMAIN, NATIVE_OP
 from export.onnx_export import COMPLEX_TYPES, build_onnx
 from export.onnx_spectral import LOWERINGS
+from export.ort_session import onnx_session
 from export.signature import signature_of
 
 # Every op a lowering may use; the DFT op only in the "dft" lowering.
@@ -31,6 +32,12 @@ ALLOWED_OPS = {
     "Identity",
 }
 DFT_OPS = {"DFT", "Constant"}
+LOWERING_OPS = {  # what each lowering adds to ALLOWED_OPS
+    "factorized": set(),
+    "matmul": set(),
+    "dft": DFT_OPS,
+    "native": {NATIVE_OP},
+}
 SHAPES = [  # batch, height, width, cin, cout: odd, even, non-square, prime, one channel
     (2, 7, 7, 3, 5),
     (1, 8, 8, 1, 2),
@@ -79,12 +86,14 @@ def test_lowering_equals_numpy_fft_convolution(lowering, shape, rng):
     onnx.checker.check_model(proto, full_check=True)
     assert proto.opset_import[0].version == LOWERINGS[lowering]
     ops = {node.op_type for node in proto.graph.node}
-    assert ops <= ALLOWED_OPS | (DFT_OPS if lowering == "dft" else set()), ops
+    assert ops <= ALLOWED_OPS | LOWERING_OPS[lowering], ops
     assert ("DFT" in ops) == (lowering == "dft")
+    native = [node for node in proto.graph.node if node.domain == NATIVE_DOMAIN]
+    assert [node.op_type for node in native] == ([NATIVE_OP] if lowering == "native" else [])
     typed = [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]
     assert not {value.type.tensor_type.elem_type for value in typed} & COMPLEX_TYPES
     assert not {init.data_type for init in proto.graph.initializer} & COMPLEX_TYPES
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = onnx_session(proto.SerializeToString())
     x = rng.standard_normal((batch, height, width, cin)).astype(np.float32)
     (y,) = session.run(None, {"x": x})
     expected = numpy_convolution(x, kernel_real, kernel_imag)

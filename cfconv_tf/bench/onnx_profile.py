@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from cfconv_tf.bench.infer import frozen_cf_model
 from export.onnx_export import build_onnx
+from export.ort_session import onnx_session, session_options
 from export.signature import signature_of
 
 
@@ -49,12 +49,10 @@ def profile_stages(model: onnx.ModelProto, images: np.ndarray, runs: int) -> dic
     """
     stages = node_stages(model)
     with tempfile.TemporaryDirectory(prefix="cfconv-profile-") as folder:
-        options = ort.SessionOptions()
+        options = session_options()
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(folder) / "profile")
-        session = ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        session = onnx_session(model.SerializeToString(), options=options)
         for _ in range(runs + 1):
             session.run(None, {"image": images})
         events = _node_events(Path(session.end_profiling()))

@@ -1,0 +1,132 @@
+// onnxruntime binding of the native spectral convolution: a custom-op library.
+//
+// Registers ai.cfconv.SpectralConv2D(x [N, H, W, Cin], kernel_real, kernel_imag
+// [H, W/2+1, Cin, Cout]) -> y [N, H, W, Cout], all float32, on the CPU provider. The work
+// runs on the session's own intra-op thread pool (KernelContext_ParallelFor), so the
+// session's thread settings hold and nothing else spins up threads. Bad shapes come back
+// as an onnxruntime error status, never a crash.
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime/onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "spectral_conv.hpp"
+
+namespace {
+
+constexpr const char* kDomain = "ai.cfconv";
+constexpr const char* kOpName = "SpectralConv2D";
+
+// Scratch buffers kept between calls (a session may run one node from several threads).
+class ScratchPool {
+ public:
+  std::vector<float> take(std::size_t floats) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = free_.begin(); it != free_.end(); ++it)
+      if (it->size() >= floats) {
+        std::vector<float> buffer = std::move(*it);
+        free_.erase(it);
+        return buffer;
+      }
+    return std::vector<float>(floats);
+  }
+  void give(std::vector<float> buffer) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    free_.push_back(std::move(buffer));
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::vector<float>> free_;
+};
+
+OrtStatusPtr invalid(const std::string& message) {
+  return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT,
+                                    (std::string(kOpName) + ": " + message).c_str());
+}
+
+std::string dims(const std::vector<int64_t>& shape) {
+  std::string text = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
+}
+
+struct SpectralConvKernel {
+  ScratchPool scratch;
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw_context) {
+    try {
+      Ort::KernelContext context(raw_context);
+      auto x = context.GetInput(0), kernel_real = context.GetInput(1),
+           kernel_imag = context.GetInput(2);
+      const auto x_shape = x.GetTensorTypeAndShapeInfo().GetShape();
+      const auto k_shape = kernel_real.GetTensorTypeAndShapeInfo().GetShape();
+      if (x_shape.size() != 4) return invalid("x must be [N, H, W, Cin], got " + dims(x_shape));
+      const cfconv::SpectralShape shape{x_shape[0], x_shape[1], x_shape[2], x_shape[3],
+                                        k_shape.size() == 4 ? k_shape[3] : -1};
+      const std::vector<int64_t> expected{shape.height, shape.half_width(), shape.in_channels,
+                                          shape.out_channels};
+      if (k_shape != expected || kernel_imag.GetTensorTypeAndShapeInfo().GetShape() != k_shape)
+        return invalid("kernels must both be [H, W/2+1, Cin, Cout] = " + dims(expected) +
+                       " for x " + dims(x_shape) + ", got " + dims(k_shape));
+      auto y = context.GetOutput(0, {shape.batch, shape.height, shape.width, shape.out_channels});
+      if (shape.batch * shape.height * shape.width == 0) return nullptr;
+      std::vector<float> buffer = scratch.take(cfconv::scratch_floats(shape));
+      cfconv::ParallelFor parallel_for = [&context](std::size_t count, const auto& task) {
+        using Task = std::remove_reference_t<decltype(task)>;
+        context.ParallelFor(
+            [](void* data, std::size_t index) { (*static_cast<Task*>(data))(index); }, count, 0,
+            const_cast<void*>(static_cast<const void*>(&task)));
+      };
+      cfconv::spectral_conv2d(x.GetTensorData<float>(), kernel_real.GetTensorData<float>(),
+                              kernel_imag.GetTensorData<float>(), y.GetTensorMutableData<float>(),
+                              shape, buffer.data(), parallel_for);
+      scratch.give(std::move(buffer));
+      return nullptr;
+    } catch (const Ort::Exception& error) {
+      return Ort::GetApi().CreateStatus(error.GetOrtErrorCode(), error.what());
+    } catch (const std::exception& error) {
+      return Ort::GetApi().CreateStatus(ORT_RUNTIME_EXCEPTION, error.what());
+    }
+  }
+};
+
+struct SpectralConvOp : Ort::CustomOpBase<SpectralConvOp, SpectralConvKernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo*, void** kernel) const {
+    *kernel = new SpectralConvKernel();
+    return nullptr;
+  }
+  const char* GetName() const { return kOpName; }
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  size_t GetInputTypeCount() const { return 3; }
+  ONNXTensorElementDataType GetInputType(size_t) const {
+    return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const {
+    return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+};
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr) return nullptr;  // cannot even make a status: the runtime is older
+  Ort::InitApi(api);
+  try {
+    static SpectralConvOp op;
+    static Ort::CustomOpDomain domain(kDomain);
+    static std::once_flag added;
+    std::call_once(added, [] { domain.Add(&op); });
+    Ort::UnownedSessionOptions(options).Add(domain);
+    return nullptr;
+  } catch (const Ort::Exception& error) {
+    return api->CreateStatus(error.GetOrtErrorCode(), error.what());
+  }
+}

@@ -1,0 +1,37 @@
+// The native spectral convolution: rfft2 -> per-frequency channel mixing -> irfft2.
+//
+// One core, shared by every binding (the onnxruntime custom op now; a TensorFlow op can
+// reuse it). It depends on no runtime: the caller hands it its own parallel-for.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+
+namespace cfconv {
+
+// Runs task(0) ... task(count - 1), in any order, possibly at once.
+using ParallelFor =
+    std::function<void(std::size_t count, const std::function<void(std::size_t)>& task)>;
+
+struct SpectralShape {
+  std::int64_t batch, height, width, in_channels, out_channels;
+  std::int64_t half_width() const { return width / 2 + 1; }
+  std::int64_t frequencies() const { return height * half_width(); }
+};
+
+// Circular convolution of x [N, H, W, Cin] with the spectral kernel
+// (kernel_real, kernel_imag: [H, W/2+1, Cin, Cout], the half spectrum) into
+// y [N, H, W, Cout]: y = irfft2(sum over Cin of rfft2(x) * kernel), all row-major float32.
+// The DC (and Nyquist) columns of the product enter the inverse transform through their
+// Hermitian part, as numpy's and TensorFlow's irfft2 take them.
+//
+// Scratch: two spectra of N * H * (W/2+1) * C complex values, taken from `scratch`
+// (at least scratch_floats(shape) floats), so a caller can keep them between calls.
+void spectral_conv2d(const float* x, const float* kernel_real, const float* kernel_imag,
+                     float* y, const SpectralShape& shape, float* scratch,
+                     const ParallelFor& parallel_for);
+
+std::size_t scratch_floats(const SpectralShape& shape);
+
+}  // namespace cfconv

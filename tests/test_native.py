@@ -1,0 +1,157 @@
+"""The native spectral convolution (export/native) in onnxruntime, against numpy's FFT
+convolution: odd, even and non-square sizes, batch 1 and many, 1 to 64 channels."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
+from test_onnx_lowering import numpy_convolution
+
+import export.ort_session
+from export.names import NATIVE_DOMAIN, NATIVE_OP
+from export.native import library_path
+from export.ort_session import onnx_session, session_options
+
+
+def native_model(height: int, width: int, cin: int, cout: int) -> bytes:
+    """One ``SpectralConv2D`` node; x and both kernel parts are graph inputs."""
+    kernel = [height, width // 2 + 1, cin, cout]
+    graph = helper.make_graph(
+        [helper.make_node(NATIVE_OP, ["x", "kr", "ki"], ["y"], domain=NATIVE_DOMAIN)],
+        "native",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, height, width, cin]),
+            helper.make_tensor_value_info("kr", TensorProto.FLOAT, kernel),
+            helper.make_tensor_value_info("ki", TensorProto.FLOAT, kernel),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, height, width, cout])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(NATIVE_DOMAIN, 1)]
+    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+
+
+def random_case(rng, batch: int, height: int, width: int, cin: int, cout: int) -> dict:
+    kernel = (height, width // 2 + 1, cin, cout)
+    return {
+        "x": rng.standard_normal((batch, height, width, cin)).astype(np.float32),
+        "kr": rng.standard_normal(kernel).astype(np.float32),
+        "ki": rng.standard_normal(kernel).astype(np.float32),
+    }
+
+
+def relative_error(y: np.ndarray, feed: dict) -> float:
+    expected = numpy_convolution(feed["x"], feed["kr"], feed["ki"])
+    return float(np.abs(y - expected).max() / max(np.abs(expected).max(), 1e-30))
+
+
+def test_the_library_is_built():
+    assert library_path() is not None, "the package build did not make the native library"
+
+
+@pytest.mark.parametrize(
+    "shape",  # batch, height, width, cin, cout
+    [
+        (1, 1, 1, 1, 1),
+        (1, 5, 7, 1, 1),
+        (3, 8, 6, 3, 5),
+        (2, 9, 9, 17, 33),
+        (5, 12, 10, 64, 64),
+        (1, 13, 2, 8, 16),
+        (7, 16, 16, 32, 32),
+        (2, 150, 150, 32, 32),  # the paper network's layer
+    ],
+)
+def test_equals_numpy_fft_convolution(shape, rng):
+    feed = random_case(rng, *shape)
+    (y,) = onnx_session(native_model(*shape[1:])).run(None, feed)
+    assert y.shape == (*shape[:3], shape[4])
+    assert relative_error(y, feed) <= 2e-6
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    batch=st.integers(1, 9),
+    height=st.integers(1, 24),
+    width=st.integers(1, 24),
+    cin=st.integers(1, 64),
+    cout=st.integers(1, 64),
+)
+def test_any_shape_equals_numpy(batch, height, width, cin, cout, rng):
+    feed = random_case(rng, batch, height, width, cin, cout)
+    (y,) = onnx_session(native_model(height, width, cin, cout)).run(None, feed)
+    assert relative_error(y, feed) <= 2e-6
+
+
+def test_same_bits_on_one_or_two_threads_and_from_concurrent_calls(rng):
+    shape = (6, 15, 12, 9, 20)
+    feeds = [random_case(rng, *shape) for _ in range(4)]
+    model = native_model(*shape[1:])
+    single = onnx_session(model, threads=1)
+    expected = [single.run(None, feed)[0] for feed in feeds]
+    shared = onnx_session(model, threads=2)
+    results: dict[int, np.ndarray] = {}
+
+    def call(index: int) -> None:
+        for _ in range(3):
+            results[index] = shared.run(None, feeds[index])[0]
+
+    workers = [threading.Thread(target=call, args=(index,)) for index in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    for index, value in enumerate(expected):
+        assert np.array_equal(results[index], value)
+
+
+def test_an_empty_batch_gives_an_empty_answer(rng):
+    feed = random_case(rng, 0, 6, 5, 2, 3)
+    (y,) = onnx_session(native_model(6, 5, 2, 3)).run(None, feed)
+    assert y.shape == (0, 6, 5, 3)
+
+
+@pytest.mark.parametrize(
+    "kernel_shape,message",
+    [
+        ((6, 4, 2, 3), r"kernels must both be \[H, W/2\+1, Cin, Cout\] = \[6, 3, 2, 3\]"),
+        ((6, 3, 5, 3), r"for x \[1, 6, 5, 2\], got \[6, 3, 5, 3\]"),  # Cin is not x's
+    ],
+)
+def test_mismatched_kernels_are_an_error_not_a_crash(kernel_shape, message, rng):
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node(NATIVE_OP, ["x", "kr", "ki"], ["y"], domain=NATIVE_DOMAIN)],
+            "native",
+            [
+                helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+                helper.make_tensor_value_info("kr", TensorProto.FLOAT, None),
+                helper.make_tensor_value_info("ki", TensorProto.FLOAT, None),
+            ],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        ),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(NATIVE_DOMAIN, 1)],
+    ).SerializeToString()
+    session = onnx_session(model)
+    kernel = rng.standard_normal(kernel_shape).astype(np.float32)
+    x = rng.standard_normal((1, 6, 5, 2)).astype(np.float32)
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match=message):
+        session.run(None, {"x": x, "kr": kernel, "ki": kernel})
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="x must be"):
+        session.run(None, {"x": x[0], "kr": kernel, "ki": kernel})
+    good = rng.standard_normal((6, 3, 2, 3)).astype(np.float32)
+    assert session.run(None, {"x": x, "kr": good, "ki": good})[0].shape == (1, 6, 5, 3)
+
+
+def test_without_the_library_the_error_names_a_stock_lowering(monkeypatch):
+    monkeypatch.setattr(export.ort_session, "library_path", lambda: None)
+    options = session_options()  # now without the custom op
+    with pytest.raises(ValueError, match=r"native lowering.*--lowering factorized"):
+        onnx_session(native_model(4, 4, 1, 1), options=options)
