@@ -71,7 +71,10 @@ class ModelConfig:
     stage; every stage after the first halves the resolution), ``blocks_per_stage``
     (two 3x3 convolutions a block), ``residual`` (false: the plain twin) and
     ``spectral_stages`` / ``spectral_mode`` (where its CF-Conv variant puts CF-Convs,
-    and how). The CF-Conv settings (``samples``, ``generator``...) serve both.
+    and how), ``stem_stride`` (2: the stem halves the input, so stage 0 runs at half
+    the resolution) and ``batchnorm_momentum`` (Keras's default 0.99; 0.9, PyTorch's
+    0.1, keeps the inference statistics current within a short budget). The CF-Conv
+    settings (``samples``, ``generator``...) serve both.
 
     ``input_size``/``channels`` of ``None`` mean "the dataset's own"; ``classes`` is
     always taken from the dataset at training time and only used here as a default.
@@ -103,6 +106,8 @@ class ModelConfig:
     residual: bool = True
     spectral_stages: tuple[int, ...] = ()
     spectral_mode: str = "replace"
+    stem_stride: int = 1
+    batchnorm_momentum: float = 0.99
     learning_rate: float = 1e-3
     batch_size: int = 32
     epochs: int = 10
@@ -115,6 +120,7 @@ class ModelConfig:
             "classes",
             "spatial_kernel_size",
             "blocks_per_stage",
+            "stem_stride",
             "batch_size",
             "epochs",
         ):
@@ -147,6 +153,15 @@ class ModelConfig:
         ):
             raise ValueError(
                 f"{self.name}: stage_filters must be positive integers, got {self.stage_filters}"
+            )
+        momentum = self.batchnorm_momentum
+        if (
+            isinstance(momentum, bool)
+            or not isinstance(momentum, (int, float))
+            or not 0 < momentum < 1
+        ):
+            raise ValueError(
+                f"{self.name}: batchnorm_momentum must be a number in (0, 1), got {momentum!r}"
             )
         if not isinstance(self.residual, bool):
             raise ValueError(f"{self.name}: residual must be true or false, got {self.residual!r}")

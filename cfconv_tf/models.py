@@ -132,11 +132,12 @@ def _resnet_body(
 ) -> keras.KerasTensor:
     """Stem and stages: ``[B, H, W, C]`` -> ``[B, H / 2^(S-1), W / 2^(S-1), last width]``.
 
-    A 3x3 stem of ``stage_filters[0]``, then ``blocks_per_stage`` basic blocks per stage,
-    the first block of every stage after the first at stride 2 ("same" padding, so odd
-    sizes round up).
+    A 3x3 stem of ``stage_filters[0]`` at ``config.stem_stride`` (2 divides the sizes
+    above by a further 2), then ``blocks_per_stage`` basic blocks per stage, the first
+    block of every stage after the first at stride 2 ("same" padding, so odd sizes
+    round up). Every BatchNorm uses ``config.batchnorm_momentum``.
     """
-    hidden = _conv_bn(hidden, config.stage_filters[0], 1, "stem")
+    hidden = _conv_bn(hidden, config.stage_filters[0], config.stem_stride, "stem", config)
     hidden = keras.layers.ReLU(name="stem_relu")(hidden)
     for stage, width in enumerate(config.stage_filters):
         spectral = variant == "cf" and stage in config.spectral_stages
@@ -165,29 +166,37 @@ def _basic_block(
     (``"add"``). The shortcut is the identity, or a 1x1 convolution with BatchNorm where
     the shape changes; the plain twin (``residual: false``) has none.
     """
-    hidden = _conv_bn(inputs, width, stride, f"{name}_conv0")
+    hidden = _conv_bn(inputs, width, stride, f"{name}_conv0", config)
     hidden = keras.layers.ReLU(name=f"{name}_relu0")(hidden)
     if spectral:
         branch = cf_layer(config, width, None, seed, f"{name}_cfconv")(hidden)
-        branch = keras.layers.BatchNormalization(name=f"{name}_cfconv_bn")(branch)
+        branch = keras.layers.BatchNormalization(
+            momentum=config.batchnorm_momentum, name=f"{name}_cfconv_bn"
+        )(branch)
         if config.spectral_mode == SPECTRAL_ADD:
-            local = _conv_bn(hidden, width, 1, f"{name}_conv1")
+            local = _conv_bn(hidden, width, 1, f"{name}_conv1", config)
             branch = keras.layers.Add(name=f"{name}_local_global")([local, branch])
         hidden = branch
     else:
-        hidden = _conv_bn(hidden, width, 1, f"{name}_conv1")
+        hidden = _conv_bn(hidden, width, 1, f"{name}_conv1", config)
     if config.residual:
         shortcut = inputs
         if stride != 1 or inputs.shape[-1] != width:
-            shortcut = _conv_bn(inputs, width, stride, f"{name}_shortcut", kernel_size=1)
+            shortcut = _conv_bn(inputs, width, stride, f"{name}_shortcut", config, kernel_size=1)
         hidden = keras.layers.Add(name=f"{name}_add")([hidden, shortcut])
     return keras.layers.ReLU(name=f"{name}_relu1")(hidden)
 
 
 def _conv_bn(
-    inputs: keras.KerasTensor, width: int, stride: int, name: str, kernel_size: int = 3
+    inputs: keras.KerasTensor,
+    width: int,
+    stride: int,
+    name: str,
+    config: ModelConfig,
+    kernel_size: int = 3,
 ) -> keras.KerasTensor:
-    """A bias-free convolution followed by BatchNorm (``name``, ``name_bn``)."""
+    """A bias-free convolution followed by BatchNorm (``name``, ``name_bn``) of
+    ``config.batchnorm_momentum``."""
     hidden = keras.layers.Conv2D(
         width,
         kernel_size,
@@ -197,7 +206,9 @@ def _conv_bn(
         kernel_initializer="he_normal",
         name=name,
     )(inputs)
-    return keras.layers.BatchNormalization(name=f"{name}_bn")(hidden)
+    return keras.layers.BatchNormalization(momentum=config.batchnorm_momentum, name=f"{name}_bn")(
+        hidden
+    )
 
 
 def parameter_counts(model: keras.Model) -> dict[str, int]:
