@@ -42,6 +42,11 @@ ARCHITECTURES = ("paper", RESNET)
 # second 3x3 convolution, or added to it as a global branch.
 SPECTRAL_ADD = "add"
 SPECTRAL_MODES = ("replace", SPECTRAL_ADD)
+# The learning rate over a run: constant, or cosine decay from learning_rate to 0 over
+# the run's epochs x steps per epoch (the usual ResNet recipe; with BatchNorm it also
+# lets the moving statistics catch up with weights that stop moving at the end).
+COSINE = "cosine"
+LEARNING_RATE_SCHEDULES = ("constant", COSINE)
 # The ModelConfig fields that define a CF-Conv layer's generators.
 GENERATOR_FIELDS = (
     "generator",
@@ -109,6 +114,7 @@ class ModelConfig:
     stem_stride: int = 1
     batchnorm_momentum: float = 0.99
     learning_rate: float = 1e-3
+    learning_rate_schedule: str = "constant"
     batch_size: int = 32
     epochs: int = 10
     description: str = ""
@@ -143,6 +149,7 @@ class ModelConfig:
             ("normalization", NORMALIZATIONS),
             ("architecture", ARCHITECTURES),
             ("spectral_mode", SPECTRAL_MODES),
+            ("learning_rate_schedule", LEARNING_RATE_SCHEDULES),
         ):
             value = getattr(self, field)
             if value not in choices:

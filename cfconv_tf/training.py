@@ -24,7 +24,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from cfconv_tf.config import ModelConfig
+from cfconv_tf.config import COSINE, ModelConfig
 from cfconv_tf.data import batched, batches_per_pass, load_dataset, training_stream
 from cfconv_tf.distribution import describe, peer_failures_reported, worker_dir
 from cfconv_tf.models import build_model, parameter_counts
@@ -46,7 +46,11 @@ class RunSettings:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-def compile_model(model: keras.Model, classes: int, learning_rate: float) -> None:
+def compile_model(
+    model: keras.Model,
+    classes: int,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+) -> None:
     """Adam and the cross-entropy that matches the head (sigmoid for 2 classes)."""
     loss = "binary_crossentropy" if classes == 2 else "sparse_categorical_crossentropy"
     metric = "binary_accuracy" if classes == 2 else "sparse_categorical_accuracy"
@@ -61,6 +65,14 @@ def compile_model(model: keras.Model, classes: int, learning_rate: float) -> Non
 # what it computes (e.g. recompute_generators trades memory for time, so a run that ran
 # out of memory can be resumed with it).
 RESUMABLE_CONFIG_CHANGES = frozenset({"recompute_generators"})
+
+
+def learning_rate(config: ModelConfig, total_steps: int):
+    """The optimizer's learning rate: ``config.learning_rate``, or with the ``cosine``
+    schedule a decay from it to 0 over ``total_steps`` Adam steps."""
+    if config.learning_rate_schedule == COSINE:
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, total_steps)
+    return config.learning_rate
 
 
 def _config_defaults() -> dict:
@@ -135,11 +147,12 @@ def train(
         seed=settings.seed,
         train_limit=settings.train_limit,
     )
+    steps_per_epoch = settings.steps_per_epoch or batches_per_pass(splits.train, config.batch_size)
     with strategy.scope():
         model = build_model(
             config, settings.variant, splits.image_shape, splits.classes, seed=settings.seed
         )
-        compile_model(model, splits.classes, config.learning_rate)
+        compile_model(model, splits.classes, learning_rate(config, config.epochs * steps_per_epoch))
     parameters = parameter_counts(model)
     print(
         f"{model.name}: {parameters['trainable']:,} trainable parameters, "
@@ -150,7 +163,6 @@ def train(
     train_data = training_stream(
         splits.train, config.batch_size, seed=settings.seed, augment=settings.augment
     )
-    steps_per_epoch = settings.steps_per_epoch or batches_per_pass(splits.train, config.batch_size)
     callbacks = [
         keras.callbacks.BackupAndRestore(
             run_dir / "backup",

@@ -187,6 +187,7 @@ def test_bad_model_requests_are_rejected(tiny_config, tmp_path):
         ("architecture: resnet\nspectral_stages: 2", "spectral_stages must be a list"),
         ("stage_filters: 64", "stage_filters must be a list"),
         ("stem_stride: 0", "stem_stride must be a positive integer"),
+        ("learning_rate_schedule: step", "learning_rate_schedule must be one of"),
         ("batchnorm_momentum: 1.0", "batchnorm_momentum must be a number in \\(0, 1\\)"),
         ("batchnorm_momentum: fast", "batchnorm_momentum must be a number in \\(0, 1\\)"),
     ]:
@@ -348,3 +349,19 @@ def test_ordinary_cnns_downsample_early_and_keep_batchnorm_statistics_current():
                 if isinstance(layer, keras.layers.BatchNormalization)
             ]
             assert norms and all(layer.momentum == 0.9 for layer in norms), (name, variant)
+
+
+def test_ordinary_cnns_decay_their_learning_rate_to_zero_by_the_runs_end():
+    """Even at momentum 0.9 the statistics lagged at a constant learning rate: a
+    pathfinder_resnet seed ended 314 steps at 50.5 % validation accuracy in inference
+    mode and 78.2 % with batch statistics (78.4 % once the statistics were re-estimated
+    with its final weights). A cosine decay lets the weights settle by the end."""
+    from cfconv_tf.training import learning_rate
+
+    for name in ("pathfinder_resnet", "fashion_resnet"):
+        config = load_model_config(name)
+        schedule = learning_rate(config, 300)
+        assert float(schedule(0)) == pytest.approx(config.learning_rate)
+        assert float(schedule(150)) == pytest.approx(config.learning_rate / 2, rel=1e-3)
+        assert float(schedule(300)) == pytest.approx(0.0, abs=1e-9)
+    assert learning_rate(load_model_config("pathfinder_cf"), 300) == 1e-3
