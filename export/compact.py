@@ -12,7 +12,9 @@ factors rounded to half precision, computed in float32).
 
 The ONNX file keeps the factors; onnxruntime multiplies them once when it loads the
 model (constant folding), so inference runs at the full kernel's speed and memory: a
-compact file is smaller to store and ship, not faster to run.
+compact file is smaller to store and ship, not faster to run. The exception is a float16
+kernel (without a rank) in the native lowering, whose op reads it as stored: half the
+bytes per call, which is what bounds batch-1 latency.
 """
 
 from __future__ import annotations

@@ -143,13 +143,6 @@ def _convert(
     outputs = {value.name: value for value in graph.output}  # tf2onnx sorts them by name
     del graph.output[:]
     graph.output.extend(outputs[info.name] for info in signature.outputs)
-    for value, info in zip(graph.output, signature.outputs, strict=True):
-        if not value.type.tensor_type.HasField("shape"):  # a custom op's output: from TF
-            value.CopyFrom(
-                helper.make_tensor_value_info(
-                    info.name, value.type.tensor_type.elem_type, list(info.shape)
-                )
-            )
     graph.initializer.extend(
         numpy_helper.from_array(value, name) for name, value in kernels.items()
     )

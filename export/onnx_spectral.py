@@ -68,15 +68,18 @@ def kernel_operands(
 def kernel_from_operands(
     layer: FrozenSpectralConv2D, lowering: str, operands: dict[str, tf.Tensor]
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """The float32 kernel parts a lowering convolves with, from the tensors holding
-    :func:`kernel_operands` (a MatMul of the factors, which a runtime folds at load)."""
+    """The kernel parts a lowering convolves with, from the tensors holding
+    :func:`kernel_operands` (a MatMul of the factors, which a runtime folds at load): float32,
+    but for the native lowering, which reads a float16 kernel as it is stored."""
     height, width = layer.input_size
     cin, cout = layer.kernel_real.shape[2:]
     rows = [_plan(layer).frequencies] if lowering == "factorized" else [height, width // 2 + 1]
     kernel = []
     for part in ("real", "imag"):
         if part in operands:
-            value = tf.cast(operands[part], tf.float32)
+            value = operands[part]
+            if lowering != "native":
+                value = tf.cast(value, tf.float32)
         else:
             frequencies, channels = (
                 tf.cast(operands[f"{part}_{name}"], tf.float32)
@@ -117,8 +120,9 @@ def native_placeholder(x: tf.Tensor, kernel_real: tf.Tensor, kernel_imag: tf.Ten
     y = tf.numpy_function(
         not_run, [x, kernel_real, kernel_imag], tf.float32, name=NATIVE_PLACEHOLDER
     )
-    y.set_shape([*x.shape[:3], kernel_real.shape[-1]])
-    return y
+    # The converter sees no shape on a PyFunc's output; without one, later layers convert
+    # wrongly (a Conv after it would lose its NHWC -> NCHW transposes).
+    return tf.ensure_shape(y, [*x.shape[:3], kernel_real.shape[-1]])
 
 
 def native_node(ctx, node, name: str, args) -> None:

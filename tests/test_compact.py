@@ -14,7 +14,7 @@ from cfconv_tf.cli import main
 from cfconv_tf.frozen import FrozenSpectralConv2D
 from export.compact import EXACT, KernelStorage, compact_model, compact_part
 from export.freeze import freeze_model
-from export.names import KERNEL_STORAGE_KEY
+from export.names import KERNEL_STORAGE_KEY, NATIVE_OP
 from export.onnx_spectral import LOWERINGS
 from export.parity import TOLERANCE, keras_runner, random_inputs, relative_error
 from export.pipeline import export_model, freeze_and_report, verify_exports
@@ -105,6 +105,22 @@ def test_rank_r_exports_are_smaller_and_compute_the_trained_model(
         assert max(stored["relative_errors"].values()) <= (1e-5 if bound == TOLERANCE else 2.0**-10)
         run = load_onnx(folder / "model.onnx").run
         assert relative_error(run(inputs), expected) <= bound
+
+
+def test_the_native_lowering_reads_float16_kernels_as_stored(saved_dense_model, tmp_path):
+    model, path = saved_dense_model
+    storage = KernelStorage(dtype="float16")
+    folder = export_model(path, "onnx", tmp_path, "m", lowering="native", storage=storage)
+    proto = onnx.load(folder / "model.onnx")
+    kernels = {t.name: t.data_type for t in proto.graph.initializer}
+    native = [node for node in proto.graph.node if node.op_type == NATIVE_OP]
+    assert len(native) == 2 and not [node for node in proto.graph.node if node.op_type == "Cast"]
+    for node in native:
+        assert [kernels[name] for name in node.input[1:]] == [onnx.TensorProto.FLOAT16] * 2
+    signature = signature_of(model)
+    inputs = random_inputs(signature.inputs, 3, np.random.default_rng(1))
+    expected = keras_runner(model, signature)(inputs)
+    assert relative_error(load_onnx(folder / "model.onnx").run(inputs), expected) <= 1e-3
 
 
 def test_compact_storage_is_an_onnx_option(saved_dense_model, tmp_path):

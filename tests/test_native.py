@@ -19,7 +19,9 @@ from export.native import library_path
 from export.ort_session import onnx_session, session_options
 
 
-def native_model(height: int, width: int, cin: int, cout: int) -> bytes:
+def native_model(
+    height: int, width: int, cin: int, cout: int, kernel_type: int = TensorProto.FLOAT
+) -> bytes:
     """One ``SpectralConv2D`` node; x and both kernel parts are graph inputs."""
     kernel = [height, width // 2 + 1, cin, cout]
     graph = helper.make_graph(
@@ -27,8 +29,8 @@ def native_model(height: int, width: int, cin: int, cout: int) -> bytes:
         "native",
         [
             helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, height, width, cin]),
-            helper.make_tensor_value_info("kr", TensorProto.FLOAT, kernel),
-            helper.make_tensor_value_info("ki", TensorProto.FLOAT, kernel),
+            helper.make_tensor_value_info("kr", kernel_type, kernel),
+            helper.make_tensor_value_info("ki", kernel_type, kernel),
         ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, height, width, cout])],
     )
@@ -36,17 +38,21 @@ def native_model(height: int, width: int, cin: int, cout: int) -> bytes:
     return helper.make_model(graph, opset_imports=opsets).SerializeToString()
 
 
-def random_case(rng, batch: int, height: int, width: int, cin: int, cout: int) -> dict:
+def random_case(
+    rng, batch: int, height: int, width: int, cin: int, cout: int, kernel_dtype=np.float32
+) -> dict:
     kernel = (height, width // 2 + 1, cin, cout)
     return {
         "x": rng.standard_normal((batch, height, width, cin)).astype(np.float32),
-        "kr": rng.standard_normal(kernel).astype(np.float32),
-        "ki": rng.standard_normal(kernel).astype(np.float32),
+        "kr": rng.standard_normal(kernel).astype(kernel_dtype),
+        "ki": rng.standard_normal(kernel).astype(kernel_dtype),
     }
 
 
 def relative_error(y: np.ndarray, feed: dict) -> float:
-    expected = numpy_convolution(feed["x"], feed["kr"], feed["ki"])
+    """Against numpy's convolution with the kernel values as stored (float16 ones exactly)."""
+    kernel = (feed[part].astype(np.float32) for part in ("kr", "ki"))
+    expected = numpy_convolution(feed["x"], *kernel)
     return float(np.abs(y - expected).max() / max(np.abs(expected).max(), 1e-30))
 
 
@@ -67,9 +73,11 @@ def test_the_library_is_built():
         (2, 150, 150, 32, 32),  # the paper network's layer
     ],
 )
-def test_equals_numpy_fft_convolution(shape, rng):
-    feed = random_case(rng, *shape)
-    (y,) = onnx_session(native_model(*shape[1:])).run(None, feed)
+@pytest.mark.parametrize("kernel_dtype", [np.float32, np.float16])
+def test_equals_numpy_fft_convolution(shape, kernel_dtype, rng):
+    feed = random_case(rng, *shape, kernel_dtype)
+    onnx_type = helper.np_dtype_to_tensor_dtype(np.dtype(kernel_dtype))
+    (y,) = onnx_session(native_model(*shape[1:], onnx_type)).run(None, feed)
     assert y.shape == (*shape[:3], shape[4])
     assert relative_error(y, feed) <= 2e-6
 
@@ -118,6 +126,26 @@ def test_an_empty_batch_gives_an_empty_answer(rng):
     assert y.shape == (0, 6, 5, 3)
 
 
+def untyped_model(kernel_real_type: int, kernel_imag_type: int) -> bytes:
+    """One ``SpectralConv2D`` node whose inputs have these types and any shape."""
+    inputs = [
+        helper.make_tensor_value_info(name, onnx_type, None)
+        for name, onnx_type in (
+            ("x", TensorProto.FLOAT),
+            ("kr", kernel_real_type),
+            ("ki", kernel_imag_type),
+        )
+    ]
+    graph = helper.make_graph(
+        [helper.make_node(NATIVE_OP, ["x", "kr", "ki"], ["y"], domain=NATIVE_DOMAIN)],
+        "native",
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(NATIVE_DOMAIN, 1)]
+    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+
+
 @pytest.mark.parametrize(
     "kernel_shape,message",
     [
@@ -125,21 +153,8 @@ def test_an_empty_batch_gives_an_empty_answer(rng):
         ((6, 3, 5, 3), r"for x \[1, 6, 5, 2\], got \[6, 3, 5, 3\]"),  # Cin is not x's
     ],
 )
-def test_mismatched_kernels_are_an_error_not_a_crash(kernel_shape, message, rng):
-    model = helper.make_model(
-        helper.make_graph(
-            [helper.make_node(NATIVE_OP, ["x", "kr", "ki"], ["y"], domain=NATIVE_DOMAIN)],
-            "native",
-            [
-                helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
-                helper.make_tensor_value_info("kr", TensorProto.FLOAT, None),
-                helper.make_tensor_value_info("ki", TensorProto.FLOAT, None),
-            ],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        ),
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(NATIVE_DOMAIN, 1)],
-    ).SerializeToString()
-    session = onnx_session(model)
+def test_mismatched_shapes_are_an_error_not_a_crash(kernel_shape, message, rng):
+    session = onnx_session(untyped_model(TensorProto.FLOAT, TensorProto.FLOAT))
     kernel = rng.standard_normal(kernel_shape).astype(np.float32)
     x = rng.standard_normal((1, 6, 5, 2)).astype(np.float32)
     with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match=message):
@@ -148,6 +163,23 @@ def test_mismatched_kernels_are_an_error_not_a_crash(kernel_shape, message, rng)
         session.run(None, {"x": x[0], "kr": kernel, "ki": kernel})
     good = rng.standard_normal((6, 3, 2, 3)).astype(np.float32)
     assert session.run(None, {"x": x, "kr": good, "ki": good})[0].shape == (1, 6, 5, 3)
+
+
+@pytest.mark.parametrize(
+    "real_dtype,imag_dtype", [(np.float32, np.float16), (np.float64, np.float64)]
+)
+def test_kernel_types_other_than_float32_or_float16_pairs_are_refused(
+    real_dtype, imag_dtype, rng
+):
+    types = (helper.np_dtype_to_tensor_dtype(np.dtype(d)) for d in (real_dtype, imag_dtype))
+    session = onnx_session(untyped_model(*types))
+    x = rng.standard_normal((1, 6, 5, 2)).astype(np.float32)
+    kernel = rng.standard_normal((6, 3, 2, 3))
+    feed = {"x": x, "kr": kernel.astype(real_dtype), "ki": kernel.astype(imag_dtype)}
+    with pytest.raises(
+        ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="must both be float32 or both float16"
+    ):
+        session.run(None, feed)
 
 
 def test_without_the_library_the_error_names_a_stock_lowering(monkeypatch):

@@ -21,6 +21,7 @@ from cfconv_tf.bench.timing import median, time_calls
 from cfconv_tf.config import load_model_config
 from cfconv_tf.models import build_model
 from export.freeze import freeze_model
+from export.native import library_path
 from export.onnx_export import build_onnx, save_onnx
 from export.parity import Runner, keras_runner
 from export.savedmodel import write_savedmodel
@@ -29,7 +30,12 @@ from export.signature import signature_of
 
 BASELINE = "spatial 3x3"
 # ONNX lowering of the CF model -> how its FLOPs are counted (cfconv_tf.bench.flops)
-SPECTRAL_LOWERINGS = {"factorized": "dft-factorized", "matmul": "dft-matmul", "dft": "fft"}
+SPECTRAL_LOWERINGS = {
+    "factorized": "dft-factorized",
+    "matmul": "dft-matmul",
+    "dft": "fft",
+    "native": "fft",
+}
 
 
 def frozen_cf_model(size: int, channels: int, classes: int, conv_layers: int = 6) -> keras.Model:
@@ -71,6 +77,8 @@ def runtimes(name: str, model: keras.Model, workdir: Path) -> Iterator[tuple[str
     write_savedmodel(model, signature, folder / "savedmodel", {})
     yield "savedmodel", on_images(load_savedmodel(folder / "savedmodel").run), "fft"
     lowerings = SPECTRAL_LOWERINGS if name == "cf" else ("factorized",)
+    if library_path() is None:  # no compiler where the package was built
+        lowerings = [lowering for lowering in lowerings if lowering != "native"]
     for lowering in lowerings:
         target = folder / f"onnx_{lowering}"
         target.mkdir(parents=True)

@@ -1,7 +1,8 @@
 // onnxruntime binding of the native spectral convolution: a custom-op library.
 //
 // Registers ai.cfconv.SpectralConv2D(x [N, H, W, Cin], kernel_real, kernel_imag
-// [H, W/2+1, Cin, Cout]) -> y [N, H, W, Cout], all float32, on the CPU provider. The work
+// [H, W/2+1, Cin, Cout]) -> y [N, H, W, Cout] on the CPU provider: x and y float32, the
+// kernels float32 or float16 (both the same). The work
 // runs on the session's own intra-op thread pool (KernelContext_ParallelFor), so the
 // session's thread settings hold and nothing else spins up threads. Bad shapes come back
 // as an onnxruntime error status, never a crash.
@@ -73,6 +74,14 @@ struct SpectralConvKernel {
       if (k_shape != expected || kernel_imag.GetTensorTypeAndShapeInfo().GetShape() != k_shape)
         return invalid("kernels must both be [H, W/2+1, Cin, Cout] = " + dims(expected) +
                        " for x " + dims(x_shape) + ", got " + dims(k_shape));
+      const auto element = kernel_real.GetTensorTypeAndShapeInfo().GetElementType();
+      if (kernel_imag.GetTensorTypeAndShapeInfo().GetElementType() != element ||
+          (element != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT &&
+           element != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16))
+        return invalid("kernels must both be float32 or both float16");
+      const auto kernel_type = element == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16
+                                   ? cfconv::KernelType::kFloat16
+                                   : cfconv::KernelType::kFloat32;
       auto y = context.GetOutput(0, {shape.batch, shape.height, shape.width, shape.out_channels});
       if (shape.batch * shape.height * shape.width == 0) return nullptr;
       std::vector<float> buffer = scratch.take(cfconv::scratch_floats(shape));
@@ -82,9 +91,9 @@ struct SpectralConvKernel {
             [](void* data, std::size_t index) { (*static_cast<Task*>(data))(index); }, count, 0,
             const_cast<void*>(static_cast<const void*>(&task)));
       };
-      cfconv::spectral_conv2d(x.GetTensorData<float>(), kernel_real.GetTensorData<float>(),
-                              kernel_imag.GetTensorData<float>(), y.GetTensorMutableData<float>(),
-                              shape, buffer.data(), parallel_for);
+      cfconv::spectral_conv2d(x.GetTensorData<float>(), kernel_real.GetTensorRawData(),
+                              kernel_imag.GetTensorRawData(), kernel_type,
+                              y.GetTensorMutableData<float>(), shape, buffer.data(), parallel_for);
       scratch.give(std::move(buffer));
       return nullptr;
     } catch (const Ort::Exception& error) {
@@ -103,8 +112,8 @@ struct SpectralConvOp : Ort::CustomOpBase<SpectralConvOp, SpectralConvKernel, tr
   const char* GetName() const { return kOpName; }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
   size_t GetInputTypeCount() const { return 3; }
-  ONNXTensorElementDataType GetInputType(size_t) const {
-    return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  ONNXTensorElementDataType GetInputType(size_t index) const {  // kernels: checked per call
+    return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
   }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const {

@@ -22,8 +22,21 @@ namespace cfconv {
 namespace {
 
 using complex = std::complex<float>;
-typedef float vfloat __attribute__((vector_size(32)));  // 8 lanes: one AVX register
+typedef float vfloat __attribute__((vector_size(32)));       // 8 lanes: one AVX register
+typedef _Float16 vhalf __attribute__((vector_size(16)));     // 8 half-precision lanes
 constexpr std::int64_t kLanes = 8;
+
+// 8 kernel values from `source` as float32 lanes.
+inline vfloat load_lanes(const float* source) {
+  vfloat lanes;
+  __builtin_memcpy(&lanes, source, sizeof(vfloat));
+  return lanes;
+}
+inline vfloat load_lanes(const _Float16* source) {
+  vhalf lanes;
+  __builtin_memcpy(&lanes, source, sizeof(vhalf));
+  return __builtin_convertvector(lanes, vfloat);  // F16C's vcvtph2ps where the CPU has it
+}
 constexpr std::int64_t kChannelsPerTask = 8;  // pocketfft's float vector width on AVX
 constexpr std::int64_t kFrequenciesPerTask = 32;
 
@@ -31,16 +44,16 @@ constexpr std::int64_t kFrequenciesPerTask = 32;
 // one frequency. x and out are complex rows ([N][Cin], [N][Cout]); the kernel parts are
 // [Cin][Cout]. TN images share each load of a kernel row; the 2 * TN * TV accumulators stay
 // in registers.
-template <int TN, int TV>
-void mix_block(const complex* x, const float* kernel_real, const float* kernel_imag,
+template <int TN, int TV, typename K>
+void mix_block(const complex* x, const K* kernel_real, const K* kernel_imag,
                complex* out, std::int64_t cin, std::int64_t cout, std::int64_t n0,
                std::int64_t c0) {
   vfloat acc_real[TN][TV] = {}, acc_imag[TN][TV] = {};
   for (std::int64_t i = 0; i < cin; ++i) {
     vfloat kr[TV], ki[TV];
     for (int v = 0; v < TV; ++v) {
-      __builtin_memcpy(&kr[v], kernel_real + i * cout + c0 + v * kLanes, sizeof(vfloat));
-      __builtin_memcpy(&ki[v], kernel_imag + i * cout + c0 + v * kLanes, sizeof(vfloat));
+      kr[v] = load_lanes(kernel_real + i * cout + c0 + v * kLanes);
+      ki[v] = load_lanes(kernel_imag + i * cout + c0 + v * kLanes);
     }
     for (int j = 0; j < TN; ++j) {
       const float xr = x[(n0 + j) * cin + i].real(), xi = x[(n0 + j) * cin + i].imag();
@@ -58,41 +71,44 @@ void mix_block(const complex* x, const float* kernel_real, const float* kernel_i
 }
 
 // The same product for any image and channel range (what the blocks leave over).
-void mix_any(const complex* x, const float* kernel_real, const float* kernel_imag,
+template <typename K>
+void mix_any(const complex* x, const K* kernel_real, const K* kernel_imag,
              complex* out, std::int64_t cin, std::int64_t cout, std::int64_t n0,
              std::int64_t n1, std::int64_t c0, std::int64_t c1) {
   for (std::int64_t n = n0; n < n1; ++n)
     for (std::int64_t c = c0; c < c1; ++c) {
       complex acc = 0;
       for (std::int64_t i = 0; i < cin; ++i)
-        acc += x[n * cin + i] * complex(kernel_real[i * cout + c], kernel_imag[i * cout + c]);
+        acc += x[n * cin + i] * complex(static_cast<float>(kernel_real[i * cout + c]),
+                                        static_cast<float>(kernel_imag[i * cout + c]));
       out[n * cout + c] = acc;
     }
 }
 
 // Images n0 .. n0 + TN - 1, every output channel: blocks of 8 * TV channels, then of 8,
 // then the rest one by one.
-template <int TN, int TV>
-void mix_images(const complex* x, const float* kernel_real, const float* kernel_imag,
+template <int TN, int TV, typename K>
+void mix_images(const complex* x, const K* kernel_real, const K* kernel_imag,
                 complex* out, std::int64_t cin, std::int64_t cout, std::int64_t n0) {
   std::int64_t c0 = 0;
   for (; c0 + TV * kLanes <= cout; c0 += TV * kLanes)
-    mix_block<TN, TV>(x, kernel_real, kernel_imag, out, cin, cout, n0, c0);
+    mix_block<TN, TV, K>(x, kernel_real, kernel_imag, out, cin, cout, n0, c0);
   for (; c0 + kLanes <= cout; c0 += kLanes)
-    mix_block<TN, 1>(x, kernel_real, kernel_imag, out, cin, cout, n0, c0);
+    mix_block<TN, 1, K>(x, kernel_real, kernel_imag, out, cin, cout, n0, c0);
   mix_any(x, kernel_real, kernel_imag, out, cin, cout, n0, n0 + TN, c0, cout);
 }
 
 // One frequency: out [N][Cout] = x [N][Cin] @ K [Cin][Cout], four images at a time (one
 // image reads four vectors of each kernel row instead).
-void mix_frequency(const complex* x, const float* kernel_real, const float* kernel_imag,
+template <typename K>
+void mix_frequency(const complex* x, const K* kernel_real, const K* kernel_imag,
                    complex* out, std::int64_t batch, std::int64_t cin, std::int64_t cout) {
   std::int64_t n0 = 0;
-  for (; n0 + 4 <= batch; n0 += 4) mix_images<4, 1>(x, kernel_real, kernel_imag, out, cin, cout, n0);
+  for (; n0 + 4 <= batch; n0 += 4) mix_images<4, 1, K>(x, kernel_real, kernel_imag, out, cin, cout, n0);
   switch (batch - n0) {
-    case 3: return mix_images<3, 1>(x, kernel_real, kernel_imag, out, cin, cout, n0);
-    case 2: return mix_images<2, 2>(x, kernel_real, kernel_imag, out, cin, cout, n0);
-    case 1: return mix_images<1, 4>(x, kernel_real, kernel_imag, out, cin, cout, n0);
+    case 3: return mix_images<3, 1, K>(x, kernel_real, kernel_imag, out, cin, cout, n0);
+    case 2: return mix_images<2, 2, K>(x, kernel_real, kernel_imag, out, cin, cout, n0);
+    case 1: return mix_images<1, 4, K>(x, kernel_real, kernel_imag, out, cin, cout, n0);
   }
 }
 
@@ -105,6 +121,21 @@ complex* local_spectrum(std::int64_t size) {
   return buffer.data();
 }
 
+template <typename K>
+void mix_all(const complex* spectrum, const K* kernel_real, const K* kernel_imag,
+             complex* mixed, const SpectralShape& s, const ParallelFor& parallel_for) {
+  const std::int64_t n_images = s.batch, cin = s.in_channels, cout = s.out_channels;
+  const std::int64_t f = s.frequencies();
+  parallel_for(static_cast<std::size_t>(ceil_div(f, kFrequenciesPerTask)), [&](std::size_t task) {
+    const std::int64_t first = task * kFrequenciesPerTask;
+    const std::int64_t last = std::min(f, first + kFrequenciesPerTask);
+    for (std::int64_t k = first; k < last; ++k)
+      mix_frequency(spectrum + k * n_images * cin, kernel_real + k * cin * cout,
+                    kernel_imag + k * cin * cout, mixed + k * n_images * cout, n_images, cin,
+                    cout);
+  });
+}
+
 }  // namespace
 
 std::size_t scratch_floats(const SpectralShape& s) {
@@ -112,8 +143,8 @@ std::size_t scratch_floats(const SpectralShape& s) {
                                   (s.in_channels + s.out_channels));
 }
 
-void spectral_conv2d(const float* x, const float* kernel_real, const float* kernel_imag,
-                     float* y, const SpectralShape& s, float* scratch,
+void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel_imag,
+                     KernelType kernel_type, float* y, const SpectralShape& s, float* scratch,
                      const ParallelFor& parallel_for) {
   const std::int64_t n_images = s.batch, h = s.height, w = s.width, wf = s.half_width();
   const std::int64_t cin = s.in_channels, cout = s.out_channels, f = s.frequencies();
@@ -138,14 +169,12 @@ void spectral_conv2d(const float* x, const float* kernel_real, const float* kern
       std::copy_n(local + k * chunk, chunk, spectrum + (k * n_images + n) * cin + c0);
   });
 
-  parallel_for(static_cast<std::size_t>(ceil_div(f, kFrequenciesPerTask)), [&](std::size_t task) {
-    const std::int64_t first = task * kFrequenciesPerTask;
-    const std::int64_t last = std::min(f, first + kFrequenciesPerTask);
-    for (std::int64_t k = first; k < last; ++k)
-      mix_frequency(spectrum + k * n_images * cin, kernel_real + k * cin * cout,
-                    kernel_imag + k * cin * cout, mixed + k * n_images * cout, n_images, cin,
-                    cout);
-  });
+  if (kernel_type == KernelType::kFloat16)
+    mix_all(spectrum, static_cast<const _Float16*>(kernel_real),
+            static_cast<const _Float16*>(kernel_imag), mixed, s, parallel_for);
+  else
+    mix_all(spectrum, static_cast<const float*>(kernel_real),
+            static_cast<const float*>(kernel_imag), mixed, s, parallel_for);
 
   const std::int64_t out_chunks = ceil_div(cout, kChannelsPerTask);
   const float scale = 1.0f / static_cast<float>(h * w);
