@@ -20,6 +20,7 @@ from cfconv_tf.bench.flops import model_flops
 from cfconv_tf.bench.timing import median, time_calls
 from cfconv_tf.config import load_model_config
 from cfconv_tf.models import build_model
+from export.compact import EXACT, KernelStorage
 from export.freeze import freeze_model
 from export.native import library_path
 from export.onnx_export import build_onnx, save_onnx
@@ -35,6 +36,11 @@ SPECTRAL_LOWERINGS = {
     "matmul": "dft-matmul",
     "dft": "fft",
     "native": "fft",
+}
+# The CF model's ONNX files: runtime label -> (lowering, kernel storage)
+CF_ONNX_FILES = {
+    **{f"onnxruntime {lowering}": (lowering, EXACT) for lowering in SPECTRAL_LOWERINGS},
+    "onnxruntime native, float16 kernels": ("native", KernelStorage(dtype="float16")),
 }
 
 
@@ -63,8 +69,11 @@ def benchmark_models(
     return models
 
 
-def runtimes(name: str, model: keras.Model, workdir: Path) -> Iterator[tuple[str, Callable, str]]:
-    """``(runtime, runner of images, spectral implementation for FLOPs)`` for one model."""
+def runtimes(
+    name: str, model: keras.Model, workdir: Path
+) -> Iterator[tuple[str, Callable, str, int]]:
+    """``(runtime, runner of images, spectral implementation for FLOPs, bytes of weights a
+    call reads)`` for one model; an ONNX file's weights are its size on disk."""
     class_names = [str(index) for index in range(max(int(model.outputs[0].shape[-1]), 2))]
     signature = signature_of(model, class_names)
     (image,) = (info.name for info in signature.inputs)
@@ -72,19 +81,20 @@ def runtimes(name: str, model: keras.Model, workdir: Path) -> Iterator[tuple[str
     def on_images(run: Runner) -> Callable:
         return lambda images: run({image: images})
 
-    yield "keras", on_images(keras_runner(model, signature)), "fft"
+    weight_bytes = sum(math.prod(w.shape) * np.dtype(w.dtype).itemsize for w in model.weights)
+    yield "keras", on_images(keras_runner(model, signature)), "fft", weight_bytes
     folder = workdir / name.replace(" ", "_")
     write_savedmodel(model, signature, folder / "savedmodel", {})
-    yield "savedmodel", on_images(load_savedmodel(folder / "savedmodel").run), "fft"
-    lowerings = SPECTRAL_LOWERINGS if name == "cf" else ("factorized",)
-    if library_path() is None:  # no compiler where the package was built
-        lowerings = [lowering for lowering in lowerings if lowering != "native"]
-    for lowering in lowerings:
-        target = folder / f"onnx_{lowering}"
+    yield "savedmodel", on_images(load_savedmodel(folder / "savedmodel").run), "fft", weight_bytes
+    files = CF_ONNX_FILES if name == "cf" else {"onnxruntime": ("factorized", EXACT)}
+    for label, (lowering, storage) in files.items():
+        if lowering == "native" and library_path() is None:  # no compiler at install
+            continue
+        target = folder / label.replace(" ", "_").replace(",", "")
         target.mkdir(parents=True)
-        path = save_onnx(build_onnx(model, signature, lowering), target)
-        label = f"onnxruntime {lowering}" if name == "cf" else "onnxruntime"
-        yield label, on_images(load_onnx(path).run), SPECTRAL_LOWERINGS[lowering]
+        path = save_onnx(build_onnx(model, signature, lowering, storage=storage), target)
+        file_bytes = sum(item.stat().st_size for item in target.iterdir())
+        yield label, on_images(load_onnx(path).run), SPECTRAL_LOWERINGS[lowering], file_bytes
 
 
 def run_infer(
@@ -101,17 +111,18 @@ def run_infer(
 ) -> list[dict]:
     """Time every (model, runtime, batch size); one row each.
 
-    Each row also carries the model's weight bytes and ``weight_floor_ms``, the time to
-    read them once at ``weight_stream_gbs`` (:func:`cfconv_tf.bench.timing.weight_stream_gbs`):
-    no call can be faster, whatever the batch.
+    Each row also carries the bytes of weights a call reads (for ONNX, the file's size) and
+    ``weight_floor_ms``, the time to read them once at ``weight_stream_gbs``
+    (:func:`cfconv_tf.bench.timing.weight_stream_gbs`): no call can be faster, whatever
+    the batch.
     """
     rows = []
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="cfconv-bench-") as tmp:
         for name, model in benchmark_models(size, channels, classes, conv_layers).items():
-            weights = model.weights
-            weight_bytes = sum(math.prod(w.shape) * np.dtype(w.dtype).itemsize for w in weights)
-            for runtime, runner, implementation in runtimes(name, model, Path(tmp)):
+            for runtime, runner, implementation, weight_bytes in runtimes(
+                name, model, Path(tmp)
+            ):
                 flops = model_flops(model, implementation)
                 for batch in batch_sizes:
                     progress(f"infer {name} {runtime} batch {batch}")
