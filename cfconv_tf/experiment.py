@@ -30,7 +30,7 @@ from pathlib import Path
 import keras
 
 from cfconv_tf.config import SEPARABLE, ModelConfig
-from cfconv_tf.training import RunSettings, train
+from cfconv_tf.training import RunSettings, settings_changes, train
 
 PAPER_KERNEL_ENTRIES = 150 * (150 // 2 + 1) * 32 * 32  # one 32->32 layer at 150x150
 RUN_FILE = "experiment_run.json"
@@ -128,11 +128,15 @@ def run_arm(
     train_limit: int | None,
     steps_per_epoch: int | None,
 ) -> dict:
-    """Train one (arm, seed) run, or read it back if it finished before."""
+    """Train one (arm, seed) run, or read it back if it finished before.
+
+    Raises:
+        ValueError: the run directory holds a finished run of other settings (e.g. one
+            made before its configuration file changed): reading it back would report
+            that run under this command.
+    """
     run_dir = out / config.name / arm.label / f"seed-{seed}"
     record_file = run_dir / RUN_FILE
-    if record_file.exists():
-        return json.loads(record_file.read_text())
     settings = RunSettings(
         config=config.replace(samples=arm.samples),
         variant=arm.variant,
@@ -141,6 +145,16 @@ def run_arm(
         train_limit=train_limit,
         steps_per_epoch=steps_per_epoch,
     )
+    if record_file.exists():
+        run_file = run_dir / "run.json"
+        found = json.loads(run_file.read_text()) if run_file.exists() else {}
+        changed = settings_changes(found, settings.to_dict())
+        if changed:
+            raise ValueError(
+                f"{run_dir} holds a finished run of other settings (they differ in "
+                f"{changed}); choose a new --out, or move that run away"
+            )
+        return json.loads(record_file.read_text())
     timer = FitTimer()
     result = train(settings, run_dir, extra_callbacks=[timer], verbose=0)
     accuracy_key = next(key for key in result["test"] if key.endswith("accuracy"))

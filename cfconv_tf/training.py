@@ -84,7 +84,7 @@ def _config_defaults() -> dict:
     }
 
 
-def _settings_changes(found: dict, wanted: dict) -> list[str]:
+def settings_changes(found: dict, wanted: dict) -> list[str]:
     """The settings (``config.<field>`` for the model's) that differ between two runs.
 
     Config fields missing from ``found`` (runs written before the field existed) count
@@ -105,7 +105,7 @@ def _check_run_dir(run_dir: Path, settings: RunSettings) -> None:
     run_file = run_dir / "run.json"
     wanted = settings.to_dict()
     if run_file.exists():
-        changed = _settings_changes(json.loads(run_file.read_text()), wanted)
+        changed = settings_changes(json.loads(run_file.read_text()), wanted)
         if changed:
             raise ValueError(
                 f"{run_dir} holds a different run (settings differ in {changed}); "
