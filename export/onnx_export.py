@@ -43,6 +43,7 @@ from export.names import (
     ONNX_DATA_FILE,
     ONNX_FILE,
 )
+from export.native import require_library
 from export.onnx_spectral import (
     LOWERINGS,
     kernel_from_operands,
@@ -286,13 +287,16 @@ def build_onnx(
             :func:`export.compact.compact_model`).
 
     Raises:
-        ValueError: unknown lowering, too low an opset, or ops tf2onnx cannot convert.
+        ValueError: unknown lowering, too low an opset, the native lowering without its
+            library, or ops tf2onnx cannot convert.
     """
     if lowering not in LOWERINGS:
         raise ValueError(f"unknown ONNX lowering {lowering!r}; choose one of {list(LOWERINGS)}")
     opset = opset or LOWERINGS[lowering]
     if opset < LOWERINGS[lowering]:
         raise ValueError(f"the {lowering} lowering needs opset >= {LOWERINGS[lowering]}")
+    if lowering == "native":
+        require_library()  # before converting: the file could not be loaded or checked
     if _has_trainable_cf_layers(model):
         raise ValueError(
             f"{model.name} has trainable CF-Conv layers: freeze it first "

@@ -11,12 +11,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
-from test_onnx_lowering import numpy_convolution
+from test_onnx_lowering import numpy_convolution, random_kernel, single_layer
 
+import export.native
 import export.ort_session
 from export.names import NATIVE_DOMAIN, NATIVE_OP
 from export.native import library_path
+from export.onnx_export import build_onnx
 from export.ort_session import onnx_session, session_options
+from export.signature import signature_of
+
+InvalidArgument = ort.capi.onnxruntime_pybind11_state.InvalidArgument  # the op's error status
 
 
 def native_model(
@@ -157,9 +162,9 @@ def test_mismatched_shapes_are_an_error_not_a_crash(kernel_shape, message, rng):
     session = onnx_session(untyped_model(TensorProto.FLOAT, TensorProto.FLOAT))
     kernel = rng.standard_normal(kernel_shape).astype(np.float32)
     x = rng.standard_normal((1, 6, 5, 2)).astype(np.float32)
-    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match=message):
+    with pytest.raises(InvalidArgument, match=message):
         session.run(None, {"x": x, "kr": kernel, "ki": kernel})
-    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="x must be"):
+    with pytest.raises(InvalidArgument, match="x must be"):
         session.run(None, {"x": x[0], "kr": kernel, "ki": kernel})
     good = rng.standard_normal((6, 3, 2, 3)).astype(np.float32)
     assert session.run(None, {"x": x, "kr": good, "ki": good})[0].shape == (1, 6, 5, 3)
@@ -176,14 +181,16 @@ def test_kernel_types_other_than_float32_or_float16_pairs_are_refused(
     x = rng.standard_normal((1, 6, 5, 2)).astype(np.float32)
     kernel = rng.standard_normal((6, 3, 2, 3))
     feed = {"x": x, "kr": kernel.astype(real_dtype), "ki": kernel.astype(imag_dtype)}
-    with pytest.raises(
-        ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="must both be float32 or both float16"
-    ):
+    with pytest.raises(InvalidArgument, match="must both be float32 or both float16"):
         session.run(None, feed)
 
 
-def test_without_the_library_the_error_names_a_stock_lowering(monkeypatch):
+def test_without_the_library_the_error_names_a_stock_lowering(monkeypatch, rng):
     monkeypatch.setattr(export.ort_session, "library_path", lambda: None)
     options = session_options()  # now without the custom op
     with pytest.raises(ValueError, match=r"native lowering.*--lowering factorized"):
         onnx_session(native_model(4, 4, 1, 1), options=options)
+    monkeypatch.setattr(export.native, "library_path", lambda: None)
+    model = single_layer(*random_kernel(rng, 4, 4, 1, 1), 4)
+    with pytest.raises(ValueError, match=r"not built.*--lowering factorized"):
+        build_onnx(model, signature_of(model), "native")
