@@ -17,9 +17,10 @@ import export.native
 import export.ort_session
 from export.names import NATIVE_DOMAIN, NATIVE_OP
 from export.native import library_path
-from export.onnx_export import build_onnx
+from export.onnx_export import build_onnx, save_onnx
 from export.ort_session import onnx_session, session_options
 from export.signature import signature_of
+from serving.backends import OnnxBackend
 
 InvalidArgument = ort.capi.onnxruntime_pybind11_state.InvalidArgument  # the op's error status
 
@@ -194,3 +195,13 @@ def test_without_the_library_the_error_names_a_stock_lowering(monkeypatch, rng):
     model = single_layer(*random_kernel(rng, 4, 4, 1, 1), 4)
     with pytest.raises(ValueError, match=r"not built.*--lowering factorized"):
         build_onnx(model, signature_of(model), "native")
+
+
+def test_the_server_backend_runs_a_native_export(rng, tmp_path):
+    kernel_real, kernel_imag = random_kernel(rng, 9, 6, 3, 4)
+    model = single_layer(kernel_real, kernel_imag, 6)
+    save_onnx(build_onnx(model, signature_of(model), "native"), tmp_path)
+    x = rng.standard_normal((2, 9, 6, 3)).astype(np.float32)
+    (y,) = OnnxBackend(tmp_path).predict({"x": x}).values()
+    expected = numpy_convolution(x, kernel_real, kernel_imag)
+    assert np.abs(y - expected).max() <= 1e-5 * np.abs(expected).max()
