@@ -306,11 +306,16 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     quick = args.quick
     size = args.input_size[0] if args.input_size else (15 if quick else 150)
     if args.rows is not None:  # refuse bad rows before anything is measured
-        if args.suite != "train":
-            raise ValueError(f"--rows selects rows of the train suite, not of {args.suite!r}")
-        from cfconv_tf.bench.train import configurations, select_rows
+        if args.suite == "train":
+            from cfconv_tf.bench.train import configurations, select_rows
 
-        select_rows(configurations(size), args.rows)
+            select_rows(configurations(size), args.rows)
+        elif args.suite == "infer":
+            from cfconv_tf.bench.infer import select_models
+
+            select_models(size, args.rows)
+        else:
+            raise ValueError(f"--rows selects rows of the train and infer suites, not {args.suite}")
     batch = args.batch_size or (4 if quick else 32)
     repeats = args.repeats or (2 if quick else 7)
     layers = 2 if quick else 6
@@ -362,6 +367,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
                 weight_stream_gbs=results["weight_stream_gbs"],
                 budget_seconds=10 if quick else 60,
                 progress=lambda _: bar.add(1),
+                row_names=args.rows,
             )
         elif suite == "profile":
             from cfconv_tf.bench.onnx_profile import run_profile
@@ -553,8 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--rows",
         type=lambda text: [name.strip() for name in text.split(";")],
-        help='train suite only: the rows to run, separated by ";" (e.g. "spatial 3x3;'
-        'cf 2^18, factorized generator"; default all)',
+        help='train and infer suites: the rows (infer: the models) to run, separated by ";" '
+        '(e.g. "spatial 3x3;cf 2^18, factorized generator", or "cf;spatial 3x3"; default all)',
     )
     bench.add_argument(
         "--onnx",

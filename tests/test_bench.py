@@ -9,6 +9,7 @@ import statistics
 import pytest
 
 from cfconv_tf.bench.flops import spectral_flops
+from cfconv_tf.bench.infer import model_names, select_models
 from cfconv_tf.bench.train import configurations, select_rows
 from cfconv_tf.bench.train_worker import benchmark_config
 from cfconv_tf.cli import main
@@ -248,11 +249,22 @@ def test_benchmark_rows_build_the_configurations_they_name():
     ]
 
 
+def test_inference_rows_select_models_in_the_suites_order():
+    assert model_names(15) == ["cf", "spatial 3x3", "spatial 15x15"]
+    assert select_models(150, ["spatial 3x3", "cf"]) == ["cf", "spatial 3x3"]
+    assert select_models(64, None) == ["cf", "spatial 3x3", "spatial 31x31", "spatial 64x64"]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["bench", "train", "--rows", "cf 2^13"], "unknown training benchmark rows ['cf 2^13']"),
-        (["bench", "infer", "--rows", "cf 2^12"], "--rows selects rows of the train suite"),
+        (
+            ["bench", "infer", "--rows", "cf;spatial 7x7"],
+            "unknown inference benchmark rows ['spatial 7x7']; known: ['cf', 'spatial 3x3', "
+            "'spatial 31x31', 'spatial 150x150']",
+        ),
+        (["bench", "profile", "--rows", "cf"], "--rows selects rows of the train and infer"),
         (["bench", "onnx"], "the onnx suite times the files given with --onnx"),
     ],
 )

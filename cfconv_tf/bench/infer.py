@@ -54,18 +54,45 @@ def frozen_cf_model(size: int, channels: int, classes: int, conv_layers: int = 6
     return freeze_model(build_model(config, "cf", shape, classes, seed=0), check=False)
 
 
+def spatial_kernels(size: int) -> list[int]:
+    """Kernel sizes of the spatial models: 3x3, the CF kernel's receptive field (31x31 or
+    the largest odd size that fits), and the whole input."""
+    return list(dict.fromkeys((3, min(31, size if size % 2 else size - 1), size)))
+
+
+def model_names(size: int) -> list[str]:
+    """The suite's models, in its order (what ``--rows`` selects from)."""
+    return ["cf", *(f"spatial {kernel}x{kernel}" for kernel in spatial_kernels(size))]
+
+
+def select_models(size: int, names: list[str] | None) -> list[str]:
+    """The models named in ``names`` (all when ``None``), in the suite's order.
+
+    Raises:
+        ValueError: a name that is no model of the suite; the message lists them.
+    """
+    known = model_names(size)
+    unknown = [name for name in names or () if name not in known]
+    if unknown:
+        raise ValueError(f"unknown inference benchmark rows {unknown}; known: {known}")
+    return [name for name in known if names is None or name in names]
+
+
 def benchmark_models(
-    size: int, channels: int, classes: int, conv_layers: int = 6
+    size: int, channels: int, classes: int, conv_layers: int = 6, names: list[str] | None = None
 ) -> dict[str, keras.Model]:
-    """The frozen CF model and the spatial models to compare it with."""
+    """The frozen CF model and the spatial models to compare it with (those in ``names``)."""
     config = load_model_config("paper_cnn").replace(conv_layers=conv_layers)
     shape = (size, size, channels)
-    models = {"cf": frozen_cf_model(size, channels, classes, conv_layers)}
-    receptive = min(31, size if size % 2 else size - 1)
-    for kernel in dict.fromkeys((3, receptive, size)):
-        models[f"spatial {kernel}x{kernel}"] = build_model(
-            config.replace(spatial_kernel_size=kernel), "spatial", shape, classes, seed=0
-        )
+    models = {}
+    for name in select_models(size, names):
+        if name == "cf":
+            models[name] = frozen_cf_model(size, channels, classes, conv_layers)
+        else:
+            kernel = int(name.split()[1].split("x")[0])
+            models[name] = build_model(
+                config.replace(spatial_kernel_size=kernel), "spatial", shape, classes, seed=0
+            )
     return models
 
 
@@ -108,8 +135,9 @@ def run_infer(
     weight_stream_gbs: float = 20.0,
     budget_seconds: float = 60.0,
     progress: Callable[[str], None] = lambda _: None,
+    row_names: list[str] | None = None,
 ) -> list[dict]:
-    """Time every (model, runtime, batch size); one row each.
+    """Time every (model in ``row_names``, default all; runtime; batch size): one row each.
 
     Each row also carries the bytes of weights a call reads (for ONNX, the file's size) and
     ``weight_floor_ms``, the time to read them once at ``weight_stream_gbs``
@@ -119,7 +147,8 @@ def run_infer(
     rows = []
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="cfconv-bench-") as tmp:
-        for name, model in benchmark_models(size, channels, classes, conv_layers).items():
+        models = benchmark_models(size, channels, classes, conv_layers, row_names)
+        for name, model in models.items():
             for runtime, runner, implementation, weight_bytes in runtimes(
                 name, model, Path(tmp)
             ):
