@@ -113,7 +113,8 @@ struct SpectralConvOp : Ort::CustomOpBase<SpectralConvOp, SpectralConvKernel, tr
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
   size_t GetInputTypeCount() const { return 3; }
   ONNXTensorElementDataType GetInputType(size_t index) const {  // kernels: checked per call
-    return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+    return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT
+                      : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
   }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const {
