@@ -22,28 +22,52 @@ namespace {
 constexpr const char* kDomain = "ai.cfconv";
 constexpr const char* kOpName = "SpectralConv2D";
 
-// Scratch buffers kept between calls (a session may run one node from several threads).
+// Scratch buffers kept between calls, shared by every node of every session in the
+// process (nodes run one after another within a call; concurrent calls take their own):
+// reusing them spares each call the page faults of fresh memory. At most kKeptBytes stay
+// kept, so one huge batch does not pin its buffer for the life of the process.
 class ScratchPool {
  public:
-  std::vector<float> take(std::size_t floats) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (auto it = free_.begin(); it != free_.end(); ++it)
-      if (it->size() >= floats) {
-        std::vector<float> buffer = std::move(*it);
-        free_.erase(it);
+  struct Buffer {
+    std::unique_ptr<float[]> data;
+    std::size_t floats = 0;
+  };
+
+  Buffer take(std::size_t floats) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto best = free_.end();
+      for (auto it = free_.begin(); it != free_.end(); ++it)
+        if (it->floats >= floats && (best == free_.end() || it->floats < best->floats)) best = it;
+      if (best != free_.end()) {
+        Buffer buffer = std::move(*best);
+        free_.erase(best);
+        kept_bytes_ -= buffer.floats * sizeof(float);
         return buffer;
       }
-    return std::vector<float>(floats);
+    }
+    return Buffer{std::unique_ptr<float[]>(new float[floats]), floats};
   }
-  void give(std::vector<float> buffer) {
+
+  void give(Buffer buffer) {
     std::lock_guard<std::mutex> lock(mutex_);
+    const std::size_t bytes = buffer.floats * sizeof(float);
+    if (kept_bytes_ + bytes > kKeptBytes) return;  // freed here
+    kept_bytes_ += bytes;
     free_.push_back(std::move(buffer));
   }
 
  private:
+  static constexpr std::size_t kKeptBytes = std::size_t(1) << 30;
   std::mutex mutex_;
-  std::vector<std::vector<float>> free_;
+  std::vector<Buffer> free_;
+  std::size_t kept_bytes_ = 0;
 };
+
+ScratchPool& scratch_pool() {
+  static ScratchPool pool;
+  return pool;
+}
 
 OrtStatusPtr invalid(const std::string& message) {
   return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT,
@@ -57,8 +81,6 @@ std::string dims(const std::vector<int64_t>& shape) {
 }
 
 struct SpectralConvKernel {
-  ScratchPool scratch;
-
   OrtStatusPtr ComputeV2(OrtKernelContext* raw_context) {
     try {
       Ort::KernelContext context(raw_context);
@@ -84,7 +106,7 @@ struct SpectralConvKernel {
                                    : cfconv::KernelType::kFloat32;
       auto y = context.GetOutput(0, {shape.batch, shape.height, shape.width, shape.out_channels});
       if (shape.batch * shape.height * shape.width == 0) return nullptr;
-      std::vector<float> buffer = scratch.take(cfconv::scratch_floats(shape));
+      ScratchPool::Buffer buffer = scratch_pool().take(cfconv::scratch_floats(shape));
       cfconv::ParallelFor parallel_for = [&context](std::size_t count, const auto& task) {
         using Task = std::remove_reference_t<decltype(task)>;
         context.ParallelFor(
@@ -93,8 +115,9 @@ struct SpectralConvKernel {
       };
       cfconv::spectral_conv2d(x.GetTensorData<float>(), kernel_real.GetTensorRawData(),
                               kernel_imag.GetTensorRawData(), kernel_type,
-                              y.GetTensorMutableData<float>(), shape, buffer.data(), parallel_for);
-      scratch.give(std::move(buffer));
+                              y.GetTensorMutableData<float>(), shape, buffer.data.get(),
+                              parallel_for);
+      scratch_pool().give(std::move(buffer));
       return nullptr;
     } catch (const Ort::Exception& error) {
       return Ort::GetApi().CreateStatus(error.GetOrtErrorCode(), error.what());
