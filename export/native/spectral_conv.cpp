@@ -18,6 +18,10 @@
 #include <algorithm>
 #include <complex>
 
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 namespace cfconv {
 namespace {
 
@@ -33,9 +37,14 @@ inline vfloat load_lanes(const float* source) {
   return lanes;
 }
 inline vfloat load_lanes(const _Float16* source) {
+#if defined(__F16C__)  // one vcvtph2ps (GCC converts a vector of _Float16 lane by lane)
+  return reinterpret_cast<vfloat>(
+      _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(source))));
+#else
   vhalf lanes;
   __builtin_memcpy(&lanes, source, sizeof(vhalf));
-  return __builtin_convertvector(lanes, vfloat);  // F16C's vcvtph2ps where the CPU has it
+  return __builtin_convertvector(lanes, vfloat);
+#endif
 }
 constexpr std::int64_t kChannelsPerTask = 8;  // pocketfft's float vector width on AVX
 constexpr std::int64_t kFrequenciesPerTask = 32;
