@@ -1,14 +1,18 @@
 // The native spectral convolution (spectral_conv.hpp), on pocketfft.
 //
 // Three passes over the batch, each split into independent tasks for the caller's
-// parallel-for:
-//   1. rfft2 of each image, 8 channels per task (pocketfft vectorizes across them), into
-//      the spectra S[n][f][c];
-//   2. channel mixing per frequency, T[n][f][:] = S[n][f][:] @ K[f], small complex GEMMs:
-//      a task takes a block of frequencies and runs through the batch four images at a
-//      time, so the block's kernel (read once per call from memory) stays in L2 and each
-//      image's rows of the block are read in order;
-//   3. irfft2 of each image's T back to y, 8 channels per task.
+// parallel-for, with one batch-sized buffer: the half spectrum R [N][H][W/2+1][C],
+// C = max(Cin, Cout), which each pass reads and writes in place.
+//   1. rows: rfft along the width of a block of image rows, x -> R (pocketfft vectorizes
+//      across channels, so each row is read once, in order);
+//   2. columns: a task takes one width frequency of a group of images into its own
+//      cache-sized buffers and runs there the DFT along the height, the channel mixing
+//      (small complex GEMMs, one per height frequency, with that column's kernel rows;
+//      tasks of the same column run next to each other, so its kernel is fetched from
+//      memory about once per call) and the inverse DFT along the height, then writes R;
+//   3. rows: irfft along the width, R -> y.
+// Compared with separate 2D transforms and a mixing pass, the spectrum makes one round trip
+// through memory fewer, and the height transforms run on data in cache.
 #include "spectral_conv.hpp"
 
 #define POCKETFFT_NO_MULTITHREADING  // the caller's parallel-for runs the tasks
@@ -17,6 +21,7 @@
 
 #include <algorithm>
 #include <complex>
+#include <vector>
 
 #if defined(__F16C__)
 #include <immintrin.h>
@@ -46,8 +51,10 @@ inline vfloat load_lanes(const _Float16* source) {
   return __builtin_convertvector(lanes, vfloat);
 #endif
 }
-constexpr std::int64_t kChannelsPerTask = 8;  // pocketfft's float vector width on AVX
-constexpr std::int64_t kFrequenciesPerTask = 32;
+constexpr std::int64_t kRowsPerTask = 8;
+// A column task's buffers (the column of its images' spectra, before and after mixing)
+// stay within this, so they and the column's kernel rows stay in a core's L2 cache.
+constexpr std::int64_t kColumnBytes = 512 * 1024;
 
 // One frequency's product out[n][:] = x[n][:] @ K for a run of images: x and out are
 // complex rows Cin and Cout long, x_stride and out_stride apart from one image to the
@@ -119,76 +126,142 @@ void mix_up_to_four_images(const FrequencyRows<K>& r, std::int64_t count) {
 
 std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 
-// T[n][f] = S[n][f] @ K[f] for every image and frequency. A task takes a block of
-// frequencies and goes through the batch four images at a time.
+// A column task's share of the spectrum: width frequencies first_column ..
+// first_column + columns - 1 of images first_image .. first_image + images - 1. Its buffers
+// hold one "lane" [H][C] per (column, image), lane = column offset * images + image offset.
+struct ColumnTile {
+  std::int64_t first_column, columns, first_image, images;
+  std::int64_t lanes() const { return columns * images; }
+};
+
+// The tiles' sizes: up to eight images (a multiple of four where possible, so the mixing
+// shares each kernel row among four), then as many columns as keep a task's two buffers
+// within kColumnBytes. With few images a tile takes several adjacent columns, so the
+// kernel is still read in long contiguous runs.
+ColumnTile tile_shape(const SpectralShape& s) {
+  const std::int64_t lane_bytes = s.height * (s.in_channels + s.out_channels) *
+                                  static_cast<std::int64_t>(sizeof(complex));
+  const std::int64_t fit = std::max<std::int64_t>(1, kColumnBytes / lane_bytes);
+  std::int64_t images = std::min({fit, s.batch, std::int64_t{8}});
+  if (images >= 4) images = images / 4 * 4;
+  const std::int64_t columns = std::clamp<std::int64_t>(fit / images, 1, s.half_width());
+  return ColumnTile{0, columns, 0, images};
+}
+
+// out[lane][r][:] = in[lane][r][:] @ K[r][column of the lane] for every lane of the tile
+// and height frequency r; in and out are [lanes][H][Cin or Cout]. The loop runs over r
+// outside, so each kernel row is read once per tile (the tile's columns' rows are adjacent
+// in memory) and shared by the tile's images four at a time.
 template <typename K>
-void mix_all(const complex* spectrum, const K* kernel_real, const K* kernel_imag,
-             complex* mixed, const SpectralShape& s, const ParallelFor& parallel_for) {
-  const std::int64_t n_images = s.batch, cin = s.in_channels, cout = s.out_channels;
-  const std::int64_t f = s.frequencies();
-  parallel_for(static_cast<std::size_t>(ceil_div(f, kFrequenciesPerTask)), [&](std::size_t task) {
-    const std::int64_t first = task * kFrequenciesPerTask;
-    const std::int64_t last = std::min(f, first + kFrequenciesPerTask);
-    for (std::int64_t n0 = 0; n0 < n_images; n0 += 4)
-      for (std::int64_t k = first; k < last; ++k) {
-        const FrequencyRows<K> rows{spectrum + (n0 * f + k) * cin,
-                                    kernel_real + k * cin * cout,
-                                    kernel_imag + k * cin * cout,
-                                    mixed + (n0 * f + k) * cout,
-                                    cin,
-                                    cout,
-                                    f * cin,
-                                    f * cout};
-        mix_up_to_four_images(rows, std::min<std::int64_t>(4, n_images - n0));
+void mix_tile(const complex* in, const K* kernel_real, const K* kernel_imag, complex* out,
+              const ColumnTile& tile, const SpectralShape& s) {
+  const std::int64_t h = s.height, cin = s.in_channels, cout = s.out_channels;
+  for (std::int64_t r = 0; r < h; ++r)
+    for (std::int64_t c = 0; c < tile.columns; ++c) {
+      const std::int64_t k = (r * s.half_width() + tile.first_column + c) * cin * cout;
+      for (std::int64_t j0 = 0; j0 < tile.images; j0 += 4) {
+        const std::int64_t lane = c * tile.images + j0;
+        const FrequencyRows<K> rows{in + (lane * h + r) * cin, kernel_real + k,
+                                    kernel_imag + k, out + (lane * h + r) * cout,
+                                    cin, cout, h * cin, h * cout};
+        mix_up_to_four_images(rows, std::min<std::int64_t>(4, tile.images - j0));
       }
-  });
+    }
+}
+
+// A task's own buffer of at least `size` complex values, kept by its thread between calls.
+complex* task_buffer(std::size_t size) {
+  thread_local std::vector<complex> buffer;
+  if (buffer.size() < size) buffer.resize(size);
+  return buffer.data();
 }
 
 }  // namespace
 
 std::size_t scratch_floats(const SpectralShape& s) {
-  return static_cast<std::size_t>(2 * s.frequencies() * s.batch *
-                                  (s.in_channels + s.out_channels));
+  return static_cast<std::size_t>(2 * s.batch * s.frequencies() *
+                                  std::max(s.in_channels, s.out_channels));
 }
 
 void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel_imag,
                      KernelType kernel_type, float* y, const SpectralShape& s, float* scratch,
                      const ParallelFor& parallel_for) {
   const std::int64_t n_images = s.batch, h = s.height, w = s.width, wf = s.half_width();
-  const std::int64_t cin = s.in_channels, cout = s.out_channels, f = s.frequencies();
-  auto* spectrum = reinterpret_cast<complex*>(scratch);  // [N][F][Cin]
-  complex* mixed = spectrum + f * n_images * cin;          // [N][F][Cout]
-  const std::size_t fsize = sizeof(float), csize = sizeof(complex);
-  const pocketfft::shape_t axes{0, 1};
+  const std::int64_t cin = s.in_channels, cout = s.out_channels;
+  const std::int64_t channels = std::max(cin, cout);
+  auto* spectrum = reinterpret_cast<complex*>(scratch);  // [N][H][Wf][channels]
+  const std::ptrdiff_t fsize = sizeof(float), csize = sizeof(complex);
+  const pocketfft::stride_t spectrum_strides{wf * channels * csize, channels * csize, csize};
 
-  const std::int64_t in_chunks = ceil_div(cin, kChannelsPerTask);
-  parallel_for(static_cast<std::size_t>(n_images * in_chunks), [&](std::size_t task) {
-    const std::int64_t n = task / in_chunks, c0 = (task % in_chunks) * kChannelsPerTask;
-    const std::int64_t chunk = std::min(kChannelsPerTask, cin - c0);
-    pocketfft::r2c<float>(
-        {std::size_t(h), std::size_t(w), std::size_t(chunk)},
-        {std::ptrdiff_t(w * cin * fsize), std::ptrdiff_t(cin * fsize), std::ptrdiff_t(fsize)},
-        {std::ptrdiff_t(wf * cin * csize), std::ptrdiff_t(cin * csize), std::ptrdiff_t(csize)},
-        axes, pocketfft::FORWARD, x + n * h * w * cin + c0, spectrum + n * f * cin + c0, 1.0f);
+  const std::int64_t row_blocks = ceil_div(h, kRowsPerTask);
+  // Runs rows_task(first, rows) over blocks of image rows: rows first .. first + rows - 1
+  // of the batch's N * H (a block never spans two images).
+  auto for_each_row_block = [&](const std::function<void(std::int64_t, std::int64_t)>& rows_task) {
+    parallel_for(static_cast<std::size_t>(n_images * row_blocks), [&](std::size_t task) {
+      const std::int64_t offset = (task % row_blocks) * kRowsPerTask;
+      rows_task((task / row_blocks) * h + offset, std::min(kRowsPerTask, h - offset));
+    });
+  };
+
+  // 1. Rows: rfft along the width, x -> spectrum.
+  for_each_row_block([&](std::int64_t first, std::int64_t rows) {
+    pocketfft::r2c<float>({std::size_t(rows), std::size_t(w), std::size_t(cin)},
+                          {w * cin * fsize, cin * fsize, fsize}, spectrum_strides, 1,
+                          pocketfft::FORWARD, x + first * w * cin,
+                          spectrum + first * wf * channels, 1.0f);
   });
 
-  if (kernel_type == KernelType::kFloat16)
-    mix_all(spectrum, static_cast<const _Float16*>(kernel_real),
-            static_cast<const _Float16*>(kernel_imag), mixed, s, parallel_for);
-  else
-    mix_all(spectrum, static_cast<const float*>(kernel_real),
-            static_cast<const float*>(kernel_imag), mixed, s, parallel_for);
+  // 2. Columns: DFT along the height, channel mixing, inverse DFT along the height.
+  // Tasks of the same columns are adjacent, so their kernel rows are fetched about once.
+  const ColumnTile shape = tile_shape(s);
+  const std::int64_t image_tiles = ceil_div(n_images, shape.images);
+  parallel_for(static_cast<std::size_t>(ceil_div(wf, shape.columns) * image_tiles),
+               [&](std::size_t task) {
+    ColumnTile tile = shape;
+    tile.first_column = (task / image_tiles) * shape.columns;
+    tile.first_image = (task % image_tiles) * shape.images;
+    tile.columns = std::min(shape.columns, wf - tile.first_column);
+    tile.images = std::min(shape.images, n_images - tile.first_image);
+    const std::int64_t lanes = tile.lanes();
+    complex* in = task_buffer(static_cast<std::size_t>(lanes * h * (cin + cout)));
+    complex* out = in + lanes * h * cin;
+    // Calls copy(lane, row of the spectrum) for each lane and height frequency.
+    const auto for_each_lane_row = [&](auto&& copy) {
+      for (std::int64_t c = 0; c < tile.columns; ++c)
+        for (std::int64_t j = 0; j < tile.images; ++j)
+          for (std::int64_t r = 0; r < h; ++r)
+            copy((c * tile.images + j) * h + r,
+                 spectrum + (((tile.first_image + j) * h + r) * wf + tile.first_column + c) *
+                                channels);
+    };
+    const auto height_dft = [&](complex* lanes_data, std::int64_t c, bool forward) {
+      const pocketfft::stride_t strides{h * c * csize, c * csize, csize};
+      pocketfft::c2c<float>({std::size_t(lanes), std::size_t(h), std::size_t(c)}, strides,
+                            strides, {1}, forward, lanes_data, lanes_data, 1.0f);
+    };
+    for_each_lane_row([&](std::int64_t row, complex* source) {
+      std::copy_n(source, cin, in + row * cin);
+    });
+    height_dft(in, cin, pocketfft::FORWARD);
+    if (kernel_type == KernelType::kFloat16)
+      mix_tile(in, static_cast<const _Float16*>(kernel_real),
+               static_cast<const _Float16*>(kernel_imag), out, tile, s);
+    else
+      mix_tile(in, static_cast<const float*>(kernel_real),
+               static_cast<const float*>(kernel_imag), out, tile, s);
+    height_dft(out, cout, pocketfft::BACKWARD);
+    for_each_lane_row([&](std::int64_t row, complex* target) {
+      std::copy_n(out + row * cout, cout, target);
+    });
+  });
 
-  const std::int64_t out_chunks = ceil_div(cout, kChannelsPerTask);
+  // 3. Rows: irfft along the width, spectrum -> y, with the transform pair's 1 / (H W).
   const float scale = 1.0f / static_cast<float>(h * w);
-  parallel_for(static_cast<std::size_t>(n_images * out_chunks), [&](std::size_t task) {
-    const std::int64_t n = task / out_chunks, c0 = (task % out_chunks) * kChannelsPerTask;
-    const std::int64_t chunk = std::min(kChannelsPerTask, cout - c0);
-    pocketfft::c2r<float>(
-        {std::size_t(h), std::size_t(w), std::size_t(chunk)},
-        {std::ptrdiff_t(wf * cout * csize), std::ptrdiff_t(cout * csize), std::ptrdiff_t(csize)},
-        {std::ptrdiff_t(w * cout * fsize), std::ptrdiff_t(cout * fsize), std::ptrdiff_t(fsize)},
-        axes, pocketfft::BACKWARD, mixed + n * f * cout + c0, y + n * h * w * cout + c0, scale);
+  for_each_row_block([&](std::int64_t first, std::int64_t rows) {
+    pocketfft::c2r<float>({std::size_t(rows), std::size_t(w), std::size_t(cout)},
+                          spectrum_strides, {w * cout * fsize, cout * fsize, fsize}, 1,
+                          pocketfft::BACKWARD, spectrum + first * wf * channels,
+                          y + first * w * cout, scale);
   });
 }
 
