@@ -23,7 +23,7 @@
 #include <complex>
 #include <vector>
 
-#if defined(__F16C__)
+#if defined(__F16C__) || defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -169,6 +169,22 @@ void mix_tile(const complex* in, const K* kernel_real, const K* kernel_imag, com
     }
 }
 
+// Copies `count` floats to `target`, which the caller does not read again soon: where the
+// CPU has AVX, with non-temporal stores, which spare the memory read a cached store makes
+// of each line it fills (one of the three passes over a batch-sized buffer otherwise).
+void stream_copy(const float* source, float* target, std::int64_t count) {
+#if defined(__AVX__)
+  std::int64_t i = 0;
+  for (; i < count && reinterpret_cast<std::uintptr_t>(target + i) % 32 != 0; ++i)
+    target[i] = source[i];
+  for (; i + 8 <= count; i += 8) _mm256_stream_ps(target + i, _mm256_loadu_ps(source + i));
+  for (; i < count; ++i) target[i] = source[i];
+  _mm_sfence();  // the stores are weakly ordered: make them visible before the task ends
+#else
+  std::copy_n(source, count, target);
+#endif
+}
+
 // A task's own buffer of at least `size` complex values, kept by its thread between calls.
 complex* task_buffer(std::size_t size) {
   thread_local std::vector<complex> buffer;
@@ -203,12 +219,18 @@ void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel
     });
   };
 
-  // 1. Rows: rfft along the width, x -> spectrum.
+  // 1. Rows: rfft along the width, x -> spectrum (through a task buffer in cache).
   for_each_row_block([&](std::int64_t first, std::int64_t rows) {
+    complex* block = task_buffer(static_cast<std::size_t>(rows * wf * cin));
     pocketfft::r2c<float>({std::size_t(rows), std::size_t(w), std::size_t(cin)},
-                          {w * cin * fsize, cin * fsize, fsize}, spectrum_strides, 1,
-                          pocketfft::FORWARD, x + first * w * cin,
-                          spectrum + first * wf * channels, 1.0f);
+                          {w * cin * fsize, cin * fsize, fsize},
+                          {wf * cin * csize, cin * csize, csize}, 1, pocketfft::FORWARD,
+                          x + first * w * cin, block, 1.0f);
+    const std::int64_t run = channels == cin ? rows * wf * cin : cin;  // contiguous in both
+    for (std::int64_t i = 0; i < rows * wf * cin; i += run)
+      stream_copy(reinterpret_cast<const float*>(block + i),
+                  reinterpret_cast<float*>(spectrum + first * wf * channels + i / cin * channels),
+                  2 * run);
   });
 
   // 2. Columns: DFT along the height, channel mixing, inverse DFT along the height.
@@ -258,10 +280,12 @@ void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel
   // 3. Rows: irfft along the width, spectrum -> y, with the transform pair's 1 / (H W).
   const float scale = 1.0f / static_cast<float>(h * w);
   for_each_row_block([&](std::int64_t first, std::int64_t rows) {
+    float* block = reinterpret_cast<float*>(
+        task_buffer(static_cast<std::size_t>(ceil_div(rows * w * cout, 2))));
     pocketfft::c2r<float>({std::size_t(rows), std::size_t(w), std::size_t(cout)},
                           spectrum_strides, {w * cout * fsize, cout * fsize, fsize}, 1,
-                          pocketfft::BACKWARD, spectrum + first * wf * channels,
-                          y + first * w * cout, scale);
+                          pocketfft::BACKWARD, spectrum + first * wf * channels, block, scale);
+    stream_copy(block, y + first * w * cout, rows * w * cout);
   });
 }
 
