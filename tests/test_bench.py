@@ -10,10 +10,12 @@ import pytest
 
 from cfconv_tf.bench.flops import spectral_flops
 from cfconv_tf.bench.infer import model_names, select_models
+from cfconv_tf.bench.timing import time_interleaved
 from cfconv_tf.bench.train import configurations, select_rows
 from cfconv_tf.bench.train_worker import benchmark_config
 from cfconv_tf.cli import main
 from cfconv_tf.config import load_model_config
+from export.native import library_path
 
 
 @pytest.fixture(scope="module")
@@ -89,18 +91,44 @@ def test_every_inference_row_has_a_median_and_a_ratio_to_its_runtimes_3x3(quick_
     assert file_mb["onnxruntime native, float16 kernels"] < 0.6 * file_mb["onnxruntime native"]
 
 
-def test_profile_rows_name_every_stage_of_the_factorized_lowering(quick_results):
+def test_profile_rows_name_every_stage_of_each_lowering(quick_results):
     rows = quick_results[1]["profile"]
-    assert {row["batch"] for row in rows} == {1, 4}
-    for batch in (1, 4):
-        stages = {row["stage"]: row for row in rows if row["batch"] == batch}
-        matmul_stages = {"rfft_w1", "dft_w2", "dft_h1", "dft_h2", "kernel_real", "kernel_imag"}
-        matmul_stages |= {"idft_h2_kr", "idft_h2_ki", "idft_h1", "idft_w2", "irfft_w1"}
-        assert {f"MatMul:{stage}" for stage in matmul_stages} <= set(stages)
-        assert sum(row["share"] for row in stages.values()) == pytest.approx(1.0)
-        assert all(row["median_ms"] >= 0 for row in stages.values())
+    lowerings = {"factorized", "native"} if library_path() else {"factorized"}
+    assert {(row["lowering"], row["batch"]) for row in rows} == {
+        (lowering, batch) for lowering in lowerings for batch in (1, 4)
+    }
+    matmul_stages = {"rfft_w1", "dft_w2", "dft_h1", "dft_h2", "kernel_real", "kernel_imag"}
+    matmul_stages |= {"idft_h2_kr", "idft_h2_ki", "idft_h1", "idft_w2", "irfft_w1"}
+    expected = {
+        "factorized": {f"MatMul:{stage}" for stage in matmul_stages},
+        "native": {"SpectralConv2D"},
+    }
+    for lowering in lowerings:
+        for batch in (1, 4):
+            stages = {
+                row["stage"]: row
+                for row in rows
+                if row["batch"] == batch and row["lowering"] == lowering
+            }
+            assert expected[lowering] <= set(stages)
+            assert sum(row["share"] for row in stages.values()) == pytest.approx(1.0)
+            assert all(row["median_ms"] >= 0 for row in stages.values())
     markdown = (quick_results[0] / "results.md").read_text()
     assert "onnxruntime time goes" in markdown
+
+
+def test_interleaved_timing_takes_the_calls_in_turn_and_drops_those_over_budget():
+    order = []
+    calls = {key: (lambda key=key: order.append(key)) for key in ("a", "b", "c")}
+    durations = time_interleaved(calls, repeats=3)
+    assert order == ["a", "b", "c"] * 3
+    assert [len(runs) for runs in durations.values()] == [3, 3, 3]
+    assert all(run >= 0 for runs in durations.values() for run in runs)
+    order.clear()
+    # a zero budget is spent by the first timed call: each call is timed once
+    durations = time_interleaved(calls, repeats=3, budget_seconds=0.0)
+    assert order == ["a", "b", "c"]
+    assert [len(runs) for runs in durations.values()] == [1, 1, 1]
 
 
 def test_layer_stages_cover_every_stage_with_ratios_from_medians(quick_results):

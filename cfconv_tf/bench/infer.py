@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from cfconv_tf.bench.flops import model_flops
-from cfconv_tf.bench.timing import median, time_calls
+from cfconv_tf.bench.timing import median, time_interleaved
 from cfconv_tf.config import load_model_config
 from cfconv_tf.models import build_model
 from export.compact import EXACT, KernelStorage
@@ -139,22 +140,24 @@ def run_infer(
 ) -> list[dict]:
     """Time every (model in ``row_names``, default all; runtime; batch size): one row each.
 
-    Each row also carries the bytes of weights a call reads (for ONNX, the file's size) and
+    Every runtime is loaded and warmed up first, then the rows are timed in turn
+    (:func:`cfconv_tf.bench.timing.time_interleaved`), so drifts of a shared machine's
+    speed fall on all rows alike and the ratios between rows hold. Each row also
+    carries the bytes of weights a call reads (for ONNX, the file's size) and
     ``weight_floor_ms``, the time to read them once at ``weight_stream_gbs``
     (:func:`cfconv_tf.bench.timing.weight_stream_gbs`): no call can be faster, whatever
     the batch.
     """
     rows = []
+    calls = {}
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="cfconv-bench-") as tmp:
         models = benchmark_models(size, channels, classes, conv_layers, row_names)
         for name, model in models.items():
-            for runtime, runner, implementation, weight_bytes in runtimes(
-                name, model, Path(tmp)
-            ):
+            for runtime, runner, implementation, weight_bytes in runtimes(name, model, Path(tmp)):
                 flops = model_flops(model, implementation)
                 for batch in batch_sizes:
-                    progress(f"infer {name} {runtime} batch {batch}")
+                    progress(f"infer {name} {runtime} batch {batch}: load")
                     row = {
                         "model": name,
                         "conv_layers": conv_layers,
@@ -164,29 +167,30 @@ def run_infer(
                         "weight_mb": weight_bytes / 1e6,
                         "weight_floor_ms": weight_bytes / weight_stream_gbs / 1e6,
                     }
+                    rows.append(row)
                     estimate = flops * batch / (0.5 * peak_gflops * 1e9)
                     if estimate > budget_seconds:
-                        rows.append({**row, "status": f"skipped: ~{estimate:.0f} s per call"})
+                        row["status"] = f"skipped: ~{estimate:.0f} s per call"
                         continue
                     images = rng.uniform(0, 255, (batch, size, size, channels)).astype(np.float32)
-                    runs = time_calls(
-                        lambda run=runner, images=images: run(images),
-                        repeats,
-                        warmup=1,
-                        budget_seconds=budget_seconds,
-                    )
-                    seconds = median(runs)
-                    rows.append(
-                        {
-                            **row,
-                            "status": "ok",
-                            "runs_ms": [r * 1e3 for r in runs],
-                            "median_ms": seconds * 1e3,
-                            "images_per_s": batch / seconds,
-                            "achieved_gflops": flops * batch / seconds / 1e9,
-                            "peak_fraction": flops * batch / seconds / 1e9 / peak_gflops,
-                        }
-                    )
+                    calls[len(rows) - 1] = partial(runner, images)
+                    calls[len(rows) - 1]()  # warm-up
+        progress("infer: timing the rows in turn")
+        durations = time_interleaved(calls, repeats, budget_seconds)
+    for index, runs in durations.items():
+        row = rows[index]
+        seconds = median(runs)
+        flops = row["flops_per_image"] * row["batch"]
+        row.update(
+            {
+                "status": "ok",
+                "runs_ms": [r * 1e3 for r in runs],
+                "median_ms": seconds * 1e3,
+                "images_per_s": row["batch"] / seconds,
+                "achieved_gflops": flops / seconds / 1e9,
+                "peak_fraction": flops / seconds / 1e9 / peak_gflops,
+            }
+        )
     add_ratios(rows)
     return rows
 

@@ -9,11 +9,12 @@ Each row also gives the relative error of the file's outputs against the first f
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from cfconv_tf.bench.timing import median, time_calls
+from cfconv_tf.bench.timing import median, time_interleaved
 from export.ort_session import onnx_session, tensor_infos
 from export.parity import Arrays, random_inputs, relative_error
 from export.self_check import load_onnx
@@ -56,11 +57,9 @@ def run_onnx_files(
         progress(f"onnx files, batch {batch}")
         inputs = random_inputs(signatures[first], batch, rng)
         outputs = {label: run(inputs) for label, run in runners.items()}  # also a warm-up
-        durations: dict[str, list[float]] = {label: [] for label in runners}
-        for _ in range(repeats):
-            for label, run in runners.items():
-                call = lambda run=run, x=inputs: run(x)  # noqa: E731
-                durations[label].extend(time_calls(call, repeats=1, warmup=0))
+        durations = time_interleaved(
+            {label: partial(run, inputs) for label, run in runners.items()}, repeats
+        )
         baseline = median(durations[first])
         for label, runs in durations.items():
             seconds = median(runs)

@@ -1,10 +1,12 @@
 """``cfconv bench profile``: where an exported CF model's onnxruntime time goes.
 
 Exports the benchmark's frozen CF model (:func:`cfconv_tf.bench.infer.frozen_cf_model`)
-in an ONNX lowering, runs it under onnxruntime's profiler, and adds up each node's median
-kernel time by *stage*: a MatMul of the factorized lowering by its stage (``kernel_real``,
-``rfft_w1``, ``dft_h2``, ... as :func:`export.onnx_spectral.factorized_spectral_conv2d`
-names them, so every layer's stage of one kind adds up), any other node by its op type.
+in each profiled ONNX lowering, runs it under onnxruntime's profiler, and adds up each
+node's median kernel time by *stage*: a MatMul of the factorized lowering by its stage
+(``kernel_real``, ``rfft_w1``, ``dft_h2``, ... as
+:func:`export.onnx_spectral.factorized_spectral_conv2d` names them, so every layer's
+stage of one kind adds up), any other node (the native lowering's ``SpectralConv2D``
+among them) by its op type.
 """
 
 from __future__ import annotations
@@ -21,9 +23,14 @@ import numpy as np
 import onnx
 
 from cfconv_tf.bench.infer import frozen_cf_model
+from export.native import library_path
 from export.onnx_export import build_onnx
 from export.ort_session import onnx_session, session_options
 from export.signature import signature_of
+
+# The lowerings profiled: the default one, whose time splits into its MatMul stages, and
+# the native one, whose time splits into its SpectralConv2D nodes and the rest.
+PROFILED_LOWERINGS = ("factorized", "native")
 
 
 def node_stages(model: onnx.ModelProto) -> dict[str, str]:
@@ -77,29 +84,34 @@ def _node_events(path: Path) -> list[dict]:
 def run_profile(
     size: int,
     batch_sizes=(1, 32),
-    lowering: str = "factorized",
+    lowerings: tuple[str, ...] = PROFILED_LOWERINGS,
     runs: int = 5,
     conv_layers: int = 6,
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[dict]:
-    """One row per (batch, stage), largest first, with its share of the summed time."""
+    """One row per (lowering, batch, stage), largest first, with its share of the summed
+    time. The native lowering is left out where its library is not built."""
     model = frozen_cf_model(size, 3, 2, conv_layers)
-    onnx_model = build_onnx(model, signature_of(model, ["0", "1"]), lowering)
+    signature = signature_of(model, ["0", "1"])
     rng = np.random.default_rng(0)
     rows = []
-    for batch in batch_sizes:
-        progress(f"profile {lowering} batch {batch}")
-        images = rng.uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
-        stages = profile_stages(onnx_model, images, runs)
-        total = sum(stages.values())
-        for stage, ms in sorted(stages.items(), key=lambda item: -item[1]):
-            rows.append(
-                {
-                    "lowering": lowering,
-                    "batch": batch,
-                    "stage": stage,
-                    "median_ms": ms,
-                    "share": ms / total,
-                }
-            )
+    for lowering in lowerings:
+        if lowering == "native" and library_path() is None:
+            continue
+        onnx_model = build_onnx(model, signature, lowering)
+        for batch in batch_sizes:
+            progress(f"profile {lowering} batch {batch}")
+            images = rng.uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
+            stages = profile_stages(onnx_model, images, runs)
+            total = sum(stages.values())
+            for stage, ms in sorted(stages.items(), key=lambda item: -item[1]):
+                rows.append(
+                    {
+                        "lowering": lowering,
+                        "batch": batch,
+                        "stage": stage,
+                        "median_ms": ms,
+                        "share": ms / total,
+                    }
+                )
     return rows

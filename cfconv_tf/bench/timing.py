@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import TypeVar
+
+Key = TypeVar("Key", bound=Hashable)
 
 
 def time_calls(
@@ -24,6 +27,28 @@ def time_calls(
         durations.append(time.perf_counter() - start)
         if sum(durations) > budget_seconds:
             break
+    return durations
+
+
+def time_interleaved(
+    calls: dict[Key, Callable[[], object]], repeats: int, budget_seconds: float = 60.0
+) -> dict[Key, list[float]]:
+    """Seconds per call for each of ``calls``, timed in turn: ``repeats`` rounds of one
+    call each (the calls are warmed up by the caller).
+
+    On a shared machine whose speed drifts over minutes, a slow spell then slows every
+    call alike instead of whichever was being timed, so the ratios between calls hold.
+    A call that has spent ``budget_seconds`` leaves the later rounds (keeping at least
+    one timed call).
+    """
+    durations: dict[Key, list[float]] = {key: [] for key in calls}
+    for _ in range(repeats):
+        for key, call in calls.items():
+            if sum(durations[key]) > budget_seconds:
+                continue
+            start = time.perf_counter()
+            call()
+            durations[key].append(time.perf_counter() - start)
     return durations
 
 
