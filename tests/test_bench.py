@@ -120,13 +120,13 @@ def test_profile_rows_name_every_stage_of_each_lowering(quick_results):
 def test_interleaved_timing_takes_the_calls_in_turn_and_drops_those_over_budget():
     order = []
     calls = {key: (lambda key=key: order.append(key)) for key in ("a", "b", "c")}
-    durations = time_interleaved(calls, repeats=3)
+    durations = time_interleaved(calls, repeats=3, pause_seconds=0.0)
     assert order == ["a", "b", "c"] * 3
     assert [len(runs) for runs in durations.values()] == [3, 3, 3]
     assert all(run >= 0 for runs in durations.values() for run in runs)
     order.clear()
     # a zero budget is spent by the first timed call: each call is timed once
-    durations = time_interleaved(calls, repeats=3, budget_seconds=0.0)
+    durations = time_interleaved(calls, repeats=3, budget_seconds=0.0, pause_seconds=0.0)
     assert order == ["a", "b", "c"]
     assert [len(runs) for runs in durations.values()] == [1, 1, 1]
 

@@ -31,7 +31,10 @@ def time_calls(
 
 
 def time_interleaved(
-    calls: dict[Key, Callable[[], object]], repeats: int, budget_seconds: float = 60.0
+    calls: dict[Key, Callable[[], object]],
+    repeats: int,
+    budget_seconds: float = 60.0,
+    pause_seconds: float = 0.2,
 ) -> dict[Key, list[float]]:
     """Seconds per call for each of ``calls``, timed in turn: ``repeats`` rounds of one
     call each (the calls are warmed up by the caller).
@@ -39,13 +42,16 @@ def time_interleaved(
     On a shared machine whose speed drifts over minutes, a slow spell then slows every
     call alike instead of whichever was being timed, so the ratios between calls hold.
     A call that has spent ``budget_seconds`` leaves the later rounds (keeping at least
-    one timed call).
+    one timed call). ``pause_seconds`` (untimed) precede each call: a runtime's worker
+    threads spin for a while after its call, and would otherwise take the cores from the
+    next runtime's call (onnxruntime's spinning made batch-1 calls up to 2x slower).
     """
     durations: dict[Key, list[float]] = {key: [] for key in calls}
     for _ in range(repeats):
         for key, call in calls.items():
             if sum(durations[key]) > budget_seconds:
                 continue
+            time.sleep(pause_seconds)
             start = time.perf_counter()
             call()
             durations[key].append(time.perf_counter() - start)
