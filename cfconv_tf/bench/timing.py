@@ -44,7 +44,7 @@ def time_interleaved(
     A call that has spent ``budget_seconds`` leaves the later rounds (keeping at least
     one timed call). ``pause_seconds`` (untimed) precede each call: a runtime's worker
     threads spin for a while after its call, and would otherwise take the cores from the
-    next runtime's call (onnxruntime's spinning made batch-1 calls up to 2x slower).
+    next runtime's call.
     """
     durations: dict[Key, list[float]] = {key: [] for key in calls}
     for _ in range(repeats):
