@@ -25,3 +25,4 @@ KERNEL_STORAGE_KEY = "kernel_storage"  # compact kernels: rank, dtype, each laye
 # The native lowering's custom op (export/native), as the ONNX files name it.
 NATIVE_DOMAIN = "ai.cfconv"
 NATIVE_OP = "SpectralConv2D"
+NATIVE_ACTIVATION = "activation"  # the op's optional attribute: "relu" or absent

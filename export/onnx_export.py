@@ -46,6 +46,7 @@ from export.names import (
 from export.native import require_library
 from export.onnx_spectral import (
     LOWERINGS,
+    fuse_native_relu,
     kernel_from_operands,
     kernel_operands,
     lowered_convolution,
@@ -138,6 +139,8 @@ def _convert(
         traced, specs, opset, transforms, layer_names, native=lowering == "native"
     )
     graph = proto.graph
+    if lowering == "native":
+        fuse_native_relu(graph)
     inputs = [value for value in graph.input if value.name not in kernels]
     del graph.input[:]
     graph.input.extend(inputs)

@@ -15,19 +15,21 @@ layers look like to it. No lowering leaves a complex tensor in the ONNX graph:
   runtimes that implement them well.
 - ``native`` (opset 17): each layer is one ``ai.cfconv.SpectralConv2D`` node, the
   package's compiled kernel (:mod:`export.native`); only onnxruntime with that library
-  registered runs it (:func:`export.ort_session.onnx_session` registers it).
+  registered runs it (:func:`export.ort_session.onnx_session` registers it). A ``Relu``
+  that alone reads a node's output is folded into it (:func:`fuse_native_relu`).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import tensorflow as tf
 
 from cfconv_tf.frozen import FrozenSpectralConv2D
 from cfconv_tf.spectral import spectral_conv2d
 from export.compact import EXACT, KernelStorage, layer_factors, stored
 from export.factorized_dft import FactorizedDFT
-from export.names import NATIVE_DOMAIN, NATIVE_OP
+from export.names import NATIVE_ACTIVATION, NATIVE_DOMAIN, NATIVE_OP
 
 LOWERINGS = {"factorized": 17, "matmul": 17, "dft": 20, "native": 17}  # -> minimum opset
 NATIVE_PLACEHOLDER = "cfconv_native_spectral_conv"  # TF name of the op tf2onnx rewrites
@@ -203,3 +205,37 @@ def _mixed_inverse(inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     swapped = np.empty_like(inverse)
     swapped[..., 0::2], swapped[..., 1::2] = inverse[..., 1::2], -inverse[..., 0::2]
     return inverse, swapped
+
+
+def fuse_native_relu(graph: onnx.GraphProto) -> int:
+    """Fold each ``Relu`` that is the only reader of a ``SpectralConv2D`` output into that
+    node (``activation="relu"``), so the op applies it while its output rows are in cache
+    instead of the graph making a pass of its own over them. An output that anything else
+    reads, or that the graph returns, keeps its ``Relu``.
+
+    Returns:
+        the number of ``Relu`` nodes folded.
+    """
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    returned = {value.name for value in graph.output}
+    folded = []
+    for node in graph.node:
+        if node.domain != NATIVE_DOMAIN or node.op_type != NATIVE_OP:
+            continue
+        (output,) = node.output
+        found = readers.get(output, [])
+        if output in returned or len(found) != 1 or found[0].op_type != "Relu":
+            continue
+        (relu,) = found
+        node.attribute.append(onnx.helper.make_attribute(NATIVE_ACTIVATION, "relu"))
+        node.output[0] = relu.output[0]
+        folded.append(relu)
+        stale = [info for info in graph.value_info if info.name == output]
+        for info in stale:
+            graph.value_info.remove(info)
+    for relu in folded:
+        graph.node.remove(relu)
+    return len(folded)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import keras
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -15,7 +16,8 @@ from test_onnx_lowering import numpy_convolution, random_kernel, single_layer
 
 import export.native
 import export.ort_session
-from export.names import NATIVE_DOMAIN, NATIVE_OP
+from cfconv_tf.frozen import FrozenSpectralConv2D
+from export.names import NATIVE_ACTIVATION, NATIVE_DOMAIN, NATIVE_OP
 from export.native import library_path
 from export.onnx_export import build_onnx, save_onnx
 from export.ort_session import onnx_session, session_options
@@ -23,15 +25,23 @@ from export.signature import signature_of
 from serving.backends import OnnxBackend
 
 InvalidArgument = ort.capi.onnxruntime_pybind11_state.InvalidArgument  # the op's error status
+RuntimeException = ort.capi.onnxruntime_pybind11_state.RuntimeException  # failed session load
 
 
 def native_model(
-    height: int, width: int, cin: int, cout: int, kernel_type: int = TensorProto.FLOAT
+    height: int,
+    width: int,
+    cin: int,
+    cout: int,
+    kernel_type: int = TensorProto.FLOAT,
+    activation: str | None = None,
 ) -> bytes:
     """One ``SpectralConv2D`` node; x and both kernel parts are graph inputs."""
     kernel = [height, width // 2 + 1, cin, cout]
+    attributes = {} if activation is None else {NATIVE_ACTIVATION: activation}
+    node = helper.make_node(NATIVE_OP, ["x", "kr", "ki"], ["y"], domain=NATIVE_DOMAIN, **attributes)
     graph = helper.make_graph(
-        [helper.make_node(NATIVE_OP, ["x", "kr", "ki"], ["y"], domain=NATIVE_DOMAIN)],
+        [node],
         "native",
         [
             helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, height, width, cin]),
@@ -55,10 +65,13 @@ def random_case(
     }
 
 
-def relative_error(y: np.ndarray, feed: dict) -> float:
-    """Against numpy's convolution with the kernel values as stored (float16 ones exactly)."""
+def relative_error(y: np.ndarray, feed: dict, relu: bool = False) -> float:
+    """Against numpy's convolution with the kernel values as stored (float16 ones exactly),
+    then a ReLU where ``relu``."""
     kernel = (feed[part].astype(np.float32) for part in ("kr", "ki"))
     expected = numpy_convolution(feed["x"], *kernel)
+    if relu:
+        expected = np.maximum(expected, 0.0)
     return float(np.abs(y - expected).max() / max(np.abs(expected).max(), 1e-30))
 
 
@@ -86,6 +99,19 @@ def test_equals_numpy_fft_convolution(shape, kernel_dtype, rng):
     (y,) = onnx_session(native_model(*shape[1:], onnx_type)).run(None, feed)
     assert y.shape == (*shape[:3], shape[4])
     assert relative_error(y, feed) <= 2e-6
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 7, 1, 1), (3, 8, 6, 3, 5), (2, 13, 10, 17, 33)])
+def test_relu_activation_equals_numpy_fft_convolution_then_relu(shape, rng):
+    feed = random_case(rng, *shape)
+    (y,) = onnx_session(native_model(*shape[1:], activation="relu")).run(None, feed)
+    assert (y >= 0).all() and (y == 0).any()
+    assert relative_error(y, feed, relu=True) <= 2e-6
+
+
+def test_an_unknown_activation_is_refused_when_the_session_loads():
+    with pytest.raises(RuntimeException, match=r"activation must be .relu. or absent, got .gelu."):
+        onnx_session(native_model(4, 4, 1, 1, activation="gelu"))
 
 
 @settings(
@@ -174,9 +200,7 @@ def test_mismatched_shapes_are_an_error_not_a_crash(kernel_shape, message, rng):
 @pytest.mark.parametrize(
     "real_dtype,imag_dtype", [(np.float32, np.float16), (np.float64, np.float64)]
 )
-def test_kernel_types_other_than_float32_or_float16_pairs_are_refused(
-    real_dtype, imag_dtype, rng
-):
+def test_kernel_types_other_than_float32_or_float16_pairs_are_refused(real_dtype, imag_dtype, rng):
     types = (helper.np_dtype_to_tensor_dtype(np.dtype(d)) for d in (real_dtype, imag_dtype))
     session = onnx_session(untyped_model(*types))
     x = rng.standard_normal((1, 6, 5, 2)).astype(np.float32)
@@ -204,4 +228,39 @@ def test_the_server_backend_runs_a_native_export(rng, tmp_path):
     x = rng.standard_normal((2, 9, 6, 3)).astype(np.float32)
     (y,) = OnnxBackend(tmp_path).predict({"x": x}).values()
     expected = numpy_convolution(x, kernel_real, kernel_imag)
+    assert np.abs(y - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def native_export(model, x: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """The op types of ``model``'s native export and its answer to ``x``."""
+    proto = build_onnx(model, signature_of(model), "native")
+    (y,) = onnx_session(proto.SerializeToString()).run(None, {"x": x})
+    return [node.op_type for node in proto.graph.node], y
+
+
+def test_export_folds_a_relu_that_alone_reads_the_op(rng):
+    kernel_real, kernel_imag = random_kernel(rng, 9, 6, 3, 4)
+    inputs = keras.Input((9, 6, 3), name="x")
+    layer = FrozenSpectralConv2D(4, activation="relu", name="spectral")
+    model = keras.Model(inputs, layer(inputs))
+    layer.set_weights([kernel_real, kernel_imag])
+    x = rng.standard_normal((2, 9, 6, 3)).astype(np.float32)
+    op_types, y = native_export(model, x)
+    assert "Relu" not in op_types and op_types.count(NATIVE_OP) == 1
+    expected = np.maximum(numpy_convolution(x, kernel_real, kernel_imag), 0.0)
+    assert np.abs(y - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_export_keeps_a_relu_whose_input_is_read_elsewhere(rng):
+    kernel_real, kernel_imag = random_kernel(rng, 7, 10, 2, 3)
+    inputs = keras.Input((7, 10, 2), name="x")
+    layer = FrozenSpectralConv2D(3, name="spectral")
+    convolved = layer(inputs)
+    model = keras.Model(inputs, keras.layers.Add()([keras.layers.ReLU()(convolved), convolved]))
+    layer.set_weights([kernel_real, kernel_imag])
+    x = rng.standard_normal((3, 7, 10, 2)).astype(np.float32)
+    op_types, y = native_export(model, x)
+    assert "Relu" in op_types
+    convolution = numpy_convolution(x, kernel_real, kernel_imag)
+    expected = np.maximum(convolution, 0.0) + convolution
     assert np.abs(y - expected).max() <= 1e-5 * np.abs(expected).max()

@@ -2,7 +2,8 @@
 //
 // Registers ai.cfconv.SpectralConv2D(x [N, H, W, Cin], kernel_real, kernel_imag
 // [H, W/2+1, Cin, Cout]) -> y [N, H, W, Cout] on the CPU provider: x and y float32, the
-// kernels float32 or float16 (both the same). The work
+// kernels float32 or float16 (both the same). An optional string attribute `activation`
+// ("relu", or absent for none) is applied to y as it is written. The work
 // runs on the session's own intra-op thread pool (KernelContext_ParallelFor), so the
 // session's thread settings hold and nothing else spins up threads. Bad shapes come back
 // as an onnxruntime error status, never a crash.
@@ -80,7 +81,26 @@ std::string dims(const std::vector<int64_t>& shape) {
   return text + "]";
 }
 
+// The node's `activation` attribute; an unknown name is an error when the session loads.
+OrtStatusPtr read_activation(const OrtKernelInfo* info, cfconv::Activation* activation) {
+  std::string name;
+  try {
+    name = Ort::ConstKernelInfo(info).GetAttribute<std::string>("activation");
+  } catch (const Ort::Exception&) {  // absent: none
+  }
+  if (name.empty()) {
+    *activation = cfconv::Activation::kNone;
+  } else if (name == "relu") {
+    *activation = cfconv::Activation::kRelu;
+  } else {
+    return invalid("activation must be \"relu\" or absent, got \"" + name + "\"");
+  }
+  return nullptr;
+}
+
 struct SpectralConvKernel {
+  cfconv::Activation activation = cfconv::Activation::kNone;
+
   OrtStatusPtr ComputeV2(OrtKernelContext* raw_context) {
     try {
       Ort::KernelContext context(raw_context);
@@ -114,7 +134,7 @@ struct SpectralConvKernel {
             const_cast<void*>(static_cast<const void*>(&task)));
       };
       cfconv::spectral_conv2d(x.GetTensorData<float>(), kernel_real.GetTensorRawData(),
-                              kernel_imag.GetTensorRawData(), kernel_type,
+                              kernel_imag.GetTensorRawData(), kernel_type, activation,
                               y.GetTensorMutableData<float>(), shape, buffer.data.get(),
                               parallel_for);
       scratch_pool().give(std::move(buffer));
@@ -128,8 +148,10 @@ struct SpectralConvKernel {
 };
 
 struct SpectralConvOp : Ort::CustomOpBase<SpectralConvOp, SpectralConvKernel, true> {
-  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo*, void** kernel) const {
-    *kernel = new SpectralConvKernel();
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    auto created = std::make_unique<SpectralConvKernel>();
+    if (OrtStatusPtr error = read_activation(info, &created->activation)) return error;
+    *kernel = created.release();
     return nullptr;
   }
   const char* GetName() const { return kOpName; }

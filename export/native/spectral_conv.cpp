@@ -200,8 +200,8 @@ std::size_t scratch_floats(const SpectralShape& s) {
 }
 
 void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel_imag,
-                     KernelType kernel_type, float* y, const SpectralShape& s, float* scratch,
-                     const ParallelFor& parallel_for) {
+                     KernelType kernel_type, Activation activation, float* y,
+                     const SpectralShape& s, float* scratch, const ParallelFor& parallel_for) {
   const std::int64_t n_images = s.batch, h = s.height, w = s.width, wf = s.half_width();
   const std::int64_t cin = s.in_channels, cout = s.out_channels;
   const std::int64_t channels = std::max(cin, cout);
@@ -277,7 +277,8 @@ void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel
     });
   });
 
-  // 3. Rows: irfft along the width, spectrum -> y, with the transform pair's 1 / (H W).
+  // 3. Rows: irfft along the width, spectrum -> y, with the transform pair's 1 / (H W) and
+  // the activation, applied while the rows are in cache.
   const float scale = 1.0f / static_cast<float>(h * w);
   for_each_row_block([&](std::int64_t first, std::int64_t rows) {
     float* block = reinterpret_cast<float*>(
@@ -285,6 +286,8 @@ void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel
     pocketfft::c2r<float>({std::size_t(rows), std::size_t(w), std::size_t(cout)},
                           spectrum_strides, {w * cout * fsize, cout * fsize, fsize}, 1,
                           pocketfft::BACKWARD, spectrum + first * wf * channels, block, scale);
+    if (activation == Activation::kRelu)
+      for (std::int64_t i = 0; i < rows * w * cout; ++i) block[i] = std::max(block[i], 0.0f);
     stream_copy(block, y + first * w * cout, rows * w * cout);
   });
 }

@@ -17,6 +17,10 @@ using ParallelFor =
 // How the spectral kernel's values are stored; they are computed with in float32 either way.
 enum class KernelType { kFloat32, kFloat16 };
 
+// What is applied to y as it is written: a ReLU here spares the graph a pass of its own
+// over y.
+enum class Activation { kNone, kRelu };
+
 struct SpectralShape {
   std::int64_t batch, height, width, in_channels, out_channels;
   std::int64_t half_width() const { return width / 2 + 1; }
@@ -26,15 +30,15 @@ struct SpectralShape {
 // Circular convolution of x [N, H, W, Cin] with the spectral kernel
 // (kernel_real, kernel_imag: [H, W/2+1, Cin, Cout], the half spectrum, stored as
 // kernel_type: float16 halves the bytes a call streams) into y [N, H, W, Cout]:
-// y = irfft2(sum over Cin of rfft2(x) * kernel), row-major, x and y float32.
+// y = activation(irfft2(sum over Cin of rfft2(x) * kernel)), row-major, x and y float32.
 // The DC (and Nyquist) columns of the product enter the inverse transform through their
 // Hermitian part, as numpy's and TensorFlow's irfft2 take them.
 //
 // Scratch: two spectra of N * H * (W/2+1) * C complex values, taken from `scratch`
 // (at least scratch_floats(shape) floats), so a caller can keep them between calls.
 void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel_imag,
-                     KernelType kernel_type, float* y, const SpectralShape& shape,
-                     float* scratch, const ParallelFor& parallel_for);
+                     KernelType kernel_type, Activation activation, float* y,
+                     const SpectralShape& shape, float* scratch, const ParallelFor& parallel_for);
 
 std::size_t scratch_floats(const SpectralShape& shape);
 
