@@ -806,13 +806,17 @@ def test_32_hostile_clients_with_hot_reloads_get_no_500_and_health_stays_fast(se
     latencies = json.loads(prober.communicate(timeout=60)[0])
     assert len(statuses) > 100 and 500 not in statuses, sorted(set(statuses))
     assert set(statuses) <= {200, 400, 404, 413, 503}, sorted(set(statuses))
+    percentiles = statistics.quantiles(latencies, n=100)
+    p50, p99 = percentiles[49], percentiles[98]
     print(
-        f"health p99 {statistics.quantiles(latencies, n=100)[98] * 1e3:.1f} ms, "
+        f"health p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms, max {max(latencies) * 1e3:.1f} ms, "
         f"{len(statuses)} requests: {sorted((s, statuses.count(s)) for s in set(statuses))}"
     )
     assert statuses.count(200) > 10
-    p99 = statistics.quantiles(latencies, n=100)[98]
-    assert p99 < 0.1, f"health p99 {p99 * 1e3:.0f} ms over {len(latencies)} probes"
+    # A probe queued behind parsing, decoding or loading on the event loop waits for
+    # all of the work in flight (seconds with 32 clients); a probe that only shares
+    # two busy cores with them is late by scheduling alone (tens of ms).
+    assert p50 < 0.05 and p99 < 0.3, f"health p50 {p50 * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms"
 
 
 def closed_after(connection: socket.socket, limit: float, trickle: bytes = b"") -> float:
