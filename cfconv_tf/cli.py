@@ -554,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="CI-sized: 15x15 inputs, batch 4, 2 conv layers"
     )
     bench.add_argument("--input-size", type=_size, help="square input size (default 150)")
-    bench.add_argument("--batch-size", type=_positive, help="default 32 (quick: 8)")
+    bench.add_argument("--batch-size", type=_positive, help="default 32 (quick: 4)")
     bench.add_argument("--repeats", type=_positive, help="timed runs per row")
     bench.add_argument(
         "--rows",
