@@ -335,8 +335,13 @@ def test_ordinary_cnns_downsample_early_and_keep_batchnorm_statistics_current():
     pathfinder = build_model(load_model_config("pathfinder_resnet"), "spatial", (64, 64, 1), 2)
     assert pathfinder.get_layer("stem").output.shape[1:3] == (32, 32)
     assert pathfinder.get_layer("stage2_block0_relu1").output.shape[1:3] == (8, 8)
+    # for 32-px images the stem keeps full resolution: the same stage sizes at half the input
+    small = build_model(load_model_config("pathfinder32_resnet"), "spatial", (32, 32, 1), 2)
+    assert small.get_layer("stem").output.shape[1:3] == (32, 32)
+    assert small.get_layer("stage2_block0_relu1").output.shape[1:3] == (8, 8)
     for name in (
         "pathfinder_resnet",
+        "pathfinder32_resnet",
         "pathfinder_resnet_plain",
         "pathfinder_resnet_global",
         "fashion_resnet",

@@ -809,7 +809,8 @@ def test_32_hostile_clients_with_hot_reloads_get_no_500_and_health_stays_fast(se
     percentiles = statistics.quantiles(latencies, n=100)
     p50, p99 = percentiles[49], percentiles[98]
     print(
-        f"health p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms, max {max(latencies) * 1e3:.1f} ms, "
+        f"health p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms, "
+        f"max {max(latencies) * 1e3:.1f} ms, "
         f"{len(statuses)} requests: {sorted((s, statuses.count(s)) for s in set(statuses))}"
     )
     assert statuses.count(200) > 10
