@@ -1,12 +1,14 @@
 """The export zoo's fresh process: load each trained ``.keras`` and export it every way.
 
-``python zoo_worker.py FOLDER``: for every ``FOLDER/<model>/trained.keras`` (with
+``python zoo_worker.py FOLDER SHARD SHARDS``: for every ``SHARDS``-th
+``FOLDER/<model>/trained.keras`` from the ``SHARD``-th on, in name order (with
 ``inputs.npz`` and, for a classifier, ``labels.txt``), freeze the model once and export
 a SavedModel, a Triton entry (factorized ONNX) and ONNX in every other lowering through
 the same pipeline as ``cfconv export`` (:func:`export.pipeline.prepare_export`, then
 :func:`export.pipeline.write_export`, which checks each written file itself), run each
 export on the inputs, and write ``<model>/outputs/<export>.npz`` and
-``FOLDER/results.json`` (each export's input and output names, or its error).
+``FOLDER/results-<SHARD>.json`` (each export's input and output names, or its error).
+Shards let the fixture run one worker per core.
 """
 
 from __future__ import annotations
@@ -71,14 +73,15 @@ def _failure(error: Exception) -> dict:
     return {"error": f"{type(error).__name__}: {error}"}
 
 
-def main(folder: Path) -> None:
+def main(folder: Path, shard: int, shards: int) -> None:
     import_modules(["zoo_layers"])
     results = {}
-    for model_dir in sorted(path.parent for path in folder.glob("*/trained.keras")):
+    model_dirs = sorted(path.parent for path in folder.glob("*/trained.keras"))
+    for model_dir in model_dirs[shard::shards]:
         for export, result in export_all(model_dir).items():
             results[f"{model_dir.name}/{export}"] = result
-    (folder / "results.json").write_text(json.dumps(results, indent=1))
+    (folder / f"results-{shard}.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
