@@ -385,7 +385,11 @@ def zoo_exports(tmp_path_factory) -> tuple[Path, dict]:
         )
         for shard in range(shards)
     ]
-    assert [worker.wait(timeout=1200) for worker in workers] == [0] * shards
+    try:
+        assert [worker.wait(timeout=1200) for worker in workers] == [0] * shards
+    finally:  # a worker that failed or timed out does not leave the other running
+        for worker in workers:
+            worker.kill()
     results = {}
     for shard in range(shards):
         results.update(json.loads((folder / f"results-{shard}.json").read_text()))
