@@ -9,7 +9,8 @@ Sources:
   :mod:`cfconv_tf.pathfinder`, drawn from a seed (offline).
 
 Every split yields ``image`` float32 ``[H, W, C]`` with pixel values in [0, 255] and
-``label`` int32 (class index). Images are resized and converted between grayscale and
+``label`` int32: a class index, or for a dense task (``pathfinder:...:labels=path``) a
+class index per pixel ``[H, W, 1]``. Images are resized and converted between grayscale and
 RGB on request, so the paper's 150x150x3 shape can be used on any source.
 """
 
@@ -48,13 +49,18 @@ IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 2051, 2049
 
 @dataclasses.dataclass
 class DataSplits:
-    """Train / validation / test datasets (unbatched) and what a model needs to know."""
+    """Train / validation / test datasets (unbatched) and what a model needs to know.
+
+    ``dense``: the labels are per-pixel class indices ``[H, W, 1]`` (``class_names``
+    name their values), not one class index an image.
+    """
 
     train: tf.data.Dataset
     validation: tf.data.Dataset
     test: tf.data.Dataset
     class_names: tuple[str, ...]
     image_shape: tuple[int, int, int]
+    dense: bool = False
 
     @property
     def classes(self) -> int:
@@ -215,7 +221,8 @@ def _pathfinder(spec: PathfinderSpec, train_limit: int | None) -> DataSplits:
         tf.data.Dataset.from_tensor_slices(pathfinder.load(spec, split))
         for split in pathfinder.SPLITS
     )
-    return DataSplits(train, validation, test, pathfinder.CLASS_NAMES, (spec.size, spec.size, 1))
+    shape = (spec.size, spec.size, 1)
+    return DataSplits(train, validation, test, spec.class_names, shape, dense=spec.dense)
 
 
 def _tfds(name: str, input_size: tuple[int, int] | None) -> DataSplits:
@@ -270,7 +277,8 @@ def _image_folder(root: Path, input_size: tuple[int, int] | None, seed: int) -> 
 def _convert(
     splits: DataSplits, input_size: tuple[int, int] | None, channels: int | None
 ) -> DataSplits:
-    """Resize and convert channels in every split; cast to (float32, int32)."""
+    """Resize and convert channels in every split; cast to (float32, int32). A dense
+    label map is resized with the image, to the nearest pixel's class."""
     height, width, source_channels = splits.image_shape
     if input_size is not None:
         height, width = int(input_size[0]), int(input_size[1])
@@ -286,6 +294,8 @@ def _convert(
             )
         if tuple(image.shape[:2]) != (height, width):
             image = tf.image.resize(image, (height, width))
+            if splits.dense:
+                label = tf.image.resize(label, (height, width), method="nearest")
         image = tf.ensure_shape(image, (height, width, target_channels))
         return image, tf.cast(label, tf.int32)
 
@@ -296,4 +306,5 @@ def _convert(
         ),
         class_names=splits.class_names,
         image_shape=(height, width, target_channels),
+        dense=splits.dense,
     )

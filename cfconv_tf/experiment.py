@@ -30,7 +30,7 @@ from pathlib import Path
 import keras
 
 from cfconv_tf.config import SEPARABLE, ModelConfig
-from cfconv_tf.training import RunSettings, settings_changes, train
+from cfconv_tf.training import RunSettings, headline_metric, settings_changes, train
 
 PAPER_KERNEL_ENTRIES = 150 * (150 // 2 + 1) * 32 * 32  # one 32->32 layer at 150x150
 RUN_FILE = "experiment_run.json"
@@ -95,25 +95,19 @@ def experiment_arms(
 
 class FitTimer(keras.callbacks.Callback):
     """Wall time of ``fit`` (training steps and validation, not the test evaluation),
-    and the learning curve: ``[epoch, seconds since fit began, validation accuracy]`` at
-    the end of every epoch. A resumed run's curve starts at a later epoch, timed from
-    the resumption."""
+    and the learning curve: ``[epoch, seconds since fit began, validation score]`` at
+    the end of every epoch (the score: :func:`~cfconv_tf.training.headline_metric`).
+    A resumed run's curve starts at a later epoch, timed from the resumption."""
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.started = time.perf_counter()
         self.curve: list[list[float]] = []
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        accuracy = next(
-            (
-                value
-                for key, value in (logs or {}).items()
-                if key.startswith("val_") and key.endswith("accuracy")
-            ),
-            None,
-        )
-        if accuracy is not None:
-            self.curve.append([epoch, time.perf_counter() - self.started, float(accuracy)])
+        validation = {key: value for key, value in (logs or {}).items() if key.startswith("val_")}
+        if any(key.endswith("accuracy") for key in validation):
+            score = validation[headline_metric(validation)]
+            self.curve.append([epoch, time.perf_counter() - self.started, float(score)])
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self.seconds = time.perf_counter() - self.started
@@ -157,12 +151,13 @@ def run_arm(
         return json.loads(record_file.read_text())
     timer = FitTimer()
     result = train(settings, run_dir, extra_callbacks=[timer], verbose=0)
-    accuracy_key = next(key for key in result["test"] if key.endswith("accuracy"))
+    metric = headline_metric(result["test"])
     record = {
         **dataclasses.asdict(arm),
         "config": config.name,
         "seed": seed,
-        "test_accuracy": result["test"][accuracy_key],
+        "metric": metric,  # what test_accuracy and the curve hold: accuracy, or IoU
+        "test_accuracy": result["test"][metric],
         "test_loss": result["test"]["loss"],
         "fit_seconds": timer.seconds,
         "curve": timer.curve,
@@ -216,6 +211,7 @@ def summarize(runs: list[dict]) -> list[dict]:
                 "variant": first["variant"],
                 "samples": first["samples"],
                 "paper_count": first["paper_count"],
+                "metric": first.get("metric", "accuracy"),
                 "seeds": sorted(member["seed"] for member in members),
                 "accuracy_mean": statistics.fmean(accuracies),
                 "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
@@ -263,9 +259,10 @@ def _samples_text(row: dict) -> str:
 def markdown(rows: list[dict], commands: list[str]) -> str:
     """The results table (accuracies in percent) and the commands that produced it."""
     lines = ["Commands:", "", "```", *commands, "```", ""]
+    metric = _metric_names(rows)
     lines += [
-        "| config | model | samples per layer and step | seeds | test accuracy "
-        "mean ± std | min - max | fit time (s) | best validation accuracy within the "
+        f"| config | model | samples per layer and step | seeds | test {metric} "
+        f"mean ± std | min - max | fit time (s) | best validation {metric} within the "
         "shortest arm's fit time |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -283,6 +280,11 @@ def markdown(rows: list[dict], commands: list[str]) -> str:
             f"{row['fit_seconds_mean']:.0f} | {_equal_time_text(row)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _metric_names(rows: list[dict]) -> str:
+    """What the rows' scores are: ``accuracy``, ``iou``, or both (``accuracy / iou``)."""
+    return " / ".join(sorted({row.get("metric", "accuracy") for row in rows})) or "accuracy"
 
 
 def _equal_time_text(row: dict) -> str:
@@ -356,19 +358,20 @@ def plot(rows: list[dict], runs: list[dict], path: Path) -> None:
                 )
     by_samples.set_xscale("log", base=2)
     by_samples.set_xlabel("samples per layer and step (fractions: as many of a 150x150 layer)")
-    by_samples.set_ylabel("test accuracy (%)")
-    by_samples.set_title("accuracy against sampled positions (mean ± std over seeds)")
+    metric = _metric_names(rows)
+    by_samples.set_ylabel(f"test {metric} (%)")
+    by_samples.set_title(f"{metric} against sampled positions (mean ± std over seeds)")
     below = {"fontsize": 7, "loc": "upper center", "bbox_to_anchor": (0.5, -0.14)}
     by_samples.legend(**below)
     by_time.set_xscale("log")
     by_time.set_xlabel("fit time per run (s, log)")
-    by_time.set_ylabel("test accuracy (%)")
-    by_time.set_title("accuracy against training time (each run)")
+    by_time.set_ylabel(f"test {metric} (%)")
+    by_time.set_title(f"{metric} against training time (each run)")
     by_time.legend(**below, ncol=2)
     if rows:
         curves.axvline(rows[0]["equal_time_seconds"], color="grey", linestyle=":")
     curves.set_xlabel("fit time (s); dotted: the shortest arm's")
-    curves.set_ylabel("validation accuracy (%)")
+    curves.set_ylabel(f"validation {metric} (%)")
     curves.set_title("learning curves (each run)")
     if curves.get_legend_handles_labels()[0]:
         curves.legend(**below, ncol=2)
@@ -426,7 +429,8 @@ def run_experiment(
         for seed in seeds:
             record = run_arm(arm, config, seed, out, dataset, train_limit, steps_per_epoch)
             print(
-                f"{arm.label} seed {seed}: test accuracy {100 * record['test_accuracy']:.1f} %, "
+                f"{arm.label} seed {seed}: test {record.get('metric', 'accuracy')} "
+                f"{100 * record['test_accuracy']:.1f} %, "
                 f"fit {record['fit_seconds']:.0f} s",
                 flush=True,
             )

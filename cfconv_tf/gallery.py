@@ -1,4 +1,5 @@
-"""``cfconv examples``: a grid of a dataset's test images with their class names."""
+"""``cfconv examples``: a grid of a dataset's test images with their class names (for a
+dense task: with the labelled pixels drawn over them in colour)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,13 @@ def draw_examples(
     for axis, image, label in zip(axes.ravel(), images, labels, strict=False):
         pixels = image[..., 0] if image.shape[-1] == 1 else image / 255
         axis.imshow(pixels, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        axis.set_title(splits.class_names[label], fontsize=9)
+        if splits.dense:
+            labelled = np.ma.masked_equal(label[..., 0], 0)  # class 0: the background
+            axis.imshow(labelled, cmap="autumn", alpha=0.9, interpolation="nearest")
+            present = [splits.class_names[k] for k in np.unique(labelled.compressed())]
+            axis.set_title(", ".join(present) or splits.class_names[0], fontsize=9)
+        else:
+            axis.set_title(splits.class_names[label], fontsize=9)
     figure.suptitle(dataset, fontsize=10)
     figure.tight_layout()
     out = Path(out)

@@ -9,6 +9,9 @@ Two families (``ModelConfig.architecture``):
   same CNN with CF-Convs in the blocks of ``spectral_stages``, replacing the block's
   second 3x3 convolution or added to it as a global branch (the Fast Fourier
   Convolution design, Chi et al. 2020, at the stage's reduced resolution).
+
+Either family classifies whole images, or with ``dense`` labels every pixel (the paper's
+stack keeps the input's resolution; the ResNet gets a U-Net decoder).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ def build_model(
     input_shape: tuple[int, int, int],
     classes: int,
     seed: int | None = None,
+    dense: bool = False,
 ) -> keras.Model:
     """Build the network ``config.architecture`` names: the paper's stack
     (:func:`_paper_body`) or a ResNet-style downsampling CNN (:func:`_resnet_body`).
@@ -42,7 +46,10 @@ def build_model(
     Input: raw pixel values ``[B, H, W, C]`` float32 in [0, 255] (scaled to [0, 1]
     inside the model, so exported models take pixels as they are). Output:
     probabilities ``[B, 1]`` (sigmoid) when ``classes == 2``, else ``[B, classes]``
-    (softmax).
+    (softmax). With ``dense`` the model labels every pixel: ``[B, H, W, 1]`` or
+    ``[B, H, W, classes]``; the head's ``dense_units`` act per pixel, and the ResNet's
+    features are brought back to the input's resolution by a U-Net decoder
+    (:func:`_unet_decoder`).
 
     Raises:
         ValueError: an unknown variant, fewer than 2 classes, or the CF-Conv variant of a
@@ -58,12 +65,14 @@ def build_model(
             f"(the stages whose blocks get a CF-Conv); without them use --model spatial"
         )
     inputs = keras.Input(shape=input_shape, name="image")
-    hidden = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    pixels = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     if config.architecture == RESNET:
-        hidden = _resnet_body(config, variant, hidden, seed)
+        stages = _resnet_body(config, variant, pixels, seed)
+        hidden = _unet_decoder(config, pixels, stages) if dense else stages[-1]
     else:
-        hidden = _paper_body(config, variant, hidden, seed)
-    hidden = keras.layers.GlobalAveragePooling2D(name="pool")(hidden)
+        hidden = _paper_body(config, variant, pixels, seed)
+    if not dense:
+        hidden = keras.layers.GlobalAveragePooling2D(name="pool")(hidden)
     for index, units in enumerate(config.dense_units):
         hidden = keras.layers.Dense(units, activation="relu", name=f"dense_{index}")(hidden)
     if classes == 2:
@@ -129,8 +138,9 @@ def _paper_body(
 
 def _resnet_body(
     config: ModelConfig, variant: str, hidden: keras.KerasTensor, seed: int | None
-) -> keras.KerasTensor:
-    """Stem and stages: ``[B, H, W, C]`` -> ``[B, H / 2^(S-1), W / 2^(S-1), last width]``.
+) -> list[keras.KerasTensor]:
+    """Stem and stages: ``[B, H, W, C]`` -> every stage's output, the last
+    ``[B, H / 2^(S-1), W / 2^(S-1), last width]``.
 
     A 3x3 stem of ``stage_filters[0]`` at ``config.stem_stride`` (2 divides the sizes
     above by a further 2), then ``blocks_per_stage`` basic blocks per stage, the first
@@ -139,6 +149,7 @@ def _resnet_body(
     """
     hidden = _conv_bn(hidden, config.stage_filters[0], config.stem_stride, "stem", config)
     hidden = keras.layers.ReLU(name="stem_relu")(hidden)
+    stages = []
     for stage, width in enumerate(config.stage_filters):
         spectral = variant == "cf" and stage in config.spectral_stages
         for block in range(config.blocks_per_stage):
@@ -146,6 +157,48 @@ def _resnet_body(
             name = f"stage{stage}_block{block}"
             cf_seed = None if seed is None else seed + 100 * stage + block
             hidden = _basic_block(config, hidden, width, stride, spectral, cf_seed, name)
+        stages.append(hidden)
+    return stages
+
+
+def _unet_decoder(
+    config: ModelConfig, pixels: keras.KerasTensor, stages: list[keras.KerasTensor]
+) -> keras.KerasTensor:
+    """The U-Net decoder of a dense ResNet: the last stage's features ``[B, h, w, C]``
+    -> ``[B, H, W, stage_filters[0]]`` at the input's resolution.
+
+    From the deepest stage up, the features are upsampled (bilinear, by the stride
+    between the two resolutions, then cropped at the bottom and right where "same"
+    padding rounded an odd size up) to the next shallower stage's resolution,
+    concatenated with that stage's output (with the scaled input image at full
+    resolution, where the stem downsampled) and mixed by a 3x3 convolution, BatchNorm
+    and ReLU of that stage's width. Upsampling by whole factors keeps the exported
+    graph's Resize exact (ONNX rounds the output size of a fractional scale down).
+    """
+    strides = [1] + [config.stem_stride * 2**stage for stage in range(len(stages))]
+    skips: list[tuple[keras.KerasTensor, int]] = []
+    for tensor, stride in zip((pixels, *stages[:-1]), strides[:-1], strict=True):
+        if skips and skips[-1][1] == stride:
+            skips[-1] = (tensor, stride)  # a deeper tensor at the same resolution
+        else:
+            skips.append((tensor, stride))
+    hidden, stride = stages[-1], strides[-1]
+    for level, (skip, skip_stride) in reversed(list(enumerate(skips))):
+        factor = stride // skip_stride
+        if factor > 1:
+            hidden = keras.layers.UpSampling2D(
+                factor, interpolation="bilinear", name=f"decoder{level}_upsample"
+            )(hidden)
+            sides = zip(hidden.shape[1:3], skip.shape[1:3], strict=True)
+            excess = [int(upsampled) - int(side) for upsampled, side in sides]
+            if any(excess):
+                crop = ((0, excess[0]), (0, excess[1]))
+                hidden = keras.layers.Cropping2D(crop, name=f"decoder{level}_crop")(hidden)
+        hidden = keras.layers.Concatenate(name=f"decoder{level}_concat")([hidden, skip])
+        filters = config.stage_filters[0] if skip is pixels else skip.shape[-1]
+        hidden = _conv_bn(hidden, filters, 1, f"decoder{level}_conv", config)
+        hidden = keras.layers.ReLU(name=f"decoder{level}_relu")(hidden)
+        stride = skip_stride
     return hidden
 
 

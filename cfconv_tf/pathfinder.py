@@ -7,6 +7,10 @@ when they sit on ends of two different paths. Both classes draw the same number 
 paths, dashes and markers, so global statistics (brightness, dash count) say nothing:
 a model must follow a path from one marker to the other, across much of the image.
 
+With ``labels=path`` the task is dense: each image comes with a mask of the pixels of
+the path that joins the markers (empty when no path does), so a model must trace the
+path at full resolution, not only say whether it exists.
+
 Geometry is defined on a canvas of ``CANVAS`` units a side and drawn at ``size`` pixels,
 so ``pathfinder:128`` is the ``pathfinder:32`` task at four times the resolution: the
 distance a model has to see across grows with it.
@@ -38,6 +42,11 @@ RESTARTS = 50  # images started over before a spec is called too crowded
 CANDIDATES = 32  # random curves drawn at once
 GRID = 2  # cells a unit in the map of places already taken
 CLASS_NAMES = ("disconnected", "connected")
+# What an example's label is: whether the markers are connected (a class index), or a
+# per-pixel mask of the path that joins them (1 on its drawn pixels, else 0).
+CONNECTED, PATH = "connected", "path"
+LABEL_KINDS = (CONNECTED, PATH)
+PATH_CLASS_NAMES = ("background", "path")
 CACHE_ENV = "CFCONV_CACHE_DIR"
 SPLITS = ("train", "validation", "test")
 
@@ -59,6 +68,9 @@ class PathfinderSpec:
             64 px and 5-pixel ones at 128 px (1, 1.5 and 1.25 units). Below
             ``CLEARANCE - MARKER_RADIUS``, so a marker stays clear of other paths' strokes
             (up to the placement grid's rounding).
+        labels: ``"connected"`` (a class index an image) or ``"path"`` (a ``[size,
+            size, 1]`` mask of the pixels of the path joining the markers). The images
+            are the same for both.
         seed: the data seed; the same spec always gives the same images.
         train, validation, test: examples per split (half of each split is connected).
     """
@@ -69,6 +81,7 @@ class PathfinderSpec:
     dash: float = 1.0
     gap: float = 1.0
     stroke: float = 0.5
+    labels: str = CONNECTED
     seed: int = 0
     train: int = 20000
     validation: int = 2000
@@ -94,6 +107,8 @@ class PathfinderSpec:
                 f"paths of {self.length} dashes ({self.path_length:.0f} units) do not fit "
                 f"the {CANVAS:.0f}-unit canvas; use fewer or shorter dashes"
             )
+        if self.labels not in LABEL_KINDS:
+            raise ValueError(f"pathfinder labels must be one of {LABEL_KINDS}, got {self.labels!r}")
         if min(self.train, self.validation, self.test) < 2:
             raise ValueError("every pathfinder split needs at least 2 examples")
 
@@ -101,6 +116,16 @@ class PathfinderSpec:
     def path_length(self) -> float:
         """Canvas units from one end of a path to the other, along it."""
         return self.length * (self.dash + self.gap) - self.gap
+
+    @property
+    def dense(self) -> bool:
+        """Whether the labels are per-pixel masks."""
+        return self.labels == PATH
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The names of the label values: the two classes, or the mask's two values."""
+        return PATH_CLASS_NAMES if self.dense else CLASS_NAMES
 
     @property
     def name(self) -> str:
@@ -133,6 +158,9 @@ def parse_pathfinder(name: str) -> PathfinderSpec:
         if key not in types or key == "size" or not value:
             known = sorted(set(types) - {"size"})
             raise ValueError(f"unknown pathfinder option {part!r} in {name!r}; options: {known}")
+        if types[key] == "str":
+            options[key] = value
+            continue
         try:
             options[key] = float(value) if types[key] == "float" else int(value)
         except ValueError:
@@ -144,18 +172,24 @@ def parse_pathfinder(name: str) -> PathfinderSpec:
 
 
 def generate(spec: PathfinderSpec, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """All examples of one split: images uint8 ``[N, size, size, 1]``, labels int32 ``[N]``.
+    """All examples of one split: images uint8 ``[N, size, size, 1]`` and labels: int32
+    ``[N]`` (connected or not), or with ``labels="path"`` uint8 ``[N, size, size, 1]``
+    masks of the path joining the markers.
 
-    Example ``i`` of a split depends only on the spec, the split and ``i``; labels
-    alternate, so every split is balanced.
+    Example ``i`` of a split depends only on the spec, the split and ``i``; whether the
+    markers are connected alternates, so every split is balanced.
     """
     count = getattr(spec, split)
     images = np.zeros((count, spec.size, spec.size, 1), np.uint8)
-    labels = np.arange(count, dtype=np.int32) % 2
+    connected = np.arange(count, dtype=np.int32) % 2
+    masks = np.zeros_like(images) if spec.dense else None
     for index in range(count):
         rng = np.random.default_rng([spec.seed, SPLITS.index(split), index])
-        images[index, :, :, 0] = draw(spec, bool(labels[index]), rng)
-    return images, labels
+        image, mask = draw_with_path(spec, bool(connected[index]), rng)
+        images[index, :, :, 0] = image
+        if masks is not None:
+            masks[index, :, :, 0] = mask
+    return images, (connected if masks is None else masks)
 
 
 def load(
@@ -198,13 +232,25 @@ def _cache_key(spec: PathfinderSpec, split: str) -> str:
 
 def draw(spec: PathfinderSpec, connected: bool, rng: np.random.Generator) -> np.ndarray:
     """One image ``[size, size]`` uint8: ``2 + distractors`` paths and two markers."""
+    return draw_with_path(spec, connected, rng)[0]
+
+
+def draw_with_path(
+    spec: PathfinderSpec, connected: bool, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image ``[size, size]`` uint8 (as :func:`draw`) and the mask ``[size, size]``
+    uint8 of the path joining its markers: 1 on that path's drawn dashes (not the
+    markers' disks around its ends), all 0 when ``connected`` is false."""
     paths, markers = layout(spec, connected, rng)
     canvas = np.zeros((spec.size, spec.size), np.uint8)
+    mask = np.zeros_like(canvas)
     scale = spec.size / CANVAS
     for points in paths:
         _stamp(canvas, _dashes(points, spec) * scale, spec.stroke * scale)
+    if connected:
+        _stamp(mask, _dashes(paths[0], spec) * scale, spec.stroke * scale, value=1)
     _stamp(canvas, markers * scale, MARKER_RADIUS * scale)
-    return canvas
+    return canvas, mask
 
 
 def layout(
@@ -313,14 +359,14 @@ def _dashes(points: np.ndarray, spec: PathfinderSpec) -> np.ndarray:
     return points[np.mod(along, spec.dash + spec.gap) < spec.dash]
 
 
-def _stamp(canvas: np.ndarray, centres: np.ndarray, radius: float) -> None:
-    """Set to 255 (or True) every pixel within ``radius`` pixels (at least half a pixel)
-    of the pixel that holds one of ``centres`` ``[P, 2]`` (pixel coordinates
-    ``(row, column)``)."""
+def _stamp(canvas: np.ndarray, centres: np.ndarray, radius: float, value: int = 255) -> None:
+    """Set to ``value`` (255; or True on a bool grid) every pixel within ``radius``
+    pixels (at least half a pixel) of the pixel that holds one of ``centres`` ``[P, 2]``
+    (pixel coordinates ``(row, column)``)."""
     cells = np.unique(np.floor(centres).astype(int), axis=0)
     pixels = (cells[:, None, :] + _disk(max(radius, 0.5))[None]).reshape(-1, 2)
     inside = np.all((pixels >= 0) & (pixels < canvas.shape[0]), axis=1)
-    canvas[pixels[inside, 0], pixels[inside, 1]] = 255
+    canvas[pixels[inside, 0], pixels[inside, 1]] = value
 
 
 @functools.cache

@@ -118,6 +118,29 @@ def test_cli_experiment_trains_every_arm_and_seed_and_resumes(tiny_config, tmp_p
     assert "trainable parameters" not in capsys.readouterr().out
 
 
+def test_a_dense_task_is_judged_by_the_path_iou(tiny_config, tmp_path, monkeypatch):
+    from cfconv_tf import pathfinder
+
+    monkeypatch.setenv(pathfinder.CACHE_ENV, str(tmp_path / "cache"))
+    config_file = write_config_yaml(tiny_config, tmp_path / "tiny.yaml")
+    out = tmp_path / "experiment"
+    dataset = "pathfinder:20:labels=path:train=32:validation=4:test=6"
+    argv = ["experiment", "--config", str(config_file), "--samples", "1.0", "--dataset"]
+    argv += [dataset, "--seeds", "0", "--steps-per-epoch", "2", "--epochs", "2"]
+    argv += ["--batch-size", "8", "--out", str(out)]
+    assert main(argv) == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert len(runs) == 2 and {run["metric"] for run in runs} == {"iou"}
+    for run in runs:
+        history = (out / "tiny" / run["label"] / "seed-0" / "history.csv").read_text()
+        header, *epochs = history.splitlines()
+        last = dict(zip(header.split(","), epochs[-1].split(","), strict=True))
+        # the curve holds the validation IoU, not the pixel accuracy
+        assert run["curve"][-1][2] == pytest.approx(float(last["val_iou"]))
+        assert 0.0 <= run["test_accuracy"] <= 1.0
+    assert "| test iou mean ± std |" in (out / "results.md").read_text()
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [

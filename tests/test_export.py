@@ -69,6 +69,35 @@ def test_every_runtime_computes_the_trained_model(tiny_config, tmp_path, shape, 
         assert relative_error(load_onnx(folder / "model.onnx").run(inputs), expected) <= 1e-4
 
 
+def test_dense_models_export_their_per_pixel_maps_to_every_runtime(tmp_path, rng):
+    """A dense U-Net with a CF-Conv stage at an odd, non-square size (its decoder
+    upsamples and crops): every lowering computes the Keras model's ``[N, H, W, 1]``
+    map."""
+    from cfconv_tf.config import load_model_config
+    from cfconv_tf.models import build_model
+    from cfconv_tf.training import compile_model
+
+    config = load_model_config("pathfinder_resnet").replace(
+        stage_filters=(4, 6, 8), generator_rank=2, hidden_units=(8,)
+    )
+    shape = (15, 21, 1)
+    model = build_model(config, "cf", shape, 2, seed=1, dense=True)
+    compile_model(model, 2, 1e-2, dense=True)
+    images = rng.uniform(0, 255, (4, *shape)).astype(np.float32)
+    model.fit(images, (images > 200).astype(np.int32), epochs=2, verbose=0)  # BN, CF state
+    model.save(tmp_path / "unet.keras")
+    signature = signature_of(model)
+    assert signature.class_names is None
+    inputs = random_inputs(signature.inputs, 3, rng)
+    expected = keras_runner(model, signature)(inputs)
+    assert next(iter(expected.values())).shape == (3, *shape)
+    prepared = prepare_export(tmp_path / "unet.keras")
+    for lowering in sorted(LOWERINGS):
+        folder = write_export(prepared, "onnx", tmp_path / lowering, "m", lowering=lowering)
+        got = load_onnx(folder / "model.onnx").run(inputs)
+        assert relative_error(got, expected) <= 1e-4, lowering
+
+
 def test_real_images_through_every_export_of_a_trained_run(trained_runs, tmp_path):
     run = trained_runs["cf"]
     prepared = prepare_export(run)

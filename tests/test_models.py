@@ -370,3 +370,43 @@ def test_ordinary_cnns_decay_their_learning_rate_to_zero_by_the_runs_end():
         assert float(schedule(150)) == pytest.approx(config.learning_rate / 2, rel=1e-3)
         assert float(schedule(300)) == pytest.approx(0.0, abs=1e-9)
     assert learning_rate(load_model_config("pathfinder_cf"), 300) == 1e-3
+
+
+@pytest.mark.parametrize(
+    "stem_stride, size, skips",
+    [
+        # a skip from every shallower resolution: stage 0 at the input's, or where the
+        # stem downsampled, the image itself; odd sizes round up at each stride 2
+        (1, (16, 16), [(8, 8, 6), (16, 16, 4)]),
+        (2, (16, 16), [(4, 4, 6), (8, 8, 4), (16, 16, 1)]),
+        (1, (15, 21), [(8, 11, 6), (15, 21, 4)]),
+        (2, (15, 21), [(4, 6, 6), (8, 11, 4), (15, 21, 1)]),
+    ],
+)
+def test_dense_resnet_is_a_unet_back_to_the_input_resolution(stem_stride, size, skips, rng):
+    config = _resnet(stem_stride=stem_stride, dense_units=(5,))
+    model = build_model(config, "spatial", (*size, 1), 2, dense=True)
+    assert model.output_shape == (None, *size, 1)
+    assert not any(isinstance(layer, keras.layers.GlobalAveragePooling2D) for layer in model.layers)
+    concats = [layer for layer in model.layers if isinstance(layer, keras.layers.Concatenate)]
+    assert [tuple(layer.input[1].shape[1:]) for layer in concats] == skips
+    # the deeper features, resized to the skip's resolution exactly
+    assert [tuple(layer.input[0].shape[1:3]) for layer in concats] == [s[:2] for s in skips]
+    probabilities = model(rng.uniform(0, 255, (2, *size, 1)).astype(np.float32)).numpy()
+    assert probabilities.shape == (2, *size, 1)
+    assert ((probabilities > 0) & (probabilities < 1)).all()
+
+
+@pytest.mark.parametrize("variant", ["cf", "spatial"])
+def test_dense_models_label_every_pixel_of_odd_and_non_square_images(tiny_config, variant, rng):
+    size = (13, 18)
+    for config in (tiny_config, _resnet(spectral_stages=(1,))):
+        model = build_model(config, variant, (*size, 3), 4, seed=1, dense=True)
+        images = rng.uniform(0, 255, (2, *size, 3)).astype(np.float32)
+        probabilities = model(images, training=False).numpy()
+        assert probabilities.shape == (2, *size, 4)  # a softmax over the classes per pixel
+        np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, rtol=1e-5)
+        # the head's dense layers act per pixel: a pixel's label depends on the image,
+        # and the one-image answer is the batch's
+        one = model(images[:1], training=False).numpy()
+        np.testing.assert_allclose(one, probabilities[:1], atol=1e-5)

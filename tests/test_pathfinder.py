@@ -31,6 +31,8 @@ def test_names_parse_to_specs_and_back():
     assert spec.stroke == 0.3
     assert parse_pathfinder(spec.name) == spec
     assert PathfinderSpec(size=48).name == "pathfinder:48"
+    dense = parse_pathfinder("pathfinder:32:labels=path")
+    assert dense.dense and dense.name == "pathfinder:32:labels=path"
 
 
 @pytest.mark.parametrize(
@@ -48,6 +50,7 @@ def test_names_parse_to_specs_and_back():
         ("pathfinder:64:gap=0", "must be positive"),
         ("pathfinder:64:stroke=0", "stroke must be"),
         ("pathfinder:64:stroke=0.8", "stroke must be"),
+        ("pathfinder:64:labels=edges", "labels must be one of"),
     ],
 )
 def test_bad_names_are_refused_with_the_reason(name, message):
@@ -133,6 +136,36 @@ def test_markers_sit_on_one_path_when_connected_and_two_paths_otherwise():
     assert abs(distances[True].mean() - distances[False].mean()) < 1.0
 
 
+@pytest.mark.parametrize("size", [32, 45, 64])
+def test_path_labels_mark_the_drawn_path_that_joins_the_markers(size):
+    spec = PathfinderSpec(size=size, labels="path", train=24, validation=2, test=2)
+    images, masks = generate(spec, "train")
+    classified, connected = generate(dataclasses.replace(spec, labels="connected"), "train")
+    np.testing.assert_array_equal(images, classified)  # the same images, other labels
+    assert masks.shape == images.shape and masks.dtype == np.uint8
+    assert set(np.unique(masks)) <= {0, 1}
+    scale = size / pathfinder.CANVAS
+    for index, (image, mask) in enumerate(zip(images[..., 0], masks[..., 0], strict=True)):
+        if not connected[index]:
+            assert not mask.any()  # no path joins the markers
+            continue
+        assert np.all(image[mask == 1] == 255)  # only drawn pixels
+        # one path of the four (two marked, two distractors), reaching both markers
+        assert 0.15 < mask.sum() / (image > 0).sum() < 0.3
+        rng = np.random.default_rng([spec.seed, pathfinder.SPLITS.index("train"), index])
+        paths, markers = layout(spec, True, rng)
+        for row, column in np.floor(markers * scale).astype(int):
+            near = mask[max(row - 1, 0) : row + 2, max(column - 1, 0) : column + 2]
+            assert near.any(), (index, row, column)
+        # and no other path's: every marked pixel is nearest the marked path's centre line
+        pixels = np.stack(np.nonzero(mask), -1) + 0.5
+        distances = [
+            np.linalg.norm(pixels[:, None] - path[None] * scale, axis=-1).min(axis=1)
+            for path in paths
+        ]
+        assert np.all(np.argmin(distances, axis=0) == 0)
+
+
 def test_labels_are_balanced_and_brightness_says_nothing(small_split):
     train, labels, _, _ = small_split
     assert labels.mean() == pytest.approx(0.5, abs=0.01)
@@ -198,6 +231,22 @@ def test_load_dataset_gives_pathfinder_splits(tmp_path, monkeypatch):
     np.testing.assert_array_equal(images.numpy()[..., 0], generate(spec, "train")[0][..., 0])
 
 
+def test_load_dataset_gives_dense_path_labels_resized_to_the_nearest_pixel(tmp_path, monkeypatch):
+    monkeypatch.setenv(pathfinder.CACHE_ENV, str(tmp_path))
+    name = "pathfinder:32:labels=path:train=8:validation=2:test=2"
+    splits = load_dataset(name)
+    assert splits.dense and splits.class_names == ("background", "path")
+    images, masks = next(iter(splits.train.batch(8)))
+    assert masks.shape == (8, 32, 32, 1) and masks.dtype == "int32"
+    expected = generate(parse_pathfinder(name), "train")[1]
+    np.testing.assert_array_equal(masks.numpy(), expected)
+    resized = load_dataset(name, input_size=(20, 27), channels=3)
+    images, masks = next(iter(resized.train.batch(8)))
+    assert images.shape == (8, 20, 27, 3) and masks.shape == (8, 20, 27, 1)
+    assert set(np.unique(masks.numpy())) == {0, 1}  # nearest pixel: no blended classes
+    assert not load_dataset("pathfinder:24:train=8:validation=2:test=2").dense
+
+
 def test_commands_take_a_pathfinder_dataset(tmp_path, monkeypatch, tiny_config):
     from conftest import write_config_yaml
 
@@ -206,8 +255,9 @@ def test_commands_take_a_pathfinder_dataset(tmp_path, monkeypatch, tiny_config):
     monkeypatch.setenv(pathfinder.CACHE_ENV, str(tmp_path / "cache"))
     dataset = "pathfinder:24:train=16:validation=4:test=8"
     picture = tmp_path / "examples.png"
-    assert main(["examples", dataset, "--out", str(picture), "--rows", "2", "--columns", "3"]) == 0
-    assert picture.read_bytes().startswith(b"\x89PNG")
+    for name in (dataset, f"{dataset}:labels=path"):  # a dense task's masks drawn over
+        assert main(["examples", name, "--out", str(picture), "--rows", "2", "--columns", "3"]) == 0
+        assert picture.read_bytes().startswith(b"\x89PNG")
     config = write_config_yaml(tiny_config, tmp_path / "tiny.yaml")
     run = tmp_path / "run"
     argv = ["train", "--config", str(config), "--dataset", dataset, "--out", str(run)]

@@ -12,7 +12,7 @@ from conftest import Snapshots, StopAfter
 from cfconv_tf.cli import main
 from cfconv_tf.layers import CFConv2D
 from cfconv_tf.models import build_model
-from cfconv_tf.training import RunSettings, compile_model, train
+from cfconv_tf.training import RunSettings, compile_model, headline_metric, train
 
 
 @pytest.mark.parametrize("variant", ["cf", "spatial"])
@@ -138,3 +138,51 @@ def test_cli_summary_prints_parameter_counts(capsys):
     assert main(["summary", "--config", "fashion_cnn"]) == 0
     output = capsys.readouterr().out
     assert "cf" in output and "spatial" in output and "56,726 trainable" in output
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_a_dense_model_is_scored_by_the_iou_of_its_foreground_pixels(classes, rng):
+    """The IoU a dense model is compiled with, against numpy's count: predicted and true
+    pixels of every class but the background, intersection over union per class,
+    averaged over those classes."""
+    labels = rng.integers(0, classes, (4, 9, 7, 1))
+    scores = rng.uniform(size=(4, 9, 7, classes if classes > 2 else 1)).astype(np.float32)
+    inputs = keras.Input((9, 7, scores.shape[-1]))
+    model = keras.Model(inputs, keras.layers.Identity()(inputs))
+    compile_model(model, classes, 1e-3, dense=True)
+    found = model.evaluate(scores, labels, verbose=0, return_dict=True)
+    predicted = (scores[..., 0] > 0.5).astype(int) if classes == 2 else scores.argmax(-1)
+    truth = labels[..., 0]
+    expected = np.mean(
+        [
+            ((predicted == k) & (truth == k)).sum() / ((predicted == k) | (truth == k)).sum()
+            for k in range(1, classes)
+        ]
+    )
+    assert found["iou"] == pytest.approx(expected, rel=1e-5)
+    assert headline_metric(found) == "iou"
+    assert headline_metric({"loss": 1, "binary_accuracy": 0.5}) == "binary_accuracy"
+    assert headline_metric(["val_loss", "val_binary_accuracy", "val_iou"]) == "val_iou"
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_the_dense_loss_is_crossentropy_plus_the_dice_loss_of_the_foreground(classes, rng):
+    from cfconv_tf.training import crossentropy_dice
+
+    labels = rng.integers(0, classes, (3, 5, 4, 1))
+    if classes == 2:
+        probabilities = rng.uniform(0.05, 0.95, (3, 5, 4, 1))
+        truth = labels.astype(float)
+        crossentropy = -(truth * np.log(probabilities) + (1 - truth) * np.log(1 - probabilities))
+        foreground = probabilities
+    else:
+        logits = rng.normal(size=(3, 5, 4, classes))
+        probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+        truth = np.eye(classes)[labels[..., 0]][..., 1:]
+        picked = np.take_along_axis(probabilities, labels, axis=-1)
+        crossentropy = -np.log(picked)
+        foreground = probabilities[..., 1:]
+    dice = 1 - (2 * (foreground * truth).sum() + 1) / (foreground.sum() + truth.sum() + 1)
+    expected = crossentropy.reshape(3, -1).mean(axis=1) + dice
+    found = crossentropy_dice(labels, probabilities.astype(np.float32)).numpy()
+    np.testing.assert_allclose(found, expected, rtol=1e-4)
