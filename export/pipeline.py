@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from cfconv_tf.data import batched, load_dataset
-from cfconv_tf.training import compile_model
+from cfconv_tf.training import IOU, compile_model, headline_metric
 from export.atomic import free_version, staged_version
 from export.compact import EXACT, KernelStorage, compact_model
 from export.freeze import computes_the_trained_model, freeze_model
@@ -97,14 +97,24 @@ def test_split(
     return test.take(limit) if limit else test
 
 
-def accuracy(model: keras.Model, test, batch_size: int = 64) -> float:
-    """Test accuracy of a classifier (sigmoid or softmax head)."""
+def test_score(model: keras.Model, test, batch_size: int = 64) -> tuple[str, float]:
+    """``(metric, value)`` on ``test``: the accuracy of a classifier (sigmoid or softmax
+    head), the IoU of the foreground pixels of a per-pixel one
+    (:func:`cfconv_tf.training.compile_model`'s ``dense``).
+
+    Raises:
+        ValueError: the model is neither.
+    """
     classes = classifier_units(model)
+    dense = classes is None
+    if dense:
+        classes = classifier_units(model, rank=4)
     if classes is None:
         raise ValueError(f"{model.name} is not a classifier: accuracy is not defined for it")
-    compile_model(model, classes, learning_rate=1e-3)
+    compile_model(model, classes, learning_rate=1e-3, dense=dense)
     metrics = model.evaluate(batched(test, batch_size), return_dict=True, verbose=0)
-    return float(next(value for name, value in metrics.items() if "accuracy" in name))
+    name = headline_metric(metrics)
+    return (IOU if dense else "accuracy"), float(metrics[name])
 
 
 def freeze_and_report(
@@ -120,10 +130,11 @@ def freeze_and_report(
     """Freeze, save to ``out`` (.keras) and report trained vs frozen test accuracy.
 
     Sizes are reported for a model with one image input, accuracy for an image
-    classifier whose dataset is known. With compact kernel ``storage`` the frozen model
-    computes with the kernels an export with that storage keeps, and the report has each
-    layer's kernel error (:mod:`export.compact`). The saved file is loaded back and
-    checked before it replaces ``out``.
+    classifier whose dataset is known (``trained_accuracy``, ``frozen_accuracy``; for a
+    per-pixel classifier the IoU, ``trained_iou``, ``frozen_iou``). With compact kernel
+    ``storage`` the frozen model computes with the kernels an export with that storage
+    keeps, and the report has each layer's kernel error (:mod:`export.compact`). The
+    saved file is loaded back and checked before it replaces ``out``.
     """
     trained = load_trained_model(model_path)
     # the saved file is checked against the trained model, except with compact storage,
@@ -145,13 +156,15 @@ def freeze_and_report(
         height, width, _ = image_input_size(trained)
         frozen_size = image_input_size(frozen)[:2]
         report.update({"trained_size": [height, width], "frozen_size": list(frozen_size)})
-        if (dataset or run_dir_of(model_path)) and classifier_units(trained):
-            report["trained_accuracy"] = accuracy(
-                trained, test_split(model_path, (height, width), dataset, evaluate_limit)
-            )
-            report["frozen_accuracy"] = accuracy(
-                frozen, test_split(model_path, frozen_size, dataset, evaluate_limit)
-            )
+        scored = classifier_units(trained) or classifier_units(trained, rank=4)
+        if (dataset or run_dir_of(model_path)) and scored:
+            for name, model, size in (
+                ("trained", trained, (height, width)),
+                ("frozen", frozen, frozen_size),
+            ):
+                split = test_split(model_path, size, dataset, evaluate_limit)
+                metric, value = test_score(model, split)
+                report[f"{name}_{metric}"] = value
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.staging.keras")

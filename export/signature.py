@@ -92,10 +92,12 @@ def _output_name(model: keras.Model, index: int) -> str:
     return layer.name if layer is not None else f"output_{index}"
 
 
-def classifier_units(model: keras.Model) -> int | None:
-    """Classes of a softmax (``k >= 2``) or one-unit sigmoid head, else ``None``."""
+def classifier_units(model: keras.Model, rank: int = 2) -> int | None:
+    """Classes of a softmax (``k >= 2``) or one-unit sigmoid head whose one output has
+    ``rank`` dimensions (2: ``[N, k]``, a classifier; 4: ``[N, H, W, k]``, a class per
+    pixel), else ``None``."""
     outputs = list(model.outputs)
-    if len(outputs) != 1 or len(outputs[0].shape) != 2:
+    if len(outputs) != 1 or len(outputs[0].shape) != rank:
         return None
     layer = _source_layer(outputs[0])
     activation = getattr(layer, "activation", None)

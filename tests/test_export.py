@@ -245,6 +245,21 @@ def test_state_freeze_reports_identical_accuracy(trained_runs, tmp_path):
     assert report["frozen_accuracy"] == report["trained_accuracy"]
 
 
+def test_freezing_a_dense_run_reports_the_iou_before_and_after(tiny_config, tmp_path, monkeypatch):
+    from cfconv_tf import pathfinder
+    from cfconv_tf.training import RunSettings, train
+    from export.pipeline import freeze_and_report
+
+    monkeypatch.setenv(pathfinder.CACHE_ENV, str(tmp_path / "cache"))
+    dataset = "pathfinder:20:labels=path:train=16:validation=4:test=8"
+    settings = RunSettings(tiny_config, "cf", dataset=dataset, steps_per_epoch=2)
+    train(settings, tmp_path / "run", verbose=0)
+    report = freeze_and_report(tmp_path / "run", tmp_path / "f.keras")
+    assert "trained_accuracy" not in report
+    assert 0.0 <= report["trained_iou"] <= 1.0
+    assert report["frozen_iou"] == pytest.approx(report["trained_iou"], abs=1e-6)
+
+
 def test_large_weights_go_to_an_external_data_file(tiny_config, tmp_path, rng):
     model = freeze_model(trained_tiny_model(tiny_config, "cf", (8, 8, 1), 3))
     signature = signature_of(model, ["a", "b", "c"])
