@@ -15,6 +15,7 @@ quiet_tensorflow_import()  # before anything imports TensorFlow
 
 import export.tf2onnx_handlers  # noqa: E402, F401  (registers the FFT handlers with tf2onnx)
 import export.tf2onnx_math  # noqa: E402, F401  (and Erfc, Expm1, Log1p)
+from cfconv_tf.dense import CropToMatch, crossentropy_dice  # noqa: E402
 from cfconv_tf.frozen import FrozenSpectralConv2D  # noqa: E402
 from cfconv_tf.generator import (  # noqa: E402
     PAPER_HIDDEN_UNITS,
@@ -26,7 +27,9 @@ from cfconv_tf.layers import CFConv2D  # noqa: E402
 __all__ = [
     "CFConv2D",
     "CoordinateMLP",
+    "CropToMatch",
     "FactorizedGenerator",
     "FrozenSpectralConv2D",
     "PAPER_HIDDEN_UNITS",
+    "crossentropy_dice",
 ]

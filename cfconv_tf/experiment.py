@@ -30,7 +30,13 @@ from pathlib import Path
 import keras
 
 from cfconv_tf.config import SEPARABLE, ModelConfig
-from cfconv_tf.training import RunSettings, headline_metric, settings_changes, train
+from cfconv_tf.training import (
+    RunSettings,
+    headline_metric,
+    metric_label,
+    settings_changes,
+    train,
+)
 
 PAPER_KERNEL_ENTRIES = 150 * (150 // 2 + 1) * 32 * 32  # one 32->32 layer at 150x150
 RUN_FILE = "experiment_run.json"
@@ -105,7 +111,7 @@ class FitTimer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         validation = {key: value for key, value in (logs or {}).items() if key.startswith("val_")}
-        if any(key.endswith("accuracy") for key in validation):
+        if validation:
             score = validation[headline_metric(validation)]
             self.curve.append([epoch, time.perf_counter() - self.started, float(score)])
 
@@ -156,7 +162,7 @@ def run_arm(
         **dataclasses.asdict(arm),
         "config": config.name,
         "seed": seed,
-        "metric": metric,  # what test_accuracy and the curve hold: accuracy, or IoU
+        "metric": metric_label(metric),  # what test_accuracy and the curve hold
         "test_accuracy": result["test"][metric],
         "test_loss": result["test"]["loss"],
         "fit_seconds": timer.seconds,

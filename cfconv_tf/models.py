@@ -27,6 +27,7 @@ from cfconv_tf.config import (
     SPECTRAL_ADD,
     ModelConfig,
 )
+from cfconv_tf.dense import CropToMatch
 from cfconv_tf.layers import CFConv2D
 
 VARIANTS = ("cf", "spatial")
@@ -169,7 +170,8 @@ def _unet_decoder(
 
     From the deepest stage up, the features are upsampled (bilinear, by the stride
     between the two resolutions, then cropped at the bottom and right where "same"
-    padding rounded an odd size up) to the next shallower stage's resolution,
+    padding rounded an odd size up: :class:`~cfconv_tf.dense.CropToMatch`) to the next
+    shallower stage's resolution,
     concatenated with that stage's output (with the scaled input image at full
     resolution, where the stem downsampled) and mixed by a 3x3 convolution, BatchNorm
     and ReLU of that stage's width. Upsampling by whole factors keeps the exported
@@ -189,11 +191,7 @@ def _unet_decoder(
             hidden = keras.layers.UpSampling2D(
                 factor, interpolation="bilinear", name=f"decoder{level}_upsample"
             )(hidden)
-            sides = zip(hidden.shape[1:3], skip.shape[1:3], strict=True)
-            excess = [int(upsampled) - int(side) for upsampled, side in sides]
-            if any(excess):
-                crop = ((0, excess[0]), (0, excess[1]))
-                hidden = keras.layers.Cropping2D(crop, name=f"decoder{level}_crop")(hidden)
+            hidden = CropToMatch(name=f"decoder{level}_crop")([hidden, skip])
         hidden = keras.layers.Concatenate(name=f"decoder{level}_concat")([hidden, skip])
         filters = config.stage_filters[0] if skip is pixels else skip.shape[-1]
         hidden = _conv_bn(hidden, filters, 1, f"decoder{level}_conv", config)

@@ -152,7 +152,7 @@ def parse_pathfinder(name: str) -> PathfinderSpec:
             f"a pathfinder dataset is named 'pathfinder:SIZE[:option=value]', got {name!r}"
         )
     types = {field.name: field.type for field in dataclasses.fields(PathfinderSpec)}
-    options: dict[str, int | float] = {"size": int(parts[1])}
+    options: dict[str, int | float | str] = {"size": int(parts[1])}
     for part in parts[2:]:
         key, _, value = part.partition("=")
         if key not in types or key == "size" or not value:
@@ -185,7 +185,7 @@ def generate(spec: PathfinderSpec, split: str) -> tuple[np.ndarray, np.ndarray]:
     masks = np.zeros_like(images) if spec.dense else None
     for index in range(count):
         rng = np.random.default_rng([spec.seed, SPLITS.index(split), index])
-        image, mask = draw_with_path(spec, bool(connected[index]), rng)
+        image, mask = draw(spec, bool(connected[index]), rng)
         images[index, :, :, 0] = image
         if masks is not None:
             masks[index, :, :, 0] = mask
@@ -230,17 +230,13 @@ def _cache_key(spec: PathfinderSpec, split: str) -> str:
     return hashlib.sha256(text.encode() + Path(__file__).read_bytes()).hexdigest()[:24]
 
 
-def draw(spec: PathfinderSpec, connected: bool, rng: np.random.Generator) -> np.ndarray:
-    """One image ``[size, size]`` uint8: ``2 + distractors`` paths and two markers."""
-    return draw_with_path(spec, connected, rng)[0]
-
-
-def draw_with_path(
+def draw(
     spec: PathfinderSpec, connected: bool, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One image ``[size, size]`` uint8 (as :func:`draw`) and the mask ``[size, size]``
-    uint8 of the path joining its markers: 1 on that path's drawn dashes (not the
-    markers' disks around its ends), all 0 when ``connected`` is false."""
+    """One image ``[size, size]`` uint8 (``2 + distractors`` paths and two markers) and
+    the mask ``[size, size]`` uint8 of the path joining its markers: 1 on that path's
+    drawn dashes (not the markers' disks around its ends), all 0 when ``connected`` is
+    false."""
     paths, markers = layout(spec, connected, rng)
     canvas = np.zeros((spec.size, spec.size), np.uint8)
     mask = np.zeros_like(canvas)

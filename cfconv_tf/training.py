@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import keras
@@ -26,6 +27,7 @@ import tensorflow as tf
 
 from cfconv_tf.config import COSINE, ModelConfig
 from cfconv_tf.data import batched, batches_per_pass, load_dataset, training_stream
+from cfconv_tf.dense import IOU, crossentropy_dice
 from cfconv_tf.distribution import describe, peer_failures_reported, worker_dir
 from cfconv_tf.models import build_model, parameter_counts
 
@@ -46,43 +48,6 @@ class RunSettings:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-# The metric a dense model is judged by: the intersection over union of the predicted
-# and true pixels of the classes that matter (all but class 0, the background). Pixel
-# accuracy says little there: a model that marks nothing gets most pixels right.
-IOU = "iou"
-
-
-@keras.saving.register_keras_serializable(package="cfconv_tf")
-def crossentropy_dice(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-    """A dense model's loss: per-pixel cross-entropy plus the Dice loss of the
-    foreground (every class but 0), the usual pairing for segmenting thin structures.
-
-    Cross-entropy alone is dominated by the background when the foreground is a few
-    per cent of the pixels (a path is ~1 %), and a model can settle on marking
-    nothing; the Dice term, ``1 - 2 |P n T| / (|P| + |T|)`` over the batch, does not
-    reward that.
-
-    Args:
-        y_true: class indices ``[B, H, W, 1]``.
-        y_pred: probabilities ``[B, H, W, 1]`` (sigmoid: 2 classes) or ``[B, H, W, k]``
-            (softmax).
-
-    Returns:
-        The loss per image ``[B]`` (Keras averages it over the batch).
-    """
-    if y_pred.shape[-1] == 1:
-        crossentropy = keras.losses.binary_crossentropy(tf.cast(y_true, y_pred.dtype), y_pred)
-        foreground, truth = y_pred, tf.cast(y_true, y_pred.dtype)
-    else:
-        labels = tf.cast(y_true[..., 0], tf.int32)
-        crossentropy = keras.losses.sparse_categorical_crossentropy(labels, y_pred)
-        foreground = y_pred[..., 1:]
-        truth = tf.one_hot(labels, y_pred.shape[-1], dtype=y_pred.dtype)[..., 1:]
-    overlap = tf.reduce_sum(foreground * truth)
-    dice = 1.0 - (2.0 * overlap + 1.0) / (tf.reduce_sum(foreground) + tf.reduce_sum(truth) + 1.0)
-    return tf.reduce_mean(crossentropy, axis=[1, 2]) + dice
-
-
 def compile_model(
     model: keras.Model,
     classes: int,
@@ -91,7 +56,8 @@ def compile_model(
 ) -> None:
     """Adam and the cross-entropy that matches the head (sigmoid for 2 classes), with
     accuracy; a ``dense`` (per-pixel) model adds the Dice loss
-    (:func:`crossentropy_dice`) and the IoU metric (:data:`IOU`)."""
+    (:func:`cfconv_tf.dense.crossentropy_dice`) and the IoU metric
+    (:data:`cfconv_tf.dense.IOU`, averaged over the foreground classes)."""
     loss = "binary_crossentropy" if classes == 2 else "sparse_categorical_crossentropy"
     metric = "binary_accuracy" if classes == 2 else "sparse_categorical_accuracy"
     metrics = [keras.metrics.get(metric)]
@@ -106,14 +72,24 @@ def compile_model(
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
 
 
-def headline_metric(names) -> str:
+def headline_metric(names: Iterable[str]) -> str:
     """The metric a run is judged by, of the metric ``names`` ``compile_model`` gave
-    (optionally ``val_``-prefixed): the IoU where there is one, else the accuracy."""
+    (optionally ``val_``-prefixed): the IoU where there is one, else the accuracy.
+
+    Raises:
+        ValueError: neither is among ``names``.
+    """
     names = list(names)
-    return next(
-        (name for name in names if name.removeprefix("val_") == IOU),
-        next(name for name in names if name.endswith("accuracy")),
-    )
+    for wanted in (IOU, "accuracy"):
+        for name in names:
+            if name.removeprefix("val_").endswith(wanted):
+                return name
+    raise ValueError(f"no accuracy or {IOU} among the metrics {names}")
+
+
+def metric_label(name: str) -> str:
+    """What a :func:`headline_metric` name measures: ``"iou"`` or ``"accuracy"``."""
+    return IOU if name.removeprefix("val_") == IOU else "accuracy"
 
 
 # Config fields a resumed run may change: they change how a step is computed, not
@@ -192,7 +168,6 @@ def train(
     """
     strategy = strategy or tf.distribute.get_strategy()
     run_dir = worker_dir(Path(run_dir), strategy)
-    _check_run_dir(run_dir, settings)
     config = settings.config
     keras.utils.set_random_seed(settings.seed)
     splits = load_dataset(
@@ -202,6 +177,13 @@ def train(
         seed=settings.seed,
         train_limit=settings.train_limit,
     )
+    if settings.augment and splits.dense:
+        raise ValueError(
+            f"--augment applies RandAugment (shear, translation, rotation) to the images "
+            f"only, so {settings.dataset}'s per-pixel labels would no longer match them: "
+            f"train a dense task without --augment"
+        )
+    _check_run_dir(run_dir, settings)
     steps_per_epoch = settings.steps_per_epoch or batches_per_pass(splits.train, config.batch_size)
     with strategy.scope():
         model = build_model(

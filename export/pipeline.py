@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from cfconv_tf.data import batched, load_dataset
-from cfconv_tf.training import IOU, compile_model, headline_metric
+from cfconv_tf.training import compile_model, headline_metric, metric_label
 from export.atomic import free_version, staged_version
 from export.compact import EXACT, KernelStorage, compact_model
 from export.freeze import computes_the_trained_model, freeze_model
@@ -97,6 +97,16 @@ def test_split(
     return test.take(limit) if limit else test
 
 
+def scored_head(model: keras.Model) -> tuple[int, bool] | None:
+    """``(classes, dense)`` of a model with a classifier's head: one class per image
+    (``dense`` false) or per pixel; ``None`` for any other model."""
+    classes = classifier_units(model)
+    if classes is not None:
+        return classes, False
+    classes = classifier_units(model, rank=4)
+    return None if classes is None else (classes, True)
+
+
 def test_score(model: keras.Model, test, batch_size: int = 64) -> tuple[str, float]:
     """``(metric, value)`` on ``test``: the accuracy of a classifier (sigmoid or softmax
     head), the IoU of the foreground pixels of a per-pixel one
@@ -105,16 +115,17 @@ def test_score(model: keras.Model, test, batch_size: int = 64) -> tuple[str, flo
     Raises:
         ValueError: the model is neither.
     """
-    classes = classifier_units(model)
-    dense = classes is None
-    if dense:
-        classes = classifier_units(model, rank=4)
-    if classes is None:
-        raise ValueError(f"{model.name} is not a classifier: accuracy is not defined for it")
+    head = scored_head(model)
+    if head is None:
+        raise ValueError(
+            f"{model.name} has no classifier head (per image or per pixel): no accuracy or "
+            f"IoU to report for it"
+        )
+    classes, dense = head
     compile_model(model, classes, learning_rate=1e-3, dense=dense)
     metrics = model.evaluate(batched(test, batch_size), return_dict=True, verbose=0)
     name = headline_metric(metrics)
-    return (IOU if dense else "accuracy"), float(metrics[name])
+    return metric_label(name), float(metrics[name])
 
 
 def freeze_and_report(
@@ -156,8 +167,7 @@ def freeze_and_report(
         height, width, _ = image_input_size(trained)
         frozen_size = image_input_size(frozen)[:2]
         report.update({"trained_size": [height, width], "frozen_size": list(frozen_size)})
-        scored = classifier_units(trained) or classifier_units(trained, rank=4)
-        if (dataset or run_dir_of(model_path)) and scored:
+        if (dataset or run_dir_of(model_path)) and scored_head(trained):
             for name, model, size in (
                 ("trained", trained, (height, width)),
                 ("frozen", frozen, frozen_size),

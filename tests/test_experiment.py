@@ -110,6 +110,8 @@ def test_cli_experiment_trains_every_arm_and_seed_and_resumes(tiny_config, tmp_p
         assert epoch == 0 and 0 < elapsed <= run["fit_seconds"] and 0.0 <= validation <= 1.0
     assert (out / "accuracy.png").stat().st_size > 10_000
     assert "cfconv experiment --config" in (out / "results.md").read_text()
+    assert {run["metric"] for run in results["runs"]} == {"accuracy"}
+    assert "| test accuracy mean ± std |" in (out / "results.md").read_text()
     # A second call finds every run done: nothing is trained again.
     first = (out / "tiny" / "cf-2^6" / "seed-0" / "experiment_run.json").stat().st_mtime
     capsys.readouterr()

@@ -391,25 +391,31 @@ def test_keras_model_export_to_onnx_runs_after_importing_the_package(tiny_config
 
 
 def test_a_plain_import_registers_every_class_for_loading(tiny_config, tmp_path):
+    from cfconv_tf.config import load_model_config
+    from cfconv_tf.models import build_model
+    from cfconv_tf.training import compile_model
+
     trained = trained_tiny_model(tiny_config.replace(generator="factorized"), "cf", (8, 8, 1), 3)
     trained.save(tmp_path / "trained.keras")
     freeze_model(trained).save(tmp_path / "frozen.keras")
+    # a dense U-Net: its crop layer and its compiled loss are the package's own too
+    unet_config = load_model_config("pathfinder_resnet").replace(stage_filters=(4, 6, 8))
+    unet = build_model(unet_config, "spatial", (9, 11, 1), 2, dense=True)
+    compile_model(unet, 2, 1e-3, dense=True)
+    unet.save(tmp_path / "unet.keras")
     script = (
         "import sys, keras, cfconv_tf\n"
         "for path in sys.argv[1:]:\n"
-        "    print(type(keras.models.load_model(path).layers[2]).__name__)\n"
+        "    model = keras.models.load_model(path)\n"
+        "    kinds = [type(layer).__name__ for layer in model.layers]\n"
+        "    print(next(k for k in kinds if k.startswith(('CF', 'Frozen', 'Crop'))))\n"
+        "    print(getattr(model.loss, '__name__', model.loss))\n"
     )
+    paths = [str(tmp_path / f"{name}.keras") for name in ("trained", "frozen", "unet")]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            script,
-            str(tmp_path / "trained.keras"),
-            str(tmp_path / "frozen.keras"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, "-c", script, *paths], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["CFConv2D", "FrozenSpectralConv2D"]
+    lines = result.stdout.split()
+    assert lines[0::2] == ["CFConv2D", "FrozenSpectralConv2D", "CropToMatch"]
+    assert lines[5] == "crossentropy_dice"

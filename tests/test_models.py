@@ -394,7 +394,22 @@ def test_dense_resnet_is_a_unet_back_to_the_input_resolution(stem_stride, size, 
     assert [tuple(layer.input[0].shape[1:3]) for layer in concats] == [s[:2] for s in skips]
     probabilities = model(rng.uniform(0, 255, (2, *size, 1)).astype(np.float32)).numpy()
     assert probabilities.shape == (2, *size, 1)
-    assert ((probabilities > 0) & (probabilities < 1)).all()
+
+
+def test_a_dense_unet_frozen_at_another_size_crops_what_that_size_needs(rng):
+    from export.freeze import freeze_model
+
+    trained = build_model(_resnet(stem_stride=2), "spatial", (16, 16, 1), 2, dense=True)
+    for size in [(15, 21), (20, 20), (9, 13)]:
+        frozen = freeze_model(trained, input_size=size)
+        assert frozen.output_shape == (None, *size, 1)
+        # the same network built at that size, with the same weights, computes the same
+        built = build_model(_resnet(stem_stride=2), "spatial", (*size, 1), 2, dense=True)
+        built.set_weights(trained.get_weights())
+        images = rng.uniform(0, 255, (2, *size, 1)).astype(np.float32)
+        np.testing.assert_allclose(
+            frozen(images, training=False).numpy(), built(images, training=False).numpy(), atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("variant", ["cf", "spatial"])

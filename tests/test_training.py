@@ -163,11 +163,26 @@ def test_a_dense_model_is_scored_by_the_iou_of_its_foreground_pixels(classes, rn
     assert headline_metric(found) == "iou"
     assert headline_metric({"loss": 1, "binary_accuracy": 0.5}) == "binary_accuracy"
     assert headline_metric(["val_loss", "val_binary_accuracy", "val_iou"]) == "val_iou"
+    with pytest.raises(ValueError, match="no accuracy or iou"):
+        headline_metric(["loss", "mae"])
+
+
+def test_a_dense_task_refuses_augmentation_that_would_move_images_off_their_masks(
+    tiny_config, tmp_path, monkeypatch
+):
+    from cfconv_tf import pathfinder
+
+    monkeypatch.setenv(pathfinder.CACHE_ENV, str(tmp_path / "cache"))
+    dataset = "pathfinder:20:labels=path:train=8:validation=2:test=2"
+    settings = RunSettings(tiny_config, "cf", dataset=dataset, augment=True)
+    with pytest.raises(ValueError, match="without --augment"):
+        train(settings, tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run").exists()  # nothing written for a refused run
 
 
 @pytest.mark.parametrize("classes", [2, 3])
 def test_the_dense_loss_is_crossentropy_plus_the_dice_loss_of_the_foreground(classes, rng):
-    from cfconv_tf.training import crossentropy_dice
+    from cfconv_tf.dense import crossentropy_dice
 
     labels = rng.integers(0, classes, (3, 5, 4, 1))
     if classes == 2:
