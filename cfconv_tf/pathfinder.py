@@ -179,24 +179,16 @@ def generate(spec: PathfinderSpec, split: str) -> tuple[np.ndarray, np.ndarray]:
     Example ``i`` of a split depends only on the spec, the split and ``i``; whether the
     markers are connected alternates, so every split is balanced.
     """
-    count = getattr(spec, split)
-    images = np.zeros((count, spec.size, spec.size, 1), np.uint8)
-    connected = np.arange(count, dtype=np.int32) % 2
-    masks = np.zeros_like(images) if spec.dense else None
-    for index in range(count):
-        rng = np.random.default_rng([spec.seed, SPLITS.index(split), index])
-        image, mask = draw(spec, bool(connected[index]), rng)
-        images[index, :, :, 0] = image
-        if masks is not None:
-            masks[index, :, :, 0] = mask
-    return images, (connected if masks is None else masks)
+    drawn = _draw_split(spec, split)
+    return drawn["images"], drawn[_labels_key(spec)]
 
 
 def load(
     spec: PathfinderSpec, split: str, cache: Path | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``generate``, kept in ``cache`` (default: ``$CFCONV_CACHE_DIR`` or
-    ``~/.cache/cfconv_tf``) so a spec is drawn once per machine."""
+    ``~/.cache/cfconv_tf``) so a spec is drawn once per machine. The file holds both
+    kinds of labels (compressed), so a spec's images are drawn once for both tasks."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; one of {SPLITS}")
     folder = cache or Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "cfconv_tf"))
@@ -204,26 +196,45 @@ def load(
     if path.is_file():
         try:
             with np.load(path) as stored:
-                return stored["images"], stored["labels"]
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                return stored["images"], stored[_labels_key(spec)]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # a damaged file is drawn again
-    images, labels = generate(spec, split)
+    drawn = _draw_split(spec, split)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.partial.npz")
-        np.savez(partial, images=images, labels=labels)
+        np.savez_compressed(partial, **drawn)
         os.replace(partial, path)
     except OSError:
         pass  # a read-only home still gets its images, only not kept
-    return images, labels
+    return drawn["images"], drawn[_labels_key(spec)]
+
+
+def _draw_split(spec: PathfinderSpec, split: str) -> dict[str, np.ndarray]:
+    """A split's ``images`` ``[N, size, size, 1]`` uint8, whether each is ``connected``
+    ``[N]`` int32 (alternating), and the ``masks`` of their joining paths ``[N, size,
+    size, 1]`` uint8."""
+    count = getattr(spec, split)
+    images = np.zeros((count, spec.size, spec.size, 1), np.uint8)
+    connected = np.arange(count, dtype=np.int32) % 2
+    masks = np.zeros_like(images)
+    for index in range(count):
+        rng = np.random.default_rng([spec.seed, SPLITS.index(split), index])
+        images[index, :, :, 0], masks[index, :, :, 0] = draw(spec, bool(connected[index]), rng)
+    return {"images": images, "connected": connected, "masks": masks}
+
+
+def _labels_key(spec: PathfinderSpec) -> str:
+    """Which of a drawn split's label arrays ``spec`` asks for."""
+    return "masks" if spec.dense else "connected"
 
 
 def _cache_key(spec: PathfinderSpec, split: str) -> str:
     """What a split's images depend on: the drawing options, the split, its size and
-    this module's code (the other splits' sizes do not count)."""
+    this module's code (the other splits' sizes and the kind of labels do not count)."""
     drawing = {}
     for field in dataclasses.fields(spec):
-        if field.name not in SPLITS:
+        if field.name not in (*SPLITS, "labels"):
             value = getattr(spec, field.name)
             drawing[field.name] = float(value) if field.type == "float" else value
     text = json.dumps([drawing, split, getattr(spec, split)], sort_keys=True)

@@ -208,10 +208,17 @@ def test_splits_are_kept_once_drawn_and_redrawn_when_damaged(tmp_path):
     for damage in (b"not a zip file", stored.read_bytes()[:-100]):  # garbage, truncated
         stored.write_bytes(damage)
         np.testing.assert_array_equal(load(spec, "test", tmp_path)[0], images)
-    # the other splits' sizes and how a number is written do not redraw a split
+    # the other splits' sizes, how a number is written and the kind of labels do not
+    # redraw a split
     same = dataclasses.replace(spec, train=5, gap=int(spec.gap))
     load(same, "test", tmp_path)
+    dense_images, masks = load(dataclasses.replace(spec, labels="path"), "test", tmp_path)
     assert len(list((tmp_path / "pathfinder").glob("*.npz"))) == 1
+    np.testing.assert_array_equal(dense_images, images)
+    np.testing.assert_array_equal(
+        masks, generate(dataclasses.replace(spec, labels="path"), "test")[1]
+    )
+    np.testing.assert_array_equal(load(spec, "test", tmp_path)[1], labels)
     with pytest.raises(ValueError, match="unknown split"):
         load(spec, "holdout", tmp_path)
 
