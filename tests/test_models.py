@@ -304,6 +304,9 @@ def test_pathfinder_resnet_configurations_are_the_ordinary_cnn_and_its_cf_varian
     assert trainable("pathfinder_cf_norm", "cf") == pytest.approx(ordinary, rel=0.25)
     assert trainable("pathfinder_resnet", "cf") == pytest.approx(ordinary, rel=0.05)
     assert trainable("pathfinder_resnet_plain", "spatial") < ordinary
+    # the global branch's equal-parameter control is within a few percent of it
+    branch = trainable("pathfinder_resnet_global", "cf")
+    assert trainable("pathfinder_resnet_wide", "spatial") == pytest.approx(branch, rel=0.05)
 
 
 @pytest.mark.parametrize("mode", ["replace", "add"])
