@@ -89,6 +89,9 @@ def test_the_library_is_built():
         (5, 12, 10, 64, 64),
         (1, 13, 2, 8, 16),
         (7, 16, 16, 32, 32),
+        (2, 11, 9, 40, 6),  # even cout (paired inverse) with 3 pairs, below cin, odd width
+        (2, 7, 2, 3, 10),  # width 2: DC and Nyquist only
+        (1, 10, 1, 5, 8),  # width 1: DC only
         (2, 150, 150, 32, 32),  # the paper network's layer
     ],
 )
@@ -101,7 +104,9 @@ def test_equals_numpy_fft_convolution(shape, kernel_dtype, rng):
     assert relative_error(y, feed) <= 2e-6
 
 
-@pytest.mark.parametrize("shape", [(1, 5, 7, 1, 1), (3, 8, 6, 3, 5), (2, 13, 10, 17, 33)])
+@pytest.mark.parametrize(
+    "shape", [(1, 5, 7, 1, 1), (3, 8, 6, 3, 5), (2, 13, 10, 17, 33), (2, 9, 14, 6, 12)]
+)
 def test_relu_activation_equals_numpy_fft_convolution_then_relu(shape, rng):
     feed = random_case(rng, *shape)
     (y,) = onnx_session(native_model(*shape[1:], activation="relu")).run(None, feed)

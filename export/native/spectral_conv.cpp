@@ -5,11 +5,12 @@
 // C = max(Cin, Cout), which each pass reads and writes in place.
 //   1. rows: rfft along the width of a block of image rows, x -> R (pocketfft vectorizes
 //      across channels, so each row is read once, in order);
-//   2. columns: a task takes one width frequency of a group of images into its own
-//      cache-sized buffers and runs there the DFT along the height, the channel mixing
-//      (small complex GEMMs, one per height frequency, with that column's kernel rows;
-//      tasks of the same column run next to each other, so its kernel is fetched from
-//      memory about once per call) and the inverse DFT along the height, then writes R;
+//   2. columns: a task runs the DFT along the height of a few width frequencies of a group
+//      of images, reading them from R straight into its own cache-sized buffer, then the
+//      channel mixing there (small complex GEMMs, one per height frequency, with those
+//      columns' kernel rows; tasks of the same columns run next to each other, so their
+//      kernel is fetched from memory about once per call), then the inverse DFT along the
+//      height, written straight back into R;
 //   3. rows: irfft along the width, R -> y.
 // Compared with separate 2D transforms and a mixing pass, the spectrum makes one round trip
 // through memory fewer, and the height transforms run on data in cache.
@@ -34,6 +35,16 @@ using complex = std::complex<float>;
 typedef float vfloat __attribute__((vector_size(32)));       // 8 lanes: one AVX register
 typedef _Float16 vhalf __attribute__((vector_size(16)));     // 8 half-precision lanes
 constexpr std::int64_t kLanes = 8;
+typedef std::int32_t vindex __attribute__((vector_size(32)));
+
+// Writes 8 complex values, given as their real and their imaginary lanes, to `target`
+// (two interleaving shuffles rather than 16 scalar stores).
+inline void store_complex(vfloat real, vfloat imag, complex* target) {
+  const vfloat low = __builtin_shuffle(real, imag, vindex{0, 8, 1, 9, 2, 10, 3, 11});
+  const vfloat high = __builtin_shuffle(real, imag, vindex{4, 12, 5, 13, 6, 14, 7, 15});
+  __builtin_memcpy(target, &low, sizeof(vfloat));
+  __builtin_memcpy(target + 4, &high, sizeof(vfloat));
+}
 
 // 8 kernel values from `source` as float32 lanes.
 inline vfloat load_lanes(const float* source) {
@@ -90,9 +101,7 @@ void mix_block(const FrequencyRows<K>& r, std::int64_t n0, std::int64_t c0) {
   }
   for (int j = 0; j < TN; ++j)
     for (int v = 0; v < TV; ++v)
-      for (int lane = 0; lane < kLanes; ++lane)
-        r.out[(n0 + j) * r.out_stride + c0 + v * kLanes + lane] =
-            complex(acc_real[j][v][lane], acc_imag[j][v][lane]);
+      store_complex(acc_real[j][v], acc_imag[j][v], r.out + (n0 + j) * r.out_stride + c0 + v * kLanes);
 }
 
 // Images n0 .. n0 + TN - 1, every output channel: blocks of 8 * TV channels, then of 8,
@@ -169,20 +178,26 @@ void mix_tile(const complex* in, const K* kernel_real, const K* kernel_imag, com
     }
 }
 
-// Copies `count` floats to `target`, which the caller does not read again soon: where the
-// CPU has AVX, with non-temporal stores, which spare the memory read a cached store makes
-// of each line it fills (one of the three passes over a batch-sized buffer otherwise).
-void stream_copy(const float* source, float* target, std::int64_t count) {
-#if defined(__AVX__)
+// Copies `count` floats to `target`, which the caller does not read again soon, applying
+// `activation` on the way: where the CPU has AVX, with non-temporal stores, which spare the
+// memory read a cached store makes of each line it fills (one of the three passes over a
+// batch-sized buffer otherwise).
+void stream_copy(const float* source, float* target, std::int64_t count,
+                 Activation activation = Activation::kNone) {
+  const bool relu = activation == Activation::kRelu;
+  const auto value = [&](std::int64_t i) { return relu ? std::max(source[i], 0.0f) : source[i]; };
   std::int64_t i = 0;
+#if defined(__AVX__)
   for (; i < count && reinterpret_cast<std::uintptr_t>(target + i) % 32 != 0; ++i)
-    target[i] = source[i];
-  for (; i + 8 <= count; i += 8) _mm256_stream_ps(target + i, _mm256_loadu_ps(source + i));
-  for (; i < count; ++i) target[i] = source[i];
+    target[i] = value(i);
+  const __m256 zero = _mm256_setzero_ps();
+  for (; i + 8 <= count; i += 8) {
+    const __m256 lanes = _mm256_loadu_ps(source + i);
+    _mm256_stream_ps(target + i, relu ? _mm256_max_ps(lanes, zero) : lanes);
+  }
   _mm_sfence();  // the stores are weakly ordered: make them visible before the task ends
-#else
-  std::copy_n(source, count, target);
 #endif
+  for (; i < count; ++i) target[i] = value(i);
 }
 
 // A task's own buffer of at least `size` complex values, kept by its thread between calls.
@@ -190,6 +205,52 @@ complex* task_buffer(std::size_t size) {
   thread_local std::vector<complex> buffer;
   if (buffer.size() < size) buffer.resize(size);
   return buffer.data();
+}
+
+// One row of the half spectrum (Wf values per channel, `channels` apart) of an even number
+// `cout` of channels -> the full spectrum `pairs_out` [W][cout / 2] of one complex signal
+// per channel pair: Z = X_2p + i X_2p+1, the half spectrum extended by Hermitian symmetry.
+// The inverse DFT of Z is x_2p + i x_2p+1, the pair's two real rows interleaved as y stores
+// them, so a complex inverse DFT (which pocketfft runs faster than its real inverse) yields
+// both. The DC (and Nyquist) terms enter through their real parts, as a real inverse takes
+// them.
+void pack_channel_pairs(const complex* half_row, std::int64_t channels, std::int64_t cout,
+                        std::int64_t width, complex* pairs_out) {
+  const std::int64_t pairs = cout / 2, half_width = width / 2 + 1;
+  for (std::int64_t k = 0; k < half_width; ++k) {
+    const float* a = reinterpret_cast<const float*>(half_row + k * channels);  // (re, im) per channel
+    float* z = reinterpret_cast<float*>(pairs_out + k * pairs);
+    float* mirror = reinterpret_cast<float*>(pairs_out + (width - k) % width * pairs);
+    const bool self_mirrored = k == 0 || 2 * k == width;
+    std::int64_t p = 0;
+    if (!self_mirrored)
+      for (; p + 4 <= pairs; p += 4) {  // four pairs: two vectors [Xr, Xi, Yr, Yi, ...]
+        const vfloat u0 = load_lanes(a + 4 * p), u1 = load_lanes(a + 4 * p + 8);
+        const vindex swap{3, 2, 1, 0, 7, 6, 5, 4};  // [Yi, Yr, Xi, Xr, ...]
+        const vfloat t0 = __builtin_shuffle(u0, swap), t1 = __builtin_shuffle(u1, swap);
+        const vfloat to_z{-1, 1, 0, 0, -1, 1, 0, 0}, to_mirror{1, 0, -1, 0, 1, 0, -1, 0};
+        // lanes 0, 1 of u + t * to_z: Xr - Yi, Xi + Yr; lanes 0, 2 of u + t * to_mirror:
+        // Xr + Yi, Yr - Xi (the conjugates' pair at W - k)
+        const vfloat z_lanes = __builtin_shuffle(u0 + t0 * to_z, u1 + t1 * to_z,
+                                                 vindex{0, 1, 4, 5, 8, 9, 12, 13});
+        const vfloat mirror_lanes = __builtin_shuffle(u0 + t0 * to_mirror, u1 + t1 * to_mirror,
+                                                      vindex{0, 2, 4, 6, 8, 10, 12, 14});
+        __builtin_memcpy(z + 2 * p, &z_lanes, sizeof(vfloat));
+        __builtin_memcpy(mirror + 2 * p, &mirror_lanes, sizeof(vfloat));
+      }
+    for (; p < pairs; ++p) {
+      const float xr = a[4 * p], xi = a[4 * p + 1], yr = a[4 * p + 2], yi = a[4 * p + 3];
+      if (self_mirrored) {
+        z[2 * p] = xr;
+        z[2 * p + 1] = yr;
+      } else {
+        z[2 * p] = xr - yi;
+        z[2 * p + 1] = xi + yr;
+        mirror[2 * p] = xr + yi;
+        mirror[2 * p + 1] = yr - xi;
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -247,48 +308,56 @@ void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel
     const std::int64_t lanes = tile.lanes();
     complex* in = task_buffer(static_cast<std::size_t>(lanes * h * (cin + cout)));
     complex* out = in + lanes * h * cin;
-    // Calls copy(lane, row of the spectrum) for each lane and height frequency.
-    const auto for_each_lane_row = [&](auto&& copy) {
-      for (std::int64_t c = 0; c < tile.columns; ++c)
-        for (std::int64_t j = 0; j < tile.images; ++j)
-          for (std::int64_t r = 0; r < h; ++r)
-            copy((c * tile.images + j) * h + r,
-                 spectrum + (((tile.first_image + j) * h + r) * wf + tile.first_column + c) *
-                                channels);
+    // The tile's part of the spectrum and of the task's buffers, both seen as
+    // [columns][images][H][c] (the buffers' lanes in order), for the DFT along the height
+    // (pocketfft gathers each transform's values from the strided spectrum itself).
+    complex* corner =
+        spectrum + (tile.first_image * h * wf + tile.first_column) * channels;
+    const pocketfft::stride_t spectrum_view{channels * csize, h * wf * channels * csize,
+                                            wf * channels * csize, csize};
+    const auto height_dft = [&](std::int64_t c, const pocketfft::stride_t& from,
+                                const pocketfft::stride_t& to, bool forward,
+                                const complex* source, complex* target) {
+      pocketfft::c2c<float>({std::size_t(tile.columns), std::size_t(tile.images),
+                             std::size_t(h), std::size_t(c)},
+                            from, to, {2}, forward, source, target, 1.0f);
     };
-    const auto height_dft = [&](complex* lanes_data, std::int64_t c, bool forward) {
-      const pocketfft::stride_t strides{h * c * csize, c * csize, csize};
-      pocketfft::c2c<float>({std::size_t(lanes), std::size_t(h), std::size_t(c)}, strides,
-                            strides, {1}, forward, lanes_data, lanes_data, 1.0f);
+    const auto buffer_view = [&](std::int64_t c) {
+      return pocketfft::stride_t{tile.images * h * c * csize, h * c * csize, c * csize, csize};
     };
-    for_each_lane_row([&](std::int64_t row, complex* source) {
-      std::copy_n(source, cin, in + row * cin);
-    });
-    height_dft(in, cin, pocketfft::FORWARD);
+    height_dft(cin, spectrum_view, buffer_view(cin), pocketfft::FORWARD, corner, in);
     if (kernel_type == KernelType::kFloat16)
       mix_tile(in, static_cast<const _Float16*>(kernel_real),
                static_cast<const _Float16*>(kernel_imag), out, tile, s);
     else
       mix_tile(in, static_cast<const float*>(kernel_real),
                static_cast<const float*>(kernel_imag), out, tile, s);
-    height_dft(out, cout, pocketfft::BACKWARD);
-    for_each_lane_row([&](std::int64_t row, complex* target) {
-      std::copy_n(out + row * cout, cout, target);
-    });
+    height_dft(cout, buffer_view(cout), spectrum_view, pocketfft::BACKWARD, out, corner);
   });
 
   // 3. Rows: irfft along the width, spectrum -> y, with the transform pair's 1 / (H W) and
-  // the activation, applied while the rows are in cache.
+  // the activation, applied while the rows are in cache. An even number of channels runs
+  // as complex inverse DFTs of channel pairs (pack_channel_pairs).
   const float scale = 1.0f / static_cast<float>(h * w);
   for_each_row_block([&](std::int64_t first, std::int64_t rows) {
-    float* block = reinterpret_cast<float*>(
-        task_buffer(static_cast<std::size_t>(ceil_div(rows * w * cout, 2))));
-    pocketfft::c2r<float>({std::size_t(rows), std::size_t(w), std::size_t(cout)},
-                          spectrum_strides, {w * cout * fsize, cout * fsize, fsize}, 1,
-                          pocketfft::BACKWARD, spectrum + first * wf * channels, block, scale);
-    if (activation == Activation::kRelu)
-      for (std::int64_t i = 0; i < rows * w * cout; ++i) block[i] = std::max(block[i], 0.0f);
-    stream_copy(block, y + first * w * cout, rows * w * cout);
+    complex* block = task_buffer(static_cast<std::size_t>(ceil_div(rows * w * cout, 2)));
+    const complex* half_rows = spectrum + first * wf * channels;
+    if (cout % 2 == 0) {
+      const std::int64_t pairs = cout / 2;
+      for (std::int64_t row = 0; row < rows; ++row)
+        pack_channel_pairs(half_rows + row * wf * channels, channels, cout, w,
+                           block + row * w * pairs);
+      const pocketfft::stride_t strides{w * pairs * csize, pairs * csize, csize};
+      pocketfft::c2c<float>({std::size_t(rows), std::size_t(w), std::size_t(pairs)}, strides,
+                            strides, {1}, pocketfft::BACKWARD, block, block, scale);
+    } else {
+      pocketfft::c2r<float>({std::size_t(rows), std::size_t(w), std::size_t(cout)},
+                            spectrum_strides, {w * cout * fsize, cout * fsize, fsize}, 1,
+                            pocketfft::BACKWARD, half_rows, reinterpret_cast<float*>(block),
+                            scale);
+    }
+    stream_copy(reinterpret_cast<const float*>(block), y + first * w * cout, rows * w * cout,
+                activation);
   });
 }
 
