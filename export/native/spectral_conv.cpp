@@ -1,19 +1,20 @@
-// The native spectral convolution (spectral_conv.hpp), on pocketfft.
+// The native spectral convolution (spectral_conv.hpp), on pocketfft's transforms.
 //
 // Three passes over the batch, each split into independent tasks for the caller's
 // parallel-for, with one batch-sized buffer: the half spectrum R [N][H][W/2+1][C],
 // C = max(Cin, Cout), which each pass reads and writes in place.
-//   1. rows: rfft along the width of a block of image rows, x -> R (pocketfft vectorizes
-//      across channels, so each row is read once, in order);
+//   1. rows: rfft along the width of a block of image rows, x -> R;
 //   2. columns: a task runs the DFT along the height of a few width frequencies of a group
-//      of images, reading them from R straight into its own cache-sized buffer, then the
-//      channel mixing there (small complex GEMMs, one per height frequency, with those
-//      columns' kernel rows; tasks of the same columns run next to each other, so their
-//      kernel is fetched from memory about once per call), then the inverse DFT along the
-//      height, written straight back into R;
+//      of images, reading them from R into its own cache-sized buffer, then the channel
+//      mixing there (small complex GEMMs, one per height frequency, with those columns'
+//      kernel rows; tasks of the same columns run next to each other, so their kernel is
+//      fetched from memory about once per call), then the inverse DFT along the height,
+//      written back into R;
 //   3. rows: irfft along the width, R -> y.
 // Compared with separate 2D transforms and a mixing pass, the spectrum makes one round trip
-// through memory fewer, and the height transforms run on data in cache.
+// through memory fewer, and the height transforms run on data in cache. Every transform
+// takes up to one SIMD vector of channels at once, as the lanes of pocketfft's vectorized
+// transform (see strided_dft).
 #include "spectral_conv.hpp"
 
 #define POCKETFFT_NO_MULTITHREADING  // the caller's parallel-for runs the tasks
@@ -207,50 +208,151 @@ complex* task_buffer(std::size_t size) {
   return buffer.data();
 }
 
-// One row of the half spectrum (Wf values per channel, `channels` apart) of an even number
-// `cout` of channels -> the full spectrum `pairs_out` [W][cout / 2] of one complex signal
-// per channel pair: Z = X_2p + i X_2p+1, the half spectrum extended by Hermitian symmetry.
-// The inverse DFT of Z is x_2p + i x_2p+1, the pair's two real rows interleaved as y stores
-// them, so a complex inverse DFT (which pocketfft runs faster than its real inverse) yields
-// both. The DC (and Nyquist) terms enter through their real parts, as a real inverse takes
-// them.
-void pack_channel_pairs(const complex* half_row, std::int64_t channels, std::int64_t cout,
-                        std::int64_t width, complex* pairs_out) {
-  const std::int64_t pairs = cout / 2, half_width = width / 2 + 1;
-  for (std::int64_t k = 0; k < half_width; ++k) {
-    const float* a = reinterpret_cast<const float*>(half_row + k * channels);  // (re, im) per channel
-    float* z = reinterpret_cast<float*>(pairs_out + k * pairs);
-    float* mirror = reinterpret_cast<float*>(pairs_out + (width - k) % width * pairs);
-    const bool self_mirrored = k == 0 || 2 * k == width;
-    std::int64_t p = 0;
-    if (!self_mirrored)
-      for (; p + 4 <= pairs; p += 4) {  // four pairs: two vectors [Xr, Xi, Yr, Yi, ...]
-        const vfloat u0 = load_lanes(a + 4 * p), u1 = load_lanes(a + 4 * p + 8);
-        const vindex swap{3, 2, 1, 0, 7, 6, 5, 4};  // [Yi, Yr, Xi, Xr, ...]
-        const vfloat t0 = __builtin_shuffle(u0, swap), t1 = __builtin_shuffle(u1, swap);
-        const vfloat to_z{-1, 1, 0, 0, -1, 1, 0, 0}, to_mirror{1, 0, -1, 0, 1, 0, -1, 0};
-        // lanes 0, 1 of u + t * to_z: Xr - Yi, Xi + Yr; lanes 0, 2 of u + t * to_mirror:
-        // Xr + Yi, Yr - Xi (the conjugates' pair at W - k)
-        const vfloat z_lanes = __builtin_shuffle(u0 + t0 * to_z, u1 + t1 * to_z,
-                                                 vindex{0, 1, 4, 5, 8, 9, 12, 13});
-        const vfloat mirror_lanes = __builtin_shuffle(u0 + t0 * to_mirror, u1 + t1 * to_mirror,
-                                                      vindex{0, 2, 4, 6, 8, 10, 12, 14});
-        __builtin_memcpy(z + 2 * p, &z_lanes, sizeof(vfloat));
-        __builtin_memcpy(mirror + 2 * p, &mirror_lanes, sizeof(vfloat));
-      }
-    for (; p < pairs; ++p) {
-      const float xr = a[4 * p], xi = a[4 * p + 1], yr = a[4 * p + 2], yi = a[4 * p + 3];
-      if (self_mirrored) {
-        z[2 * p] = xr;
-        z[2 * p + 1] = yr;
-      } else {
-        z[2 * p] = xr - yi;
-        z[2 * p + 1] = xi + yr;
-        mirror[2 * p] = xr + yi;
-        mirror[2 * p + 1] = yr - xi;
+// The DFT along the height runs on pocketfft's vectorized transform directly: pocketfft's own
+// strided driver copies each value in and out one float at a time, which cost as much as
+// the transform itself here. A group of up to kFftLanes channels of one column of one image
+// becomes one vector transform, its channels pocketfft's lanes (real and imaginary parts
+// in separate vectors), moved in and out with vector loads and shuffles.
+namespace fft = pocketfft::detail;
+constexpr std::int64_t kFftLanes = fft::VLEN<float>::val;  // 1 where pocketfft has no SIMD
+typedef float fft_lanes __attribute__((vector_size(kFftLanes * sizeof(float))));
+using lane_complex = fft::cmplx<fft_lanes>;
+typedef std::int32_t fft_index __attribute__((vector_size(sizeof(fft_lanes))));
+
+// Shuffle masks: even and odd floats of two vectors, and their inverse.
+constexpr fft_index every_other(int first) {
+  fft_index mask{};
+  for (int j = 0; j < kFftLanes; ++j) mask[j] = 2 * j + first;
+  return mask;
+}
+constexpr fft_index interleaved(int first) {
+  fft_index mask{};
+  for (int j = 0; j < kFftLanes; ++j) mask[j] = (first + j) / 2 + (first + j) % 2 * kFftLanes;
+  return mask;
+}
+
+// buffer[r] = the `count` complex values at source + r * stride, r < rows, as lanes.
+void load_channel_lanes(const complex* source, std::int64_t stride, std::int64_t count,
+                        std::int64_t rows, lane_complex* buffer) {
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* values = reinterpret_cast<const float*>(source + r * stride);
+    if (count == kFftLanes) {
+      fft_lanes low, high;
+      __builtin_memcpy(&low, values, sizeof(fft_lanes));
+      __builtin_memcpy(&high, values + kFftLanes, sizeof(fft_lanes));
+      buffer[r].r = __builtin_shuffle(low, high, every_other(0));
+      buffer[r].i = __builtin_shuffle(low, high, every_other(1));
+    } else {
+      buffer[r].r = fft_lanes{};
+      buffer[r].i = fft_lanes{};
+      for (std::int64_t j = 0; j < count; ++j) {
+        buffer[r].r[j] = values[2 * j];
+        buffer[r].i[j] = values[2 * j + 1];
       }
     }
   }
+}
+
+// Lanes 0 .. count - 1 of (real, imag) as `count` complex values at `target`.
+inline void store_complex_lanes(fft_lanes real, fft_lanes imag, std::int64_t count,
+                                complex* target) {
+  float* values = reinterpret_cast<float*>(target);
+  if (count == kFftLanes) {
+    const fft_lanes low = __builtin_shuffle(real, imag, interleaved(0));
+    const fft_lanes high = __builtin_shuffle(real, imag, interleaved(kFftLanes));
+    __builtin_memcpy(values, &low, sizeof(fft_lanes));
+    __builtin_memcpy(values + kFftLanes, &high, sizeof(fft_lanes));
+  } else {
+    for (std::int64_t j = 0; j < count; ++j) {
+      values[2 * j] = real[j];
+      values[2 * j + 1] = imag[j];
+    }
+  }
+}
+
+// The inverse of load_channel_lanes: lanes 0 .. count - 1 of buffer[r] to target + r * stride.
+void store_channel_lanes(const lane_complex* buffer, std::int64_t rows, std::int64_t count,
+                         complex* target, std::int64_t stride) {
+  for (std::int64_t r = 0; r < rows; ++r)
+    store_complex_lanes(buffer[r].r, buffer[r].i, count, target + r * stride);
+}
+
+// The complex DFT of length `length` of `channels` signals, times `scale`: from source
+// (element r of signal c at source + r * source_stride + c) to target (likewise; it may be
+// source), through the lane buffer `buffer` (`length` values).
+void strided_dft(const complex* source, std::int64_t source_stride, complex* target,
+                 std::int64_t target_stride, std::int64_t length, std::int64_t channels,
+                 bool forward, float scale, lane_complex* buffer) {
+  const auto plan = fft::get_plan<fft::pocketfft_c<float>>(static_cast<std::size_t>(length));
+  for (std::int64_t c0 = 0; c0 < channels; c0 += kFftLanes) {
+    const std::int64_t count = std::min(kFftLanes, channels - c0);
+    load_channel_lanes(source + c0, source_stride, count, length, buffer);
+    plan->exec(buffer, scale, forward);
+    store_channel_lanes(buffer, length, count, target + c0, target_stride);
+  }
+}
+
+// The real DFT along the width of one row of x (`width` pixels of `channels` channels)
+// into its half spectrum `target` [W/2+1][channels], kFftLanes channels per vector
+// transform (pocketfft's real transform leaves its result as r0, r1, i1, r2, i2, ...).
+void width_rfft(const float* row, std::int64_t width, std::int64_t channels, complex* target,
+                fft_lanes* buffer) {
+  const auto plan = fft::get_plan<fft::pocketfft_r<float>>(static_cast<std::size_t>(width));
+  const std::int64_t half_width = width / 2 + 1;
+  for (std::int64_t c0 = 0; c0 < channels; c0 += kFftLanes) {
+    const std::int64_t count = std::min(kFftLanes, channels - c0);
+    for (std::int64_t w = 0; w < width; ++w) {
+      const float* values = row + w * channels + c0;
+      if (count == kFftLanes) {
+        __builtin_memcpy(&buffer[w], values, sizeof(fft_lanes));
+      } else {
+        buffer[w] = fft_lanes{};
+        for (std::int64_t j = 0; j < count; ++j) buffer[w][j] = values[j];
+      }
+    }
+    plan->exec(buffer, 1.0f, true);
+    const fft_lanes zero{};
+    store_complex_lanes(buffer[0], zero, count, target + c0);
+    for (std::int64_t k = 1; k < half_width; ++k)
+      store_complex_lanes(buffer[2 * k - 1], 2 * k < width ? buffer[2 * k] : zero, count,
+                          target + k * channels + c0);
+  }
+}
+
+// The inverse of width_rfft, times `scale`: one row of the half spectrum (W/2+1 values of
+// `channels` channels, `stride` apart from one frequency to the next) into `width` pixels
+// of `channels` channels at `row`. The DC (and Nyquist) terms enter through their real
+// parts, as numpy's and TensorFlow's irfft take them.
+void width_irfft(const complex* half_row, std::int64_t stride, std::int64_t width,
+                 std::int64_t channels, float scale, float* row, fft_lanes* buffer) {
+  const auto plan = fft::get_plan<fft::pocketfft_r<float>>(static_cast<std::size_t>(width));
+  const std::int64_t half_width = width / 2 + 1;
+  for (std::int64_t c0 = 0; c0 < channels; c0 += kFftLanes) {
+    const std::int64_t count = std::min(kFftLanes, channels - c0);
+    lane_complex value;
+    load_channel_lanes(half_row + c0, stride, count, 1, &value);
+    buffer[0] = value.r;
+    for (std::int64_t k = 1; k < half_width; ++k) {
+      load_channel_lanes(half_row + k * stride + c0, stride, count, 1, &value);
+      buffer[2 * k - 1] = value.r;
+      if (2 * k < width) buffer[2 * k] = value.i;
+    }
+    plan->exec(buffer, scale, false);
+    for (std::int64_t w = 0; w < width; ++w) {
+      float* values = row + w * channels + c0;
+      if (count == kFftLanes)
+        __builtin_memcpy(values, &buffer[w], sizeof(fft_lanes));
+      else
+        for (std::int64_t j = 0; j < count; ++j) values[j] = buffer[w][j];
+    }
+  }
+}
+
+// A task's own lane buffer of at least `size` values, kept by its thread between calls.
+lane_complex* lane_buffer(std::size_t size) {
+  thread_local std::vector<lane_complex> buffer;
+  if (buffer.size() < size) buffer.resize(size);
+  return buffer.data();
 }
 
 }  // namespace
@@ -267,8 +369,6 @@ void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel
   const std::int64_t cin = s.in_channels, cout = s.out_channels;
   const std::int64_t channels = std::max(cin, cout);
   auto* spectrum = reinterpret_cast<complex*>(scratch);  // [N][H][Wf][channels]
-  const std::ptrdiff_t fsize = sizeof(float), csize = sizeof(complex);
-  const pocketfft::stride_t spectrum_strides{wf * channels * csize, channels * csize, csize};
 
   const std::int64_t row_blocks = ceil_div(h, kRowsPerTask);
   // Runs rows_task(first, rows) over blocks of image rows: rows first .. first + rows - 1
@@ -283,10 +383,9 @@ void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel
   // 1. Rows: rfft along the width, x -> spectrum (through a task buffer in cache).
   for_each_row_block([&](std::int64_t first, std::int64_t rows) {
     complex* block = task_buffer(static_cast<std::size_t>(rows * wf * cin));
-    pocketfft::r2c<float>({std::size_t(rows), std::size_t(w), std::size_t(cin)},
-                          {w * cin * fsize, cin * fsize, fsize},
-                          {wf * cin * csize, cin * csize, csize}, 1, pocketfft::FORWARD,
-                          x + first * w * cin, block, 1.0f);
+    fft_lanes* lanes = &lane_buffer(static_cast<std::size_t>(ceil_div(w, 2)))->r;
+    for (std::int64_t row = 0; row < rows; ++row)
+      width_rfft(x + (first + row) * w * cin, w, cin, block + row * wf * cin, lanes);
     const std::int64_t run = channels == cin ? rows * wf * cin : cin;  // contiguous in both
     for (std::int64_t i = 0; i < rows * wf * cin; i += run)
       stream_copy(reinterpret_cast<const float*>(block + i),
@@ -308,56 +407,42 @@ void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel
     const std::int64_t lanes = tile.lanes();
     complex* in = task_buffer(static_cast<std::size_t>(lanes * h * (cin + cout)));
     complex* out = in + lanes * h * cin;
-    // The tile's part of the spectrum and of the task's buffers, both seen as
-    // [columns][images][H][c] (the buffers' lanes in order), for the DFT along the height
-    // (pocketfft gathers each transform's values from the strided spectrum itself).
-    complex* corner =
-        spectrum + (tile.first_image * h * wf + tile.first_column) * channels;
-    const pocketfft::stride_t spectrum_view{channels * csize, h * wf * channels * csize,
-                                            wf * channels * csize, csize};
-    const auto height_dft = [&](std::int64_t c, const pocketfft::stride_t& from,
-                                const pocketfft::stride_t& to, bool forward,
-                                const complex* source, complex* target) {
-      pocketfft::c2c<float>({std::size_t(tile.columns), std::size_t(tile.images),
-                             std::size_t(h), std::size_t(c)},
-                            from, to, {2}, forward, source, target, 1.0f);
+    lane_complex* lanes_buffer = lane_buffer(static_cast<std::size_t>(h));
+    // Runs dft(lane, the lane's column of the spectrum: its row r at r * wf * channels) for
+    // each lane of the tile, whose buffers hold [H][c] per lane.
+    const auto for_each_lane = [&](auto&& dft) {
+      for (std::int64_t c = 0; c < tile.columns; ++c)
+        for (std::int64_t j = 0; j < tile.images; ++j)
+          dft(c * tile.images + j,
+              spectrum + ((tile.first_image + j) * h * wf + tile.first_column + c) * channels);
     };
-    const auto buffer_view = [&](std::int64_t c) {
-      return pocketfft::stride_t{tile.images * h * c * csize, h * c * csize, c * csize, csize};
-    };
-    height_dft(cin, spectrum_view, buffer_view(cin), pocketfft::FORWARD, corner, in);
+    for_each_lane([&](std::int64_t lane, const complex* column) {
+      strided_dft(column, wf * channels, in + lane * h * cin, cin, h, cin, pocketfft::FORWARD,
+                  1.0f, lanes_buffer);
+    });
     if (kernel_type == KernelType::kFloat16)
       mix_tile(in, static_cast<const _Float16*>(kernel_real),
                static_cast<const _Float16*>(kernel_imag), out, tile, s);
     else
       mix_tile(in, static_cast<const float*>(kernel_real),
                static_cast<const float*>(kernel_imag), out, tile, s);
-    height_dft(cout, buffer_view(cout), spectrum_view, pocketfft::BACKWARD, out, corner);
+    for_each_lane([&](std::int64_t lane, const complex* column) {
+      strided_dft(out + lane * h * cout, cout, const_cast<complex*>(column), wf * channels, h,
+                  cout, pocketfft::BACKWARD, 1.0f, lanes_buffer);
+    });
   });
 
   // 3. Rows: irfft along the width, spectrum -> y, with the transform pair's 1 / (H W) and
-  // the activation, applied while the rows are in cache. An even number of channels runs
-  // as complex inverse DFTs of channel pairs (pack_channel_pairs).
+  // the activation, applied while the rows are in cache.
   const float scale = 1.0f / static_cast<float>(h * w);
   for_each_row_block([&](std::int64_t first, std::int64_t rows) {
-    complex* block = task_buffer(static_cast<std::size_t>(ceil_div(rows * w * cout, 2)));
-    const complex* half_rows = spectrum + first * wf * channels;
-    if (cout % 2 == 0) {
-      const std::int64_t pairs = cout / 2;
-      for (std::int64_t row = 0; row < rows; ++row)
-        pack_channel_pairs(half_rows + row * wf * channels, channels, cout, w,
-                           block + row * w * pairs);
-      const pocketfft::stride_t strides{w * pairs * csize, pairs * csize, csize};
-      pocketfft::c2c<float>({std::size_t(rows), std::size_t(w), std::size_t(pairs)}, strides,
-                            strides, {1}, pocketfft::BACKWARD, block, block, scale);
-    } else {
-      pocketfft::c2r<float>({std::size_t(rows), std::size_t(w), std::size_t(cout)},
-                            spectrum_strides, {w * cout * fsize, cout * fsize, fsize}, 1,
-                            pocketfft::BACKWARD, half_rows, reinterpret_cast<float*>(block),
-                            scale);
-    }
-    stream_copy(reinterpret_cast<const float*>(block), y + first * w * cout, rows * w * cout,
-                activation);
+    float* block = reinterpret_cast<float*>(
+        task_buffer(static_cast<std::size_t>(ceil_div(rows * w * cout, 2))));
+    fft_lanes* lanes = &lane_buffer(static_cast<std::size_t>(ceil_div(w, 2)))->r;
+    for (std::int64_t row = 0; row < rows; ++row)
+      width_irfft(spectrum + (first + row) * wf * channels, channels, w, cout, scale,
+                  block + row * w * cout, lanes);
+    stream_copy(block, y + first * w * cout, rows * w * cout, activation);
   });
 }
 
