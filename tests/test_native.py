@@ -89,7 +89,7 @@ def test_the_library_is_built():
         (5, 12, 10, 64, 64),
         (1, 13, 2, 8, 16),
         (7, 16, 16, 32, 32),
-        (2, 11, 9, 40, 6),  # even cout (paired inverse) with 3 pairs, below cin, odd width
+        (2, 11, 9, 40, 6),  # cout below cin and below one SIMD vector, odd width
         (2, 7, 2, 3, 10),  # width 2: DC and Nyquist only
         (1, 10, 1, 5, 8),  # width 1: DC only
         (2, 150, 150, 32, 32),  # the paper network's layer
@@ -112,6 +112,14 @@ def test_relu_activation_equals_numpy_fft_convolution_then_relu(shape, rng):
     (y,) = onnx_session(native_model(*shape[1:], activation="relu")).run(None, feed)
     assert (y >= 0).all() and (y == 0).any()
     assert relative_error(y, feed, relu=True) <= 2e-6
+
+
+def test_relu_keeps_nan_as_onnx_relu_does(rng):
+    feed = random_case(rng, 2, 9, 40, 3, 16)
+    feed["x"][1, 4, 7, 2] = np.nan  # spreads over image 1's whole output through the transforms
+    (y,) = onnx_session(native_model(9, 40, 3, 16, activation="relu")).run(None, feed)
+    assert np.isnan(y[1]).all()
+    assert not np.isnan(y[0]).any()
 
 
 def test_an_unknown_activation_is_refused_when_the_session_loads():

@@ -14,7 +14,7 @@
 // Compared with separate 2D transforms and a mixing pass, the spectrum makes one round trip
 // through memory fewer, and the height transforms run on data in cache. Every transform
 // takes up to one SIMD vector of channels at once, as the lanes of pocketfft's vectorized
-// transform (see strided_dft).
+// transform (strided_dft, width_rfft, width_irfft).
 #include "spectral_conv.hpp"
 
 #define POCKETFFT_NO_MULTITHREADING  // the caller's parallel-for runs the tasks
@@ -180,9 +180,10 @@ void mix_tile(const complex* in, const K* kernel_real, const K* kernel_imag, com
 }
 
 // Copies `count` floats to `target`, which the caller does not read again soon, applying
-// `activation` on the way: where the CPU has AVX, with non-temporal stores, which spare the
-// memory read a cached store makes of each line it fills (one of the three passes over a
-// batch-sized buffer otherwise).
+// `activation` on the way (a ReLU keeps NaN and -0.0 as std::max(x, 0.0f) does): where
+// the library is built for AVX, with non-temporal stores, which spare the memory read a
+// cached store makes of each line it fills (one of the three passes over a batch-sized
+// buffer otherwise).
 void stream_copy(const float* source, float* target, std::int64_t count,
                  Activation activation = Activation::kNone) {
   const bool relu = activation == Activation::kRelu;
@@ -194,7 +195,8 @@ void stream_copy(const float* source, float* target, std::int64_t count,
   const __m256 zero = _mm256_setzero_ps();
   for (; i + 8 <= count; i += 8) {
     const __m256 lanes = _mm256_loadu_ps(source + i);
-    _mm256_stream_ps(target + i, relu ? _mm256_max_ps(lanes, zero) : lanes);
+    // max_ps returns its second operand for NaN and for equal zeros, as std::max(x, 0) does
+    _mm256_stream_ps(target + i, relu ? _mm256_max_ps(zero, lanes) : lanes);
   }
   _mm_sfence();  // the stores are weakly ordered: make them visible before the task ends
 #endif
@@ -208,11 +210,12 @@ complex* task_buffer(std::size_t size) {
   return buffer.data();
 }
 
-// The DFT along the height runs on pocketfft's vectorized transform directly: pocketfft's own
-// strided driver copies each value in and out one float at a time, which cost as much as
-// the transform itself here. A group of up to kFftLanes channels of one column of one image
-// becomes one vector transform, its channels pocketfft's lanes (real and imaginary parts
-// in separate vectors), moved in and out with vector loads and shuffles.
+// The transforms run on pocketfft's vectorized transforms directly: pocketfft's own strided
+// drivers copy each value into and out of their SIMD lanes one float at a time, which cost
+// as much as the transforms themselves here. Up to kFftLanes channels of one row (or
+// column) become one vector transform, the channels pocketfft's lanes (complex values as a
+// vector of real and a vector of imaginary parts), moved in and out with vector loads and
+// shuffles.
 namespace fft = pocketfft::detail;
 constexpr std::int64_t kFftLanes = fft::VLEN<float>::val;  // 1 where pocketfft has no SIMD
 typedef float fft_lanes __attribute__((vector_size(kFftLanes * sizeof(float))));
@@ -277,27 +280,27 @@ void store_channel_lanes(const lane_complex* buffer, std::int64_t rows, std::int
     store_complex_lanes(buffer[r].r, buffer[r].i, count, target + r * stride);
 }
 
-// The complex DFT of length `length` of `channels` signals, times `scale`: from source
-// (element r of signal c at source + r * source_stride + c) to target (likewise; it may be
-// source), through the lane buffer `buffer` (`length` values).
-void strided_dft(const complex* source, std::int64_t source_stride, complex* target,
-                 std::int64_t target_stride, std::int64_t length, std::int64_t channels,
-                 bool forward, float scale, lane_complex* buffer) {
-  const auto plan = fft::get_plan<fft::pocketfft_c<float>>(static_cast<std::size_t>(length));
+// The complex DFT (`plan`, of length L) of `channels` signals: from source (element r of
+// signal c at source + r * source_stride + c) to target (likewise), through `buffer`
+// (L values).
+void strided_dft(const fft::pocketfft_c<float>& plan, const complex* source,
+                 std::int64_t source_stride, complex* target, std::int64_t target_stride,
+                 std::int64_t channels, bool forward, lane_complex* buffer) {
+  const auto length = static_cast<std::int64_t>(plan.length());
   for (std::int64_t c0 = 0; c0 < channels; c0 += kFftLanes) {
     const std::int64_t count = std::min(kFftLanes, channels - c0);
     load_channel_lanes(source + c0, source_stride, count, length, buffer);
-    plan->exec(buffer, scale, forward);
+    plan.exec(buffer, 1.0f, forward);
     store_channel_lanes(buffer, length, count, target + c0, target_stride);
   }
 }
 
-// The real DFT along the width of one row of x (`width` pixels of `channels` channels)
-// into its half spectrum `target` [W/2+1][channels], kFftLanes channels per vector
-// transform (pocketfft's real transform leaves its result as r0, r1, i1, r2, i2, ...).
-void width_rfft(const float* row, std::int64_t width, std::int64_t channels, complex* target,
-                fft_lanes* buffer) {
-  const auto plan = fft::get_plan<fft::pocketfft_r<float>>(static_cast<std::size_t>(width));
+// The real DFT along the width (`plan`, of length W) of one row of x (W pixels of
+// `channels` channels) into its half spectrum `target` [W/2+1][channels], through `buffer`
+// (W vectors; pocketfft's real transform leaves its result as r0, r1, i1, r2, i2, ...).
+void width_rfft(const fft::pocketfft_r<float>& plan, const float* row, std::int64_t channels,
+                complex* target, fft_lanes* buffer) {
+  const auto width = static_cast<std::int64_t>(plan.length());
   const std::int64_t half_width = width / 2 + 1;
   for (std::int64_t c0 = 0; c0 < channels; c0 += kFftLanes) {
     const std::int64_t count = std::min(kFftLanes, channels - c0);
@@ -310,7 +313,7 @@ void width_rfft(const float* row, std::int64_t width, std::int64_t channels, com
         for (std::int64_t j = 0; j < count; ++j) buffer[w][j] = values[j];
       }
     }
-    plan->exec(buffer, 1.0f, true);
+    plan.exec(buffer, 1.0f, true);
     const fft_lanes zero{};
     store_complex_lanes(buffer[0], zero, count, target + c0);
     for (std::int64_t k = 1; k < half_width; ++k)
@@ -320,24 +323,25 @@ void width_rfft(const float* row, std::int64_t width, std::int64_t channels, com
 }
 
 // The inverse of width_rfft, times `scale`: one row of the half spectrum (W/2+1 values of
-// `channels` channels, `stride` apart from one frequency to the next) into `width` pixels
-// of `channels` channels at `row`. The DC (and Nyquist) terms enter through their real
-// parts, as numpy's and TensorFlow's irfft take them.
-void width_irfft(const complex* half_row, std::int64_t stride, std::int64_t width,
-                 std::int64_t channels, float scale, float* row, fft_lanes* buffer) {
-  const auto plan = fft::get_plan<fft::pocketfft_r<float>>(static_cast<std::size_t>(width));
+// `channels` channels, `stride` apart from one frequency to the next) into W pixels of
+// `channels` channels at `row`. The DC (and Nyquist) terms enter through their real parts,
+// as numpy's and TensorFlow's irfft take them.
+void width_irfft(const fft::pocketfft_r<float>& plan, const complex* half_row,
+                 std::int64_t stride, std::int64_t channels, float scale, float* row,
+                 fft_lanes* buffer) {
+  const auto width = static_cast<std::int64_t>(plan.length());
   const std::int64_t half_width = width / 2 + 1;
   for (std::int64_t c0 = 0; c0 < channels; c0 += kFftLanes) {
     const std::int64_t count = std::min(kFftLanes, channels - c0);
     lane_complex value;
-    load_channel_lanes(half_row + c0, stride, count, 1, &value);
+    load_channel_lanes(half_row + c0, 0, count, 1, &value);
     buffer[0] = value.r;
     for (std::int64_t k = 1; k < half_width; ++k) {
-      load_channel_lanes(half_row + k * stride + c0, stride, count, 1, &value);
+      load_channel_lanes(half_row + k * stride + c0, 0, count, 1, &value);
       buffer[2 * k - 1] = value.r;
       if (2 * k < width) buffer[2 * k] = value.i;
     }
-    plan->exec(buffer, scale, false);
+    plan.exec(buffer, scale, false);
     for (std::int64_t w = 0; w < width; ++w) {
       float* values = row + w * channels + c0;
       if (count == kFftLanes)
@@ -348,9 +352,15 @@ void width_irfft(const complex* half_row, std::int64_t stride, std::int64_t widt
   }
 }
 
-// A task's own lane buffer of at least `size` values, kept by its thread between calls.
-lane_complex* lane_buffer(std::size_t size) {
+// A task's own buffers of at least `size` complex and real vectors, kept by its thread
+// between calls.
+lane_complex* complex_vector_buffer(std::size_t size) {
   thread_local std::vector<lane_complex> buffer;
+  if (buffer.size() < size) buffer.resize(size);
+  return buffer.data();
+}
+fft_lanes* real_vector_buffer(std::size_t size) {
+  thread_local std::vector<fft_lanes> buffer;
   if (buffer.size() < size) buffer.resize(size);
   return buffer.data();
 }
@@ -369,6 +379,9 @@ void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel
   const std::int64_t cin = s.in_channels, cout = s.out_channels;
   const std::int64_t channels = std::max(cin, cout);
   auto* spectrum = reinterpret_cast<complex*>(scratch);  // [N][H][Wf][channels]
+  // pocketfft's plans for the two lengths, shared read-only by the tasks
+  const auto width_plan = fft::get_plan<fft::pocketfft_r<float>>(static_cast<std::size_t>(w));
+  const auto height_plan = fft::get_plan<fft::pocketfft_c<float>>(static_cast<std::size_t>(h));
 
   const std::int64_t row_blocks = ceil_div(h, kRowsPerTask);
   // Runs rows_task(first, rows) over blocks of image rows: rows first .. first + rows - 1
@@ -383,9 +396,9 @@ void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel
   // 1. Rows: rfft along the width, x -> spectrum (through a task buffer in cache).
   for_each_row_block([&](std::int64_t first, std::int64_t rows) {
     complex* block = task_buffer(static_cast<std::size_t>(rows * wf * cin));
-    fft_lanes* lanes = &lane_buffer(static_cast<std::size_t>(ceil_div(w, 2)))->r;
+    fft_lanes* vectors = real_vector_buffer(static_cast<std::size_t>(w));
     for (std::int64_t row = 0; row < rows; ++row)
-      width_rfft(x + (first + row) * w * cin, w, cin, block + row * wf * cin, lanes);
+      width_rfft(*width_plan, x + (first + row) * w * cin, cin, block + row * wf * cin, vectors);
     const std::int64_t run = channels == cin ? rows * wf * cin : cin;  // contiguous in both
     for (std::int64_t i = 0; i < rows * wf * cin; i += run)
       stream_copy(reinterpret_cast<const float*>(block + i),
@@ -407,7 +420,7 @@ void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel
     const std::int64_t lanes = tile.lanes();
     complex* in = task_buffer(static_cast<std::size_t>(lanes * h * (cin + cout)));
     complex* out = in + lanes * h * cin;
-    lane_complex* lanes_buffer = lane_buffer(static_cast<std::size_t>(h));
+    lane_complex* vectors = complex_vector_buffer(static_cast<std::size_t>(h));
     // Runs dft(lane, the lane's column of the spectrum: its row r at r * wf * channels) for
     // each lane of the tile, whose buffers hold [H][c] per lane.
     const auto for_each_lane = [&](auto&& dft) {
@@ -416,9 +429,9 @@ void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel
           dft(c * tile.images + j,
               spectrum + ((tile.first_image + j) * h * wf + tile.first_column + c) * channels);
     };
-    for_each_lane([&](std::int64_t lane, const complex* column) {
-      strided_dft(column, wf * channels, in + lane * h * cin, cin, h, cin, pocketfft::FORWARD,
-                  1.0f, lanes_buffer);
+    for_each_lane([&](std::int64_t lane, complex* column) {
+      strided_dft(*height_plan, column, wf * channels, in + lane * h * cin, cin, cin,
+                  pocketfft::FORWARD, vectors);
     });
     if (kernel_type == KernelType::kFloat16)
       mix_tile(in, static_cast<const _Float16*>(kernel_real),
@@ -426,9 +439,9 @@ void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel
     else
       mix_tile(in, static_cast<const float*>(kernel_real),
                static_cast<const float*>(kernel_imag), out, tile, s);
-    for_each_lane([&](std::int64_t lane, const complex* column) {
-      strided_dft(out + lane * h * cout, cout, const_cast<complex*>(column), wf * channels, h,
-                  cout, pocketfft::BACKWARD, 1.0f, lanes_buffer);
+    for_each_lane([&](std::int64_t lane, complex* column) {
+      strided_dft(*height_plan, out + lane * h * cout, cout, column, wf * channels, cout,
+                  pocketfft::BACKWARD, vectors);
     });
   });
 
@@ -438,10 +451,10 @@ void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel
   for_each_row_block([&](std::int64_t first, std::int64_t rows) {
     float* block = reinterpret_cast<float*>(
         task_buffer(static_cast<std::size_t>(ceil_div(rows * w * cout, 2))));
-    fft_lanes* lanes = &lane_buffer(static_cast<std::size_t>(ceil_div(w, 2)))->r;
+    fft_lanes* vectors = real_vector_buffer(static_cast<std::size_t>(w));
     for (std::int64_t row = 0; row < rows; ++row)
-      width_irfft(spectrum + (first + row) * wf * channels, channels, w, cout, scale,
-                  block + row * w * cout, lanes);
+      width_irfft(*width_plan, spectrum + (first + row) * wf * channels, channels, cout, scale,
+                  block + row * w * cout, vectors);
     stream_copy(block, y + first * w * cout, rows * w * cout, activation);
   });
 }

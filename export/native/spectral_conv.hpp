@@ -34,8 +34,8 @@ struct SpectralShape {
 // The DC (and Nyquist) columns of the product enter the inverse transform through their
 // Hermitian part, as numpy's and TensorFlow's irfft2 take them.
 //
-// Scratch: two spectra of N * H * (W/2+1) * C complex values, taken from `scratch`
-// (at least scratch_floats(shape) floats), so a caller can keep them between calls.
+// Scratch: one half spectrum of N * H * (W/2+1) * max(Cin, Cout) complex values, taken from
+// `scratch` (at least scratch_floats(shape) floats), so a caller can keep it between calls.
 void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel_imag,
                      KernelType kernel_type, Activation activation, float* y,
                      const SpectralShape& shape, float* scratch, const ParallelFor& parallel_for);
