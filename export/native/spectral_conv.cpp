@@ -203,16 +203,18 @@ void stream_copy(const float* source, float* target, std::int64_t count,
   for (; i < count; ++i) target[i] = value(i);
 }
 
-// A task's own buffer of at least `size` complex values, kept by its thread between calls.
-complex* task_buffer(std::size_t size) {
-  thread_local std::vector<complex> buffer;
+// A task's own buffer of at least `size` values of type T, kept by its thread between calls
+// (one per type).
+template <typename T>
+T* task_buffer(std::size_t size) {
+  thread_local std::vector<T> buffer;
   if (buffer.size() < size) buffer.resize(size);
   return buffer.data();
 }
 
 // The transforms run on pocketfft's vectorized transforms directly: pocketfft's own strided
-// drivers copy each value into and out of their SIMD lanes one float at a time, which cost
-// as much as the transforms themselves here. Up to kFftLanes channels of one row (or
+// drivers copy each value into and out of their SIMD lanes one float at a time, a cost on
+// the order of a short transform's own. Up to kFftLanes channels of one row (or
 // column) become one vector transform, the channels pocketfft's lanes (complex values as a
 // vector of real and a vector of imaginary parts), moved in and out with vector loads and
 // shuffles.
@@ -352,19 +354,6 @@ void width_irfft(const fft::pocketfft_r<float>& plan, const complex* half_row,
   }
 }
 
-// A task's own buffers of at least `size` complex and real vectors, kept by its thread
-// between calls.
-lane_complex* complex_vector_buffer(std::size_t size) {
-  thread_local std::vector<lane_complex> buffer;
-  if (buffer.size() < size) buffer.resize(size);
-  return buffer.data();
-}
-fft_lanes* real_vector_buffer(std::size_t size) {
-  thread_local std::vector<fft_lanes> buffer;
-  if (buffer.size() < size) buffer.resize(size);
-  return buffer.data();
-}
-
 }  // namespace
 
 std::size_t scratch_floats(const SpectralShape& s) {
@@ -395,8 +384,8 @@ void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel
 
   // 1. Rows: rfft along the width, x -> spectrum (through a task buffer in cache).
   for_each_row_block([&](std::int64_t first, std::int64_t rows) {
-    complex* block = task_buffer(static_cast<std::size_t>(rows * wf * cin));
-    fft_lanes* vectors = real_vector_buffer(static_cast<std::size_t>(w));
+    complex* block = task_buffer<complex>(static_cast<std::size_t>(rows * wf * cin));
+    fft_lanes* vectors = task_buffer<fft_lanes>(static_cast<std::size_t>(w));
     for (std::int64_t row = 0; row < rows; ++row)
       width_rfft(*width_plan, x + (first + row) * w * cin, cin, block + row * wf * cin, vectors);
     const std::int64_t run = channels == cin ? rows * wf * cin : cin;  // contiguous in both
@@ -418,9 +407,9 @@ void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel
     tile.columns = std::min(shape.columns, wf - tile.first_column);
     tile.images = std::min(shape.images, n_images - tile.first_image);
     const std::int64_t lanes = tile.lanes();
-    complex* in = task_buffer(static_cast<std::size_t>(lanes * h * (cin + cout)));
+    complex* in = task_buffer<complex>(static_cast<std::size_t>(lanes * h * (cin + cout)));
     complex* out = in + lanes * h * cin;
-    lane_complex* vectors = complex_vector_buffer(static_cast<std::size_t>(h));
+    lane_complex* vectors = task_buffer<lane_complex>(static_cast<std::size_t>(h));
     // Runs dft(lane, the lane's column of the spectrum: its row r at r * wf * channels) for
     // each lane of the tile, whose buffers hold [H][c] per lane.
     const auto for_each_lane = [&](auto&& dft) {
@@ -450,8 +439,8 @@ void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel
   const float scale = 1.0f / static_cast<float>(h * w);
   for_each_row_block([&](std::int64_t first, std::int64_t rows) {
     float* block = reinterpret_cast<float*>(
-        task_buffer(static_cast<std::size_t>(ceil_div(rows * w * cout, 2))));
-    fft_lanes* vectors = real_vector_buffer(static_cast<std::size_t>(w));
+        task_buffer<complex>(static_cast<std::size_t>(ceil_div(rows * w * cout, 2))));
+    fft_lanes* vectors = task_buffer<fft_lanes>(static_cast<std::size_t>(w));
     for (std::int64_t row = 0; row < rows; ++row)
       width_irfft(*width_plan, spectrum + (first + row) * wf * channels, channels, cout, scale,
                   block + row * w * cout, vectors);
