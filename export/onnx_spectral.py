@@ -160,8 +160,8 @@ def factorized_spectral_conv2d(
     channels in the trailing columns, and the reshapes between stages are free. The two
     transposes at the ends cancel against the next spectral layer's once tf2onnx's
     optimizer pushes them through the elementwise layers between. The mixing's four
-    real products are not combined elementwise: the first inverse stage multiplies
-    ``X Kr`` and ``X Ki`` each by its own matrix and adds the two.
+    real products are not combined elementwise: one MatMul computes ``X Kr`` and ``X Ki``
+    side by side, and the first inverse stage reads both (:func:`_mixed_inverse`).
     """
     _, height, width, cin = x.shape
     if (plan.height, plan.width) != (height, width):
@@ -181,30 +181,32 @@ def factorized_spectral_conv2d(
     t = stage(
         plan.forward_height_second, "dft_h2", tf.reshape(t, [columns, hfirst, 2 * hsecond, -1])
     )
-    spectrum = tf.reshape(t, [plan.frequencies, -1, cin])  # [F, 2N (part, n), Cin]
-    by_real = tf.matmul(spectrum, ordered_real, name="kernel_real_stage")
-    by_imag = tf.matmul(spectrum, ordered_imag, name="kernel_imag_stage")
-    by_real, by_imag = (
-        tf.reshape(product, [columns, hfirst, 2 * hsecond, -1]) for product in (by_real, by_imag)
-    )  # [Fw, K1h, (k2h, part), N Cout]
-    for_kr, for_ki = _mixed_inverse(plan.inverse_height_second)
-    t = stage(for_kr, "idft_h2_kr", by_real) + stage(for_ki, "idft_h2_ki", by_imag)
+    spectrum = tf.reshape(t, [plan.frequencies, 1, -1, cin])  # [F, 1, 2N (part, n), Cin]
+    kernel = tf.stack([ordered_real, ordered_imag], axis=1)  # [F, 2, Cin, Cout]; folded at load
+    products = tf.matmul(spectrum, kernel, name="kernel_stage")  # [F, 2, 2N, Cout]
+    products = tf.reshape(products, [columns, hfirst, 4 * hsecond, -1])  # (k2h, kernel part, part)
+    t = stage(_mixed_inverse(plan.inverse_height_second), "idft_h2", products)
     t = stage(plan.inverse_height_first, "idft_h1", tf.reshape(t, [columns, 2 * hfirst, -1]))
     t = stage(plan.inverse_width_second, "idft_w2", tf.reshape(t, [kept, 2 * wsecond, -1]))
     t = stage(plan.inverse_width_first, "irfft_w1", tf.reshape(t, [2 * kept, -1]))
     return tf.transpose(tf.reshape(t, [width, height, -1, cout]), [2, 1, 0, 3])
 
 
-def _mixed_inverse(inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``M [.., O, 2 K]`` acting on ``(k, part)`` -> ``(M, M')`` acting on ``P`` and ``Q``.
+def _mixed_inverse(inverse: np.ndarray) -> np.ndarray:
+    """``M [.., O, 2 K]`` acting on ``(k, part)`` -> ``[.., O, 4 K]`` acting on
+    ``(k, kernel part, part)``: the products ``P = X Kr`` and ``Q = X Ki`` side by side.
 
-    With ``P = X Kr`` and ``Q = X Ki`` (each ``(k, part)`` stacked), ``M [Yr; Yi]`` equals
-    ``M P + M' Q`` where ``M'`` takes ``M``'s imaginary-part column for ``Q``'s real part
-    and minus its real-part column for ``Q``'s imaginary part.
+    ``M [Yr; Yi] = M P + M' Q``, where ``M'`` takes ``M``'s imaginary-part column for
+    ``Q``'s real part and minus its real-part column for ``Q``'s imaginary part (``Y = X K``
+    with ``Yr = Pr - Qi`` and ``Yi = Pi + Qr``), so one MatMul both mixes the products and
+    starts the inverse transform.
     """
     swapped = np.empty_like(inverse)
     swapped[..., 0::2], swapped[..., 1::2] = inverse[..., 1::2], -inverse[..., 0::2]
-    return inverse, swapped
+    both = np.stack([inverse, swapped], axis=-2)  # [.., O, kernel part, (k, part)]
+    *leading, outputs, _, width = both.shape
+    both = both.reshape(*leading, outputs, 2, width // 2, 2).swapaxes(-3, -2)
+    return both.reshape(*leading, outputs, 2 * width)
 
 
 def fuse_native_relu(graph: onnx.GraphProto) -> int:
