@@ -377,6 +377,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
                 batch_sizes=(1, batch),
                 runs=repeats,
                 conv_layers=layers,
+                peak_gflops=results["peak_gflops"],
                 progress=lambda _: bar.add(1),
             )
         elif suite == "onnx":

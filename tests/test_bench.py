@@ -9,13 +9,14 @@ import statistics
 import pytest
 
 from cfconv_tf.bench.flops import spectral_flops
-from cfconv_tf.bench.infer import model_names, select_models
+from cfconv_tf.bench.infer import frozen_cf_model, model_names, select_models
 from cfconv_tf.bench.timing import time_interleaved
 from cfconv_tf.bench.train import configurations, select_rows
 from cfconv_tf.bench.train_worker import benchmark_config
 from cfconv_tf.cli import main
 from cfconv_tf.config import load_model_config
 from export.native import library_path
+from export.onnx_export import spectral_layers
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +114,22 @@ def test_profile_rows_name_every_stage_of_each_lowering(quick_results):
             assert expected[lowering] <= set(stages)
             assert sum(row["share"] for row in stages.values()) == pytest.approx(1.0)
             assert all(row["median_ms"] >= 0 for row in stages.values())
+    # the factorized stages' GFLOP are the plan's count for the quick model's layers
+    model = frozen_cf_model(15, 3, 2, conv_layers=2)
+    shapes = [(layer.input.shape, layer.filters) for layer in spectral_layers(model)]
+    for batch in (1, 4):
+        expected = sum(
+            spectral_flops(height, width, cin, cout, "dft-factorized")
+            for (_, height, width, cin), cout in shapes
+        )
+        counted = sum(
+            row["gflop"]
+            for row in rows
+            if row["lowering"] == "factorized"
+            and row["batch"] == batch
+            and row["stage"].startswith("MatMul:")
+        )
+        assert counted == pytest.approx(batch * expected / 1e9)
     markdown = (quick_results[0] / "results.md").read_text()
     assert "onnxruntime time goes" in markdown
 

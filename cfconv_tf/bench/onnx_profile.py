@@ -48,6 +48,26 @@ def node_stages(model: onnx.ModelProto) -> dict[str, str]:
     return stages
 
 
+def matmul_flops(model: onnx.ModelProto, batch: int) -> dict[str, int]:
+    """Node name -> floating-point operations of each MatMul for a call on ``batch`` images
+    (``2 * output elements * contraction length``, from ONNX shape inference). MatMuls
+    whose shapes inference cannot reach (those after a custom op) are left out."""
+    sized = onnx.ModelProto()
+    sized.CopyFrom(model)
+    sized.graph.input[0].type.tensor_type.shape.dim[0].dim_value = batch
+    graph = onnx.shape_inference.infer_shapes(sized).graph
+    shapes = {
+        value.name: [dim.dim_value for dim in value.type.tensor_type.shape.dim]
+        for value in [*graph.value_info, *graph.input, *graph.output]
+    }
+    shapes.update({tensor.name: list(tensor.dims) for tensor in graph.initializer})
+    return {
+        node.name: 2 * int(np.prod(shapes[node.output[0]])) * shapes[node.input[0]][-1]
+        for node in graph.node
+        if node.op_type == "MatMul" and node.output[0] in shapes and node.input[0] in shapes
+    }
+
+
 def profile_stages(model: onnx.ModelProto, images: np.ndarray, runs: int) -> dict[str, float]:
     """Milliseconds per stage: per node the median over ``runs`` profiled calls, summed.
 
@@ -87,10 +107,13 @@ def run_profile(
     lowerings: tuple[str, ...] = PROFILED_LOWERINGS,
     runs: int = 5,
     conv_layers: int = 6,
+    peak_gflops: float = 200.0,
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[dict]:
     """One row per (lowering, batch, stage), largest first, with its share of the summed
-    time. The native lowering is left out where its library is not built."""
+    time and, for MatMul stages, the GFLOP a call executes in them and the rate they run
+    at as a fraction of ``peak_gflops``. The native lowering is left out where its library
+    is not built."""
     model = frozen_cf_model(size, 3, 2, conv_layers)
     signature = signature_of(model, ["0", "1"])
     rng = np.random.default_rng(0)
@@ -104,14 +127,21 @@ def run_profile(
             images = rng.uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
             stages = profile_stages(onnx_model, images, runs)
             total = sum(stages.values())
+            flops: dict[str, int] = defaultdict(int)
+            names = node_stages(onnx_model)
+            for node, count in matmul_flops(onnx_model, batch).items():
+                flops[names[node]] += count
             for stage, ms in sorted(stages.items(), key=lambda item: -item[1]):
-                rows.append(
-                    {
-                        "lowering": lowering,
-                        "batch": batch,
-                        "stage": stage,
-                        "median_ms": ms,
-                        "share": ms / total,
-                    }
-                )
+                row = {
+                    "lowering": lowering,
+                    "batch": batch,
+                    "stage": stage,
+                    "median_ms": ms,
+                    "share": ms / total,
+                }
+                if stage in flops:
+                    row["gflop"] = flops[stage] / 1e9
+                    if ms > 0:
+                        row["peak_fraction"] = flops[stage] / (ms / 1e3) / 1e9 / peak_gflops
+                rows.append(row)
     return rows

@@ -74,7 +74,7 @@ INFER_COLUMNS = [
 ]
 
 
-PROFILE_COLUMNS = ["lowering", "batch", "stage", "median_ms", "share"]
+PROFILE_COLUMNS = ["lowering", "batch", "stage", "median_ms", "share", "gflop", "peak_fraction"]
 
 ONNX_COLUMNS = [
     "model",
