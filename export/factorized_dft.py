@@ -82,23 +82,19 @@ class FactorizedDFT:
 
     @classmethod
     def for_size(cls, height: int, width: int, channels: int) -> FactorizedDFT:
-        """The splits with the fewest multiply-adds for a layer mixing ``channels`` outputs.
+        """The splits with the fewest multiply-adds (:meth:`multiply_adds`) for a layer
+        mixing ``channels`` inputs into as many outputs.
 
-        Height: the divisor pair with the smallest ``N1 + N2``. Width: the width stages
-        plus what the width spectrum's column count costs downstream (height transform
-        and channel mixing), since a longer first stage keeps fewer redundant columns.
+        A longer first width stage keeps fewer redundant columns for everything downstream;
+        the inverse's first height stage reads both mixing products, so it counts twice and
+        favours a short second height stage.
         """
-        height_first, height_second = min(_divisor_pairs(height), key=lambda pair: sum(pair))
-
-        def width_cost(pair: tuple[int, int]) -> int:
-            first, second = pair
-            columns = (first // 2 + 1) * second
-            stages = 2 * columns * first + 4 * columns * second
-            downstream = columns * height * 4 * (height_first + height_second + channels)
-            return height * stages + downstream
-
-        width_first, _ = min(_divisor_pairs(width), key=width_cost)
-        return cls(height, width, width_first, height_first)
+        splits = [
+            cls(height, width, width_first, height_first)
+            for width_first, _ in _divisor_pairs(width)
+            for height_first, _ in _divisor_pairs(height)
+        ]
+        return min(splits, key=lambda plan: plan.multiply_adds(channels, channels))
 
     @property
     def width_second(self) -> int:

@@ -84,6 +84,8 @@ def test_cheapest_split_at_the_papers_size_beats_the_dense_transform():
     assert 1 < plan.width_first < 150 and 1 < plan.height_first < 150
     # per complex point, the height transform costs N1 + N2 multiply-adds instead of N
     assert plan.height_first + plan.height_second <= 25
+    # the inverse's first height stage reads both mixing products: the shorter stage goes there
+    assert plan.height_second < plan.height_first
     # the redundant columns cost at most a few percent of the half spectrum
     assert 76 <= plan.width_columns <= 80
 
