@@ -203,7 +203,7 @@ class FactorizedDFT:
         """Real multiply-adds per image of the ONNX lowering's MatMuls (its exact sizes).
 
         The first inverse stage counts twice: it reads the mixing's two products side by
-        side (``export.onnx_spectral.spectral_conv_factorized``).
+        side (:func:`export.onnx_spectral.factorized_spectral_conv2d`).
         """
         kept, columns, height = self.kept_first, self.width_columns, self.height
         width_stages = (

@@ -118,7 +118,7 @@ def test_profile_rows_name_every_stage_of_each_lowering(quick_results):
     model = frozen_cf_model(15, 3, 2, conv_layers=2)
     shapes = [(layer.input.shape, layer.filters) for layer in spectral_layers(model)]
     for batch in (1, 4):
-        expected = sum(
+        planned = sum(
             spectral_flops(height, width, cin, cout, "dft-factorized")
             for (_, height, width, cin), cout in shapes
         )
@@ -129,7 +129,7 @@ def test_profile_rows_name_every_stage_of_each_lowering(quick_results):
             and row["batch"] == batch
             and row["stage"].startswith("MatMul:")
         )
-        assert counted == pytest.approx(batch * expected / 1e9)
+        assert counted == pytest.approx(batch * planned / 1e9)
     markdown = (quick_results[0] / "results.md").read_text()
     assert "onnxruntime time goes" in markdown
 

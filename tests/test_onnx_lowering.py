@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from cfconv_tf import FrozenSpectralConv2D
+from cfconv_tf.bench.onnx_profile import matmul_flops
 from cfconv_tf.spectral import hermitian_project
 from export.factorized_dft import FactorizedDFT
 from export.names import NATIVE_DOMAIN, NATIVE_OP
@@ -104,19 +105,10 @@ def test_lowering_equals_numpy_fft_convolution(lowering, shape, rng):
 def test_factorized_graph_does_the_multiply_adds_the_plan_counts(height, width, cin, cout, rng):
     model = single_layer(*random_kernel(rng, height, width, cin, cout), width)
     proto = build_onnx(model, signature_of(model), "factorized")
-    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1  # one image
-    inferred = onnx.shape_inference.infer_shapes(proto).graph
-    shapes = {
-        value.name: [dim.dim_value for dim in value.type.tensor_type.shape.dim]
-        for value in [*inferred.value_info, *inferred.input, *inferred.output]
-    }
-    shapes.update({init.name: list(init.dims) for init in inferred.initializer})
-    counted = sum(
-        int(np.prod(shapes[node.output[0]])) * shapes[node.input[0]][-1]
-        for node in inferred.node
-        if node.op_type == "MatMul"
-    )
-    assert counted == FactorizedDFT.for_size(height, width, cout).multiply_adds(cin, cout)
+    flops = matmul_flops(proto, batch=1)  # every MatMul of the graph, for one image
+    assert len(flops) == sum(node.op_type == "MatMul" for node in proto.graph.node)
+    plan = FactorizedDFT.for_size(height, width, cout)
+    assert sum(flops.values()) // 2 == plan.multiply_adds(cin, cout)
 
 
 def test_bad_lowering_requests_are_refused(rng):

@@ -3,7 +3,7 @@
 Exports the benchmark's frozen CF model (:func:`cfconv_tf.bench.infer.frozen_cf_model`)
 in each profiled ONNX lowering, runs it under onnxruntime's profiler, and adds up each
 node's median kernel time by *stage*: a MatMul of the factorized lowering by its stage
-(``kernel_real``, ``rfft_w1``, ``dft_h2``, ... as
+(``kernel``, ``rfft_w1``, ``dft_h2``, ... as
 :func:`export.onnx_spectral.factorized_spectral_conv2d` names them, so every layer's
 stage of one kind adds up), any other node (the native lowering's ``SpectralConv2D``
 among them) by its op type.
@@ -51,7 +51,7 @@ def node_stages(model: onnx.ModelProto) -> dict[str, str]:
 def matmul_flops(model: onnx.ModelProto, batch: int) -> dict[str, int]:
     """Node name -> floating-point operations of each MatMul for a call on ``batch`` images
     (``2 * output elements * contraction length``, from ONNX shape inference). MatMuls
-    whose shapes inference cannot reach (those after a custom op) are left out."""
+    whose shapes inference does not fully know (those after a custom op) are left out."""
     sized = onnx.ModelProto()
     sized.CopyFrom(model)
     sized.graph.input[0].type.tensor_type.shape.dim[0].dim_value = batch
@@ -61,10 +61,11 @@ def matmul_flops(model: onnx.ModelProto, batch: int) -> dict[str, int]:
         for value in [*graph.value_info, *graph.input, *graph.output]
     }
     shapes.update({tensor.name: list(tensor.dims) for tensor in graph.initializer})
+    known = {name for name, shape in shapes.items() if shape and all(size > 0 for size in shape)}
     return {
         node.name: 2 * int(np.prod(shapes[node.output[0]])) * shapes[node.input[0]][-1]
         for node in graph.node
-        if node.op_type == "MatMul" and node.output[0] in shapes and node.input[0] in shapes
+        if node.op_type == "MatMul" and {node.output[0], node.input[0]} <= known
     }
 
 
