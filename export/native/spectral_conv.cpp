@@ -67,6 +67,9 @@ constexpr std::int64_t kRowsPerTask = 8;
 // A column task's buffers (the column of its images' spectra, before and after mixing)
 // stay within this, so they and the column's kernel rows stay in a core's L2 cache.
 constexpr std::int64_t kColumnBytes = 512 * 1024;
+// The column pass runs at least this many tasks where the spectrum has enough columns, so
+// that the threads of a parallel-for finish it together even for a single image.
+constexpr std::int64_t kMinColumnTasks = 16;
 
 // One frequency's product out[n][:] = x[n][:] @ K for a run of images: x and out are
 // complex rows Cin and Cout long, x_stride and out_stride apart from one image to the
@@ -146,15 +149,17 @@ struct ColumnTile {
 
 // The tiles' sizes: up to eight images (a multiple of four where possible, so the mixing
 // shares each kernel row among four), then as many columns as keep a task's two buffers
-// within kColumnBytes. With few images a tile takes several adjacent columns, so the
-// kernel is still read in long contiguous runs.
+// within kColumnBytes and still leave kMinColumnTasks tasks. With few images a tile takes
+// several adjacent columns, so the kernel is still read in long contiguous runs.
 ColumnTile tile_shape(const SpectralShape& s) {
   const std::int64_t lane_bytes = s.height * (s.in_channels + s.out_channels) *
                                   static_cast<std::int64_t>(sizeof(complex));
   const std::int64_t fit = std::max<std::int64_t>(1, kColumnBytes / lane_bytes);
   std::int64_t images = std::min({fit, s.batch, std::int64_t{8}});
   if (images >= 4) images = images / 4 * 4;
-  const std::int64_t columns = std::clamp<std::int64_t>(fit / images, 1, s.half_width());
+  const std::int64_t column_tiles = ceil_div(kMinColumnTasks, ceil_div(s.batch, images));
+  const std::int64_t most = std::max<std::int64_t>(1, s.half_width() / column_tiles);
+  const std::int64_t columns = std::clamp<std::int64_t>(fit / images, 1, most);
   return ColumnTile{0, columns, 0, images};
 }
 
