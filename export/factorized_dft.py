@@ -88,7 +88,12 @@ class FactorizedDFT:
         A longer first width stage keeps fewer redundant columns for everything downstream;
         the inverse's first height stage reads both mixing products, so it counts twice and
         favours a short second height stage.
+
+        Raises:
+            ValueError: a size below 1.
         """
+        if height < 1 or width < 1:
+            raise ValueError(f"a {height}x{width} layer has no DFT plan: sizes must be >= 1")
         splits = [
             cls(height, width, width_first, height_first)
             for width_first, _ in _divisor_pairs(width)

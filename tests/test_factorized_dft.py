@@ -91,6 +91,8 @@ def test_cheapest_split_at_the_papers_size_beats_the_dense_transform():
 
 
 def test_bad_plans_and_kernels_get_clear_errors():
+    with pytest.raises(ValueError, match="a 0x8 layer has no DFT plan"):
+        FactorizedDFT.for_size(0, 8, 4)
     with pytest.raises(ValueError, match="width 10 is not split by a first stage of 3"):
         FactorizedDFT(8, 10, 3, 2)
     with pytest.raises(ValueError, match="height 8 is not split by a first stage of 0"):
