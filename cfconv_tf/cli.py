@@ -606,7 +606,8 @@ def _add_freeze_options(parser: argparse.ArgumentParser) -> None:
         "--kernel-dtype",
         choices=STORAGE_DTYPES,
         default="float32",
-        help="compact ONNX kernels: store spectral kernels (or their factors) in float16",
+        help="compact ONNX kernels: store spectral kernels (or their factors) in float16, or "
+        "full kernels in int8 with a float32 scale per frequency and output channel",
     )
 
 

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from cfconv_tf.frozen import FrozenSpectralConv2D
 from cfconv_tf.spectral import spectral_conv2d
-from export.compact import EXACT, KernelStorage, layer_factors, stored
+from export.compact import EXACT, KernelStorage, layer_stored, stored
 from export.factorized_dft import FactorizedDFT
 from export.names import NATIVE_ACTIVATION, NATIVE_DOMAIN, NATIVE_OP
 
@@ -42,24 +42,36 @@ def kernel_operands(
     them, by part name (:func:`kernel_from_operands` turns them back into the kernel).
 
     Kernel layout: ``factorized``: ``[F, Cin, Cout]`` in the plan's digit-reversed
-    frequency order (:meth:`FactorizedDFT.kernel_order`); the others: the half spectrum
-    ``[H, W//2+1, Cin, Cout]`` as the layer holds it. With a rank, each part ``real`` /
-    ``imag`` is stored as ``<part>_frequencies`` ``[F or H * Wf, r]`` and
-    ``<part>_channels`` ``[r, Cin * Cout]`` (:mod:`export.compact`).
+    frequency order (:meth:`FactorizedDFT.kernel_order`); ``native``: the half spectrum
+    with the width frequency outermost, ``[W//2+1, H, Cin, Cout]`` (the op's layout); the
+    others: the half spectrum ``[H, W//2+1, Cin, Cout]`` as the layer holds it. With a rank,
+    each part ``real`` / ``imag`` is stored as ``<part>_frequencies`` ``[F or H * Wf, r]``
+    and ``<part>_channels`` ``[r, Cin * Cout]``; int8 parts come with their ``scale``, the
+    kernel's layout without ``Cin`` (:mod:`export.compact`).
     """
     if storage.rank is None:
         kernel_real, kernel_imag = (np.asarray(part) for part in layer.get_weights())
+        scale = None
+        if storage.dtype == "int8":
+            kernel_real, kernel_imag, scale = layer_stored(layer, storage)
         parts = {"real": kernel_real, "imag": kernel_imag}
         if lowering == "factorized":
-            parts = dict(
-                zip(parts, _plan(layer).kernel_order(kernel_real, kernel_imag), strict=True)
-            )
-        return {name: stored(value, storage) for name, value in parts.items()}
-    (u_real, v_real), (u_imag, v_imag) = layer_factors(layer, storage)
+            ordered = _plan(layer).kernel_order(kernel_real, kernel_imag)
+            parts = dict(zip(parts, ordered, strict=True))
+            if scale is not None:  # a gather of frequencies: the scales follow it
+                scale = _plan(layer).kernel_order(scale[:, :, None], scale[:, :, None])[0][:, 0]
+        elif lowering == "native":
+            parts = {name: _width_first(value) for name, value in parts.items()}
+            scale = None if scale is None else _width_first(scale)
+        operands = {name: stored(value, storage) for name, value in parts.items()}
+        return operands if scale is None else {**operands, "scale": scale}
+    (u_real, v_real), (u_imag, v_imag) = layer_stored(layer, storage)
     if lowering == "factorized":  # a per-frequency gather (and sign): rows of U follow it
         u_real, u_imag = (
             u[..., 0] for u in _plan(layer).kernel_order(u_real[..., None], u_imag[..., None])
         )
+    elif lowering == "native":
+        u_real, u_imag = _width_first(u_real), _width_first(u_imag)
     operands = {}
     for part, u, v in (("real", u_real, v_real), ("imag", u_imag, v_imag)):
         operands[f"{part}_frequencies"] = stored(u.reshape(-1, u.shape[-1]), storage)
@@ -69,19 +81,25 @@ def kernel_operands(
 
 def kernel_from_operands(
     layer: FrozenSpectralConv2D, lowering: str, operands: dict[str, tf.Tensor]
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """The kernel parts a lowering convolves with, from the tensors holding
-    :func:`kernel_operands` (a MatMul of the factors, which a runtime folds at load): float32,
-    but for the native lowering, which reads a float16 kernel as it is stored."""
+) -> tuple[tf.Tensor, ...]:
+    """The kernel a lowering convolves with, from the tensors holding
+    :func:`kernel_operands` (a MatMul of the factors, or int8 values times their scales,
+    which a runtime folds at load): the float32 parts, but for the native lowering, which
+    reads float16 or int8 parts as stored (int8 ones followed by their scales)."""
     height, width = layer.input_size
     cin, cout = layer.kernel_real.shape[2:]
-    rows = [_plan(layer).frequencies] if lowering == "factorized" else [height, width // 2 + 1]
+    rows = {"factorized": [_plan(layer).frequencies], "native": [width // 2 + 1, height]}.get(
+        lowering, [height, width // 2 + 1]
+    )
+    scale = operands.get("scale")
     kernel = []
     for part in ("real", "imag"):
         if part in operands:
             value = operands[part]
             if lowering != "native":
                 value = tf.cast(value, tf.float32)
+                if scale is not None:
+                    value = value * tf.expand_dims(scale, -2)  # over the input channels
         else:
             frequencies, channels = (
                 tf.cast(operands[f"{part}_{name}"], tf.float32)
@@ -89,42 +107,39 @@ def kernel_from_operands(
             )
             value = tf.reshape(tf.matmul(frequencies, channels), [*rows, cin, cout])
         kernel.append(value)
-    return kernel[0], kernel[1]
+    if lowering == "native" and scale is not None:
+        kernel.append(scale)
+    return tuple(kernel)
 
 
 def lowered_convolution(
-    lowering: str,
-    layer: FrozenSpectralConv2D,
-    x: tf.Tensor,
-    kernel_real: tf.Tensor,
-    kernel_imag: tf.Tensor,
+    lowering: str, layer: FrozenSpectralConv2D, x: tf.Tensor, *kernel: tf.Tensor
 ) -> tf.Tensor:
     """``layer``'s convolution of ``x [N, H, W, Cin]`` as the lowering writes it.
 
-    The kernel parts are the tensors holding :func:`kernel_operands`.
+    ``kernel``: the tensors :func:`kernel_from_operands` gives (the real and imaginary
+    parts, and for the native lowering's int8 parts their scales).
     """
     if lowering == "factorized":
-        return factorized_spectral_conv2d(x, kernel_real, kernel_imag, _plan(layer))
+        return factorized_spectral_conv2d(x, *kernel, _plan(layer))
     if lowering == "native":
-        return native_placeholder(x, kernel_real, kernel_imag)
-    return spectral_conv2d(x, kernel_real, kernel_imag)
+        return native_placeholder(x, *kernel)
+    return spectral_conv2d(x, *kernel)
 
 
-def native_placeholder(x: tf.Tensor, kernel_real: tf.Tensor, kernel_imag: tf.Tensor) -> tf.Tensor:
+def native_placeholder(x: tf.Tensor, *kernel: tf.Tensor) -> tf.Tensor:
     """A stand-in op in the traced graph that the converter turns into one
     ``SpectralConv2D`` node (:func:`native_node`): ``x [N, H, W, Cin]`` and the half-spectrum
-    kernel parts ``[H, W//2+1, Cin, Cout]`` in, ``[N, H, W, Cout]`` out. It is only traced,
-    never run."""
+    kernel parts ``[W//2+1, H, Cin, Cout]`` (int8 ones followed by their scales
+    ``[W//2+1, H, Cout]``) in, ``[N, H, W, Cout]`` out. It is only traced, never run."""
 
     def not_run(*_: np.ndarray) -> np.ndarray:
         raise RuntimeError("the native spectral convolution runs only in its ONNX file")
 
-    y = tf.numpy_function(
-        not_run, [x, kernel_real, kernel_imag], tf.float32, name=NATIVE_PLACEHOLDER
-    )
+    y = tf.numpy_function(not_run, [x, *kernel], tf.float32, name=NATIVE_PLACEHOLDER)
     # The converter sees no shape on a PyFunc's output; without one, later layers convert
     # wrongly (a Conv after it would lose its NHWC -> NCHW transposes).
-    return tf.ensure_shape(y, [*x.shape[:3], kernel_real.shape[-1]])
+    return tf.ensure_shape(y, [*x.shape[:3], kernel[0].shape[-1]])
 
 
 def native_node(ctx, node, name: str, args) -> None:
@@ -138,6 +153,12 @@ def native_node(ctx, node, name: str, args) -> None:
     x_shape, kernel_shape = (ctx.get_shape(tensor) for tensor in node.input[:2])
     ctx.set_shape(node.output[0], [*x_shape[:3], kernel_shape[-1]])  # ONNX cannot infer it
     ctx.set_dtype(node.output[0], ctx.get_dtype(node.input[0]))
+
+
+def _width_first(array: np.ndarray) -> np.ndarray:
+    """A half-spectrum array ``[H, W//2+1, ...]`` in the native op's layout ``[W//2+1, H,
+    ...]``."""
+    return np.ascontiguousarray(np.swapaxes(array, 0, 1))
 
 
 def _plan(layer: FrozenSpectralConv2D) -> FactorizedDFT:

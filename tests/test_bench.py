@@ -70,6 +70,7 @@ def test_every_inference_row_has_a_median_and_a_ratio_to_its_runtimes_3x3(quick_
         ("cf", "onnxruntime dft"),
         ("cf", "onnxruntime native"),
         ("cf", "onnxruntime native, float16 kernels"),
+        ("cf", "onnxruntime native, int8 kernels"),
         ("cf", "savedmodel"),
         ("cf", "keras"),
         ("spatial 3x3", "onnxruntime"),
@@ -88,8 +89,10 @@ def test_every_inference_row_has_a_median_and_a_ratio_to_its_runtimes_3x3(quick_
         assert row["ratio_to_3x3"] == pytest.approx(row["median_ms"] / base["median_ms"])
         assert row["images_per_s"] == pytest.approx(row["batch"] / row["median_ms"] * 1e3)
     file_mb = {row["runtime"]: row["weight_mb"] for row in rows if row["model"] == "cf"}
-    # the float16 file holds half the kernel bytes (plus the same small head)
+    # the float16 file holds half the kernel bytes, the int8 file a quarter and its scales
+    # (plus the same small head)
     assert file_mb["onnxruntime native, float16 kernels"] < 0.6 * file_mb["onnxruntime native"]
+    assert file_mb["onnxruntime native, int8 kernels"] < 0.4 * file_mb["onnxruntime native"]
 
 
 def test_profile_rows_name_every_stage_of_each_lowering(quick_results):

@@ -12,9 +12,18 @@ from conftest import small_cf
 
 from cfconv_tf.cli import main
 from cfconv_tf.frozen import FrozenSpectralConv2D
-from export.compact import EXACT, KernelStorage, compact_model, compact_part
+from export.compact import (
+    EXACT,
+    INT8_LEVELS,
+    KernelStorage,
+    compact_model,
+    compact_parts,
+    dequantize,
+    quantize,
+)
 from export.freeze import freeze_model
 from export.names import KERNEL_STORAGE_KEY, NATIVE_OP
+from export.onnx_export import spectral_layers
 from export.onnx_spectral import LOWERINGS
 from export.parity import TOLERANCE, keras_runner, random_inputs, relative_error
 from export.pipeline import export_model, freeze_and_report, verify_exports
@@ -41,14 +50,14 @@ def test_truncation_keeps_the_best_rank_r_part_and_reports_its_error(rng):
     part = rng.standard_normal((6, 4, 3, 5)).astype(np.float32)
     matrix = part.reshape(24, 15).astype(np.float64)
     singular = np.linalg.svd(matrix, compute_uv=False)
-    kept = compact_part(part, KernelStorage(rank=4))
+    kept, _ = compact_parts((part, part), KernelStorage(rank=4))
     # Eckart-Young: the error is the discarded singular values' share
     error = np.linalg.norm(kept.astype(np.float64) - matrix.reshape(part.shape))
     assert error == pytest.approx(np.sqrt(np.sum(singular[4:] ** 2)), rel=1e-4)
     assert np.linalg.matrix_rank(kept.reshape(24, 15).astype(np.float64), tol=1e-4) == 4
-    full = compact_part(part, KernelStorage(rank=15))  # every singular value kept
+    full, _ = compact_parts((part, part), KernelStorage(rank=15))  # every singular value kept
     np.testing.assert_allclose(full, part, rtol=0, atol=1e-5 * np.abs(part).max())
-    half = compact_part(part, KernelStorage(dtype="float16"))
+    half, _ = compact_parts((part, part), KernelStorage(dtype="float16"))
     np.testing.assert_array_equal(half, part.astype(np.float16).astype(np.float32))
 
 
@@ -107,27 +116,95 @@ def test_rank_r_exports_are_smaller_and_compute_the_trained_model(
         assert relative_error(run(inputs), expected) <= bound
 
 
-def test_the_native_lowering_reads_float16_kernels_as_stored(saved_dense_model, tmp_path):
+@pytest.mark.parametrize(
+    "dtype,onnx_type", [("float16", onnx.TensorProto.FLOAT16), ("int8", onnx.TensorProto.INT8)]
+)
+def test_the_native_lowering_reads_compact_kernels_as_stored(
+    dtype, onnx_type, saved_dense_model, tmp_path
+):
     model, path = saved_dense_model
-    storage = KernelStorage(dtype="float16")
+    storage = KernelStorage(dtype=dtype)
     folder = export_model(path, "onnx", tmp_path, "m", lowering="native", storage=storage)
     proto = onnx.load(folder / "model.onnx")
     kernels = {t.name: t.data_type for t in proto.graph.initializer}
     native = [node for node in proto.graph.node if node.op_type == NATIVE_OP]
     assert len(native) == 2 and not [node for node in proto.graph.node if node.op_type == "Cast"]
+    scales = [onnx.TensorProto.FLOAT] if dtype == "int8" else []
     for node in native:
-        assert [kernels[name] for name in node.input[1:]] == [onnx.TensorProto.FLOAT16] * 2
+        assert [kernels[name] for name in node.input[1:]] == [onnx_type] * 2 + scales
+    frozen = freeze_model(model)
+    compact_model(frozen, storage)  # the kernels the file stores, in float32
     signature = signature_of(model)
     inputs = random_inputs(signature.inputs, 3, np.random.default_rng(1))
-    expected = keras_runner(model, signature)(inputs)
-    assert relative_error(load_onnx(folder / "model.onnx").run(inputs), expected) <= 1e-3
+    expected = keras_runner(frozen, signature)(inputs)
+    assert relative_error(load_onnx(folder / "model.onnx").run(inputs), expected) <= TOLERANCE
+
+
+def test_int8_keeps_each_value_within_half_a_step_of_its_frequency_and_output_scale(rng):
+    shape = (7, 4, 3, 5)  # [H, Wf, Cin, Cout]
+    spread = 10.0 ** rng.uniform(-4, 1, (7, 4, 1, 5))  # magnitudes vary by frequency
+    real, imag = (rng.standard_normal(shape) * spread for _ in range(2))
+    real[2, 1] = imag[2, 1] = 0.0  # a frequency the kernel does not pass
+    q_real, q_imag, scale = quantize(real, imag)
+    assert q_real.dtype == q_imag.dtype == np.int8 and scale.shape == (7, 4, 5)
+    assert np.abs(q_real).max() <= INT8_LEVELS and np.abs(q_imag).max() <= INT8_LEVELS
+    peak = np.maximum(np.abs(real).max(axis=2), np.abs(imag).max(axis=2))
+    np.testing.assert_allclose(scale, peak / INT8_LEVELS, rtol=1e-6)
+    assert (scale[2, 1] == 0).all() and not q_real[2, 1].any() and not q_imag[2, 1].any()
+    for part, q in ((real, q_real), (imag, q_imag)):
+        step = scale[:, :, None, :].astype(np.float64)
+        assert (np.abs(dequantize(q, scale) - part) <= 0.5 * step * (1 + 1e-5) + 1e-30).all()
+    kept = compact_parts((real, imag), KernelStorage(dtype="int8"))
+    np.testing.assert_array_equal(kept[0], dequantize(q_real, scale))
+    # conjugate frequencies (a Hermitian DC column) get conjugate integers
+    mirrored = quantize(real[::-1], -imag[::-1])
+    np.testing.assert_array_equal(mirrored[0], q_real[::-1])
+    np.testing.assert_array_equal(mirrored[1], -q_imag[::-1])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        quantize(np.full(shape, np.nan), imag)
+
+
+@pytest.mark.parametrize("lowering", sorted(LOWERINGS))
+def test_int8_exports_quarter_the_kernel_and_compute_the_compacted_model(
+    lowering, saved_dense_model, tmp_path
+):
+    model, path = saved_dense_model
+    storage = KernelStorage(dtype="int8")
+    frozen = freeze_model(model)
+    layers = spectral_layers(frozen)
+    # a byte per value of both parts, and a float32 scale per frequency and output channel
+    int8_bytes = sum(2 * layer.kernel_real.shape.num_elements() for layer in layers)
+    scale_bytes = sum(
+        4 * layer.kernel_real.shape.num_elements() // layer.kernel_real.shape[2] for layer in layers
+    )
+    errors = compact_model(frozen, storage)
+    for layer in layers:
+        # each value within half a step, a step at most 1/127 of the largest value over
+        # the 2 Cin values sharing its scale: ||error|| <= sqrt(Cin / 2) / 127 ||K||
+        bound = np.sqrt(layer.kernel_real.shape[2] / 2) / INT8_LEVELS
+        assert 0.0 < errors[layer.name] <= bound
+    signature = signature_of(model)
+    inputs = random_inputs(signature.inputs, 3, np.random.default_rng(1))
+    compacted = keras_runner(frozen, signature)(inputs)
+    folder = export_model(path, "onnx", tmp_path, "m", lowering=lowering, storage=storage)
+    proto = onnx.load(folder / "model.onnx")
+    kernel_bytes = sum(
+        len(tensor.raw_data)
+        for tensor in proto.graph.initializer
+        if tensor.name.startswith("cfconv_kernel_")
+    )
+    assert kernel_bytes == int8_bytes + scale_bytes
+    stored = json.loads({prop.key: prop.value for prop in proto.metadata_props}[KERNEL_STORAGE_KEY])
+    assert (stored["rank"], stored["dtype"]) == (None, "int8")
+    assert stored["relative_errors"] == pytest.approx(errors)
+    assert relative_error(load_onnx(folder / "model.onnx").run(inputs), compacted) <= TOLERANCE
 
 
 def test_compact_storage_is_an_onnx_option(saved_dense_model, tmp_path):
     path = saved_dense_model[1]
     with pytest.raises(ValueError, match="ONNX storage option"):
         export_model(path, "savedmodel", tmp_path, "m", storage=KernelStorage(2))
-    for bad in ({"rank": 0}, {"dtype": "int4"}):
+    for bad in ({"rank": 0}, {"dtype": "int4"}, {"rank": 2, "dtype": "int8"}):
         with pytest.raises(ValueError, match="kernel"):
             KernelStorage(**bad)
     assert EXACT.is_exact and not KernelStorage(dtype="float16").is_exact

@@ -36,18 +36,24 @@ def native_model(
     kernel_type: int = TensorProto.FLOAT,
     activation: str | None = None,
 ) -> bytes:
-    """One ``SpectralConv2D`` node; x and both kernel parts are graph inputs."""
-    kernel = [height, width // 2 + 1, cin, cout]
+    """One ``SpectralConv2D`` node; x and both kernel parts ``[W//2+1, H, Cin, Cout]``
+    (int8 ones with their scale ``ks``) are graph inputs."""
+    kernel = [width // 2 + 1, height, cin, cout]
     attributes = {} if activation is None else {NATIVE_ACTIVATION: activation}
-    node = helper.make_node(NATIVE_OP, ["x", "kr", "ki"], ["y"], domain=NATIVE_DOMAIN, **attributes)
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, height, width, cin]),
+        helper.make_tensor_value_info("kr", kernel_type, kernel),
+        helper.make_tensor_value_info("ki", kernel_type, kernel),
+    ]
+    if kernel_type == TensorProto.INT8:
+        scale = [width // 2 + 1, height, cout]
+        inputs.append(helper.make_tensor_value_info("ks", TensorProto.FLOAT, scale))
+    names = [value.name for value in inputs]
+    node = helper.make_node(NATIVE_OP, names, ["y"], domain=NATIVE_DOMAIN, **attributes)
     graph = helper.make_graph(
         [node],
         "native",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, height, width, cin]),
-            helper.make_tensor_value_info("kr", kernel_type, kernel),
-            helper.make_tensor_value_info("ki", kernel_type, kernel),
-        ],
+        inputs,
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, height, width, cout])],
     )
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid(NATIVE_DOMAIN, 1)]
@@ -57,19 +63,27 @@ def native_model(
 def random_case(
     rng, batch: int, height: int, width: int, cin: int, cout: int, kernel_dtype=np.float32
 ) -> dict:
-    kernel = (height, width // 2 + 1, cin, cout)
-    return {
-        "x": rng.standard_normal((batch, height, width, cin)).astype(np.float32),
-        "kr": rng.standard_normal(kernel).astype(kernel_dtype),
-        "ki": rng.standard_normal(kernel).astype(kernel_dtype),
-    }
+    """x and a kernel of ``kernel_dtype`` in the op's layout: int8 parts span the whole
+    range, with scales over three orders of magnitude (as a spectrum's)."""
+    kernel = (width // 2 + 1, height, cin, cout)
+    feed = {"x": rng.standard_normal((batch, height, width, cin)).astype(np.float32)}
+    if np.dtype(kernel_dtype) == np.int8:
+        for part in ("kr", "ki"):
+            feed[part] = rng.integers(-127, 128, kernel, dtype=np.int8)
+        feed["ks"] = 10.0 ** rng.uniform(-3, 0, (*kernel[:2], cout)).astype(np.float32)
+        return feed
+    for part in ("kr", "ki"):
+        feed[part] = rng.standard_normal(kernel).astype(kernel_dtype)
+    return feed
 
 
 def relative_error(y: np.ndarray, feed: dict, relu: bool = False) -> float:
-    """Against numpy's convolution with the kernel values as stored (float16 ones exactly),
-    then a ReLU where ``relu``."""
+    """Against numpy's convolution with the kernel values as stored (float16 ones exactly,
+    int8 ones times their scales), then a ReLU where ``relu``."""
     kernel = (feed[part].astype(np.float32) for part in ("kr", "ki"))
-    expected = numpy_convolution(feed["x"], *kernel)
+    if "ks" in feed:
+        kernel = (part * feed["ks"][:, :, None, :] for part in kernel)
+    expected = numpy_convolution(feed["x"], *(part.swapaxes(0, 1) for part in kernel))
     if relu:
         expected = np.maximum(expected, 0.0)
     return float(np.abs(y - expected).max() / max(np.abs(expected).max(), 1e-30))
@@ -95,7 +109,7 @@ def test_the_library_is_built():
         (2, 150, 150, 32, 32),  # the paper network's layer
     ],
 )
-@pytest.mark.parametrize("kernel_dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("kernel_dtype", [np.float32, np.float16, np.int8])
 def test_equals_numpy_fft_convolution(shape, kernel_dtype, rng):
     feed = random_case(rng, *shape, kernel_dtype)
     onnx_type = helper.np_dtype_to_tensor_dtype(np.dtype(kernel_dtype))
@@ -171,18 +185,15 @@ def test_an_empty_batch_gives_an_empty_answer(rng):
     assert y.shape == (0, 6, 5, 3)
 
 
-def untyped_model(kernel_real_type: int, kernel_imag_type: int) -> bytes:
-    """One ``SpectralConv2D`` node whose inputs have these types and any shape."""
-    inputs = [
-        helper.make_tensor_value_info(name, onnx_type, None)
-        for name, onnx_type in (
-            ("x", TensorProto.FLOAT),
-            ("kr", kernel_real_type),
-            ("ki", kernel_imag_type),
-        )
-    ]
+def untyped_model(kernel_real_type: int, kernel_imag_type: int, scale: bool = False) -> bytes:
+    """One ``SpectralConv2D`` node whose inputs have these types and any shape (with a
+    float32 ``ks`` input where ``scale``)."""
+    typed = [("x", TensorProto.FLOAT), ("kr", kernel_real_type), ("ki", kernel_imag_type)]
+    if scale:
+        typed.append(("ks", TensorProto.FLOAT))
+    inputs = [helper.make_tensor_value_info(name, onnx_type, None) for name, onnx_type in typed]
     graph = helper.make_graph(
-        [helper.make_node(NATIVE_OP, ["x", "kr", "ki"], ["y"], domain=NATIVE_DOMAIN)],
+        [helper.make_node(NATIVE_OP, [name for name, _ in typed], ["y"], domain=NATIVE_DOMAIN)],
         "native",
         inputs,
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
@@ -194,8 +205,8 @@ def untyped_model(kernel_real_type: int, kernel_imag_type: int) -> bytes:
 @pytest.mark.parametrize(
     "kernel_shape,message",
     [
-        ((6, 4, 2, 3), r"kernels must both be \[H, W/2\+1, Cin, Cout\] = \[6, 3, 2, 3\]"),
-        ((6, 3, 5, 3), r"for x \[1, 6, 5, 2\], got \[6, 3, 5, 3\]"),  # Cin is not x's
+        ((6, 3, 2, 3), r"kernels must both be \[W/2\+1, H, Cin, Cout\] = \[3, 6, 2, 3\]"),
+        ((3, 6, 5, 3), r"for x \[1, 6, 5, 2\], got \[3, 6, 5, 3\]"),  # Cin is not x's
     ],
 )
 def test_mismatched_shapes_are_an_error_not_a_crash(kernel_shape, message, rng):
@@ -206,21 +217,42 @@ def test_mismatched_shapes_are_an_error_not_a_crash(kernel_shape, message, rng):
         session.run(None, {"x": x, "kr": kernel, "ki": kernel})
     with pytest.raises(InvalidArgument, match="x must be"):
         session.run(None, {"x": x[0], "kr": kernel, "ki": kernel})
-    good = rng.standard_normal((6, 3, 2, 3)).astype(np.float32)
+    good = rng.standard_normal((3, 6, 2, 3)).astype(np.float32)
     assert session.run(None, {"x": x, "kr": good, "ki": good})[0].shape == (1, 6, 5, 3)
 
 
 @pytest.mark.parametrize(
-    "real_dtype,imag_dtype", [(np.float32, np.float16), (np.float64, np.float64)]
+    "real_dtype,imag_dtype",
+    [(np.float32, np.float16), (np.int8, np.float32), (np.float64, np.float64)],
 )
-def test_kernel_types_other_than_float32_or_float16_pairs_are_refused(real_dtype, imag_dtype, rng):
+def test_kernel_types_other_than_float32_float16_or_int8_pairs_are_refused(
+    real_dtype, imag_dtype, rng
+):
     types = (helper.np_dtype_to_tensor_dtype(np.dtype(d)) for d in (real_dtype, imag_dtype))
     session = onnx_session(untyped_model(*types))
     x = rng.standard_normal((1, 6, 5, 2)).astype(np.float32)
-    kernel = rng.standard_normal((6, 3, 2, 3))
+    kernel = rng.standard_normal((3, 6, 2, 3))
     feed = {"x": x, "kr": kernel.astype(real_dtype), "ki": kernel.astype(imag_dtype)}
-    with pytest.raises(InvalidArgument, match="must both be float32 or both float16"):
+    with pytest.raises(InvalidArgument, match="must both be float32, both float16 or both int8"):
         session.run(None, feed)
+
+
+def test_a_kernel_scale_goes_with_int8_kernels_only_and_in_their_shape(rng):
+    case = random_case(rng, 1, 6, 5, 2, 3, np.int8)
+    int8 = TensorProto.INT8
+    with pytest.raises(InvalidArgument, match="int8 kernels need their kernel_scale"):
+        onnx_session(untyped_model(int8, int8)).run(None, {k: case[k] for k in ("x", "kr", "ki")})
+    floats = {**random_case(rng, 1, 6, 5, 2, 3), "ks": case["ks"]}
+    with pytest.raises(InvalidArgument, match="only they take one"):
+        onnx_session(untyped_model(TensorProto.FLOAT, TensorProto.FLOAT, scale=True)).run(
+            None, floats
+        )
+    session = onnx_session(untyped_model(int8, int8, scale=True))
+    wrong_shape = r"kernel_scale must be .* = \[3, 6, 3\], got \[3, 6\]"
+    with pytest.raises(InvalidArgument, match=wrong_shape):
+        session.run(None, {**case, "ks": case["ks"][..., 0]})
+    (y,) = session.run(None, case)
+    assert relative_error(y, case) <= 2e-6
 
 
 def test_without_the_library_the_error_names_a_stock_lowering(monkeypatch, rng):

@@ -41,7 +41,10 @@ SPECTRAL_LOWERINGS = {
 # The CF model's ONNX files: runtime label -> (lowering, kernel storage)
 CF_ONNX_FILES = {
     **{f"onnxruntime {lowering}": (lowering, EXACT) for lowering in SPECTRAL_LOWERINGS},
-    "onnxruntime native, float16 kernels": ("native", KernelStorage(dtype="float16")),
+    **{
+        f"onnxruntime native, {dtype} kernels": ("native", KernelStorage(dtype=dtype))
+        for dtype in ("float16", "int8")
+    },
 }
 
 

@@ -1,8 +1,9 @@
 // onnxruntime binding of the native spectral convolution: a custom-op library.
 //
 // Registers ai.cfconv.SpectralConv2D(x [N, H, W, Cin], kernel_real, kernel_imag
-// [H, W/2+1, Cin, Cout]) -> y [N, H, W, Cout] on the CPU provider: x and y float32, the
-// kernels float32 or float16 (both the same). An optional string attribute `activation`
+// [W/2+1, H, Cin, Cout], optional kernel_scale [W/2+1, H, Cout]) -> y [N, H, W, Cout] on the
+// CPU provider: x and y float32, the kernels float32, float16 or int8 (both the same), int8
+// ones with their float32 scale (spectral_conv.hpp). An optional string attribute `activation`
 // ("relu", or absent for none) is applied to y as it is written. The work
 // runs on the session's own intra-op thread pool (KernelContext_ParallelFor), so the
 // session's thread settings hold and nothing else spins up threads. Bad shapes come back
@@ -111,19 +112,33 @@ struct SpectralConvKernel {
       if (x_shape.size() != 4) return invalid("x must be [N, H, W, Cin], got " + dims(x_shape));
       const cfconv::SpectralShape shape{x_shape[0], x_shape[1], x_shape[2], x_shape[3],
                                         k_shape.size() == 4 ? k_shape[3] : -1};
-      const std::vector<int64_t> expected{shape.height, shape.half_width(), shape.in_channels,
+      const std::vector<int64_t> expected{shape.half_width(), shape.height, shape.in_channels,
                                           shape.out_channels};
       if (k_shape != expected || kernel_imag.GetTensorTypeAndShapeInfo().GetShape() != k_shape)
-        return invalid("kernels must both be [H, W/2+1, Cin, Cout] = " + dims(expected) +
+        return invalid("kernels must both be [W/2+1, H, Cin, Cout] = " + dims(expected) +
                        " for x " + dims(x_shape) + ", got " + dims(k_shape));
+      cfconv::SpectralKernel kernel{kernel_real.GetTensorRawData(),
+                                    kernel_imag.GetTensorRawData(), cfconv::KernelType::kFloat32};
       const auto element = kernel_real.GetTensorTypeAndShapeInfo().GetElementType();
-      if (kernel_imag.GetTensorTypeAndShapeInfo().GetElementType() != element ||
-          (element != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT &&
-           element != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16))
-        return invalid("kernels must both be float32 or both float16");
-      const auto kernel_type = element == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16
-                                   ? cfconv::KernelType::kFloat16
-                                   : cfconv::KernelType::kFloat32;
+      if (kernel_imag.GetTensorTypeAndShapeInfo().GetElementType() != element)
+        return invalid("kernels must both be float32, both float16 or both int8");
+      switch (element) {
+        case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: break;
+        case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: kernel.type = cfconv::KernelType::kFloat16; break;
+        case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: kernel.type = cfconv::KernelType::kInt8; break;
+        default: return invalid("kernels must both be float32, both float16 or both int8");
+      }
+      const auto scale = context.GetInputCount() > 3 ? context.GetInput(3) : Ort::ConstValue{};
+      const bool has_scale = static_cast<const OrtValue*>(scale) != nullptr;
+      if (has_scale != (kernel.type == cfconv::KernelType::kInt8))
+        return invalid("int8 kernels need their kernel_scale input, and only they take one");
+      if (has_scale) {
+        const std::vector<int64_t> scale_shape{shape.half_width(), shape.height, shape.out_channels};
+        if (scale.GetTensorTypeAndShapeInfo().GetShape() != scale_shape)
+          return invalid("kernel_scale must be [W/2+1, H, Cout] = " + dims(scale_shape) +
+                         ", got " + dims(scale.GetTensorTypeAndShapeInfo().GetShape()));
+        kernel.scale = scale.GetTensorData<float>();
+      }
       auto y = context.GetOutput(0, {shape.batch, shape.height, shape.width, shape.out_channels});
       if (shape.batch * shape.height * shape.width == 0) return nullptr;
       ScratchPool::Buffer buffer = scratch_pool().take(cfconv::scratch_floats(shape));
@@ -133,8 +148,7 @@ struct SpectralConvKernel {
             [](void* data, std::size_t index) { (*static_cast<Task*>(data))(index); }, count, 0,
             const_cast<void*>(static_cast<const void*>(&task)));
       };
-      cfconv::spectral_conv2d(x.GetTensorData<float>(), kernel_real.GetTensorRawData(),
-                              kernel_imag.GetTensorRawData(), kernel_type, activation,
+      cfconv::spectral_conv2d(x.GetTensorData<float>(), kernel, activation,
                               y.GetTensorMutableData<float>(), shape, buffer.data.get(),
                               parallel_for);
       scratch_pool().give(std::move(buffer));
@@ -156,10 +170,14 @@ struct SpectralConvOp : Ort::CustomOpBase<SpectralConvOp, SpectralConvKernel, tr
   }
   const char* GetName() const { return kOpName; }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  size_t GetInputTypeCount() const { return 3; }
+  size_t GetInputTypeCount() const { return 4; }
   ONNXTensorElementDataType GetInputType(size_t index) const {  // kernels: checked per call
-    return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT
-                      : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+    return index == 0 || index == 3 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT
+                                    : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index == 3 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+                      : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const {

@@ -6,10 +6,11 @@
 //   1. rows: rfft along the width of a block of image rows, x -> R;
 //   2. columns: a task runs the DFT along the height of a few width frequencies of a group
 //      of images, reading them from R into its own cache-sized buffer, then the channel
-//      mixing there (small complex GEMMs, one per height frequency, with those columns'
-//      kernel rows; tasks of the same columns run next to each other, so their kernel is
-//      fetched from memory about once per call), then the inverse DFT along the height,
-//      written back into R;
+//      mixing there (small complex GEMMs, one per frequency, with those columns' kernels,
+//      which the kernel's layout [W/2+1][H][Cin][Cout] keeps in one contiguous run per
+//      column, a stream the hardware prefetches well; tasks of the same columns run next
+//      to each other, so their kernel is fetched from memory about once per call), then the
+//      inverse DFT along the height, written back into R;
 //   3. rows: irfft along the width, R -> y.
 // Compared with separate 2D transforms and a mixing pass, the spectrum makes one round trip
 // through memory fewer, and the height transforms run on data in cache. Every transform
@@ -25,7 +26,7 @@
 #include <complex>
 #include <vector>
 
-#if defined(__F16C__) || defined(__AVX__)
+#if defined(__F16C__) || defined(__AVX__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -35,6 +36,7 @@ namespace {
 using complex = std::complex<float>;
 typedef float vfloat __attribute__((vector_size(32)));       // 8 lanes: one AVX register
 typedef _Float16 vhalf __attribute__((vector_size(16)));     // 8 half-precision lanes
+typedef std::int8_t vbyte __attribute__((vector_size(8)));   // 8 int8 lanes
 constexpr std::int64_t kLanes = 8;
 typedef std::int32_t vindex __attribute__((vector_size(32)));
 
@@ -63,6 +65,16 @@ inline vfloat load_lanes(const _Float16* source) {
   return __builtin_convertvector(lanes, vfloat);
 #endif
 }
+inline vfloat load_lanes(const std::int8_t* source) {
+#if defined(__AVX2__)  // vpmovsxbd + vcvtdq2ps (GCC converts a vector of int8 lane by lane)
+  return reinterpret_cast<vfloat>(_mm256_cvtepi32_ps(
+      _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(source)))));
+#else
+  vbyte lanes;
+  __builtin_memcpy(&lanes, source, sizeof(vbyte));
+  return __builtin_convertvector(lanes, vfloat);
+#endif
+}
 constexpr std::int64_t kRowsPerTask = 8;
 // A column task's buffers (the column of its images' spectra, before and after mixing)
 // stay within this, so they and the column's kernel rows stay in a core's L2 cache.
@@ -73,12 +85,14 @@ constexpr std::int64_t kMinColumnTasks = 16;
 
 // One frequency's product out[n][:] = x[n][:] @ K for a run of images: x and out are
 // complex rows Cin and Cout long, x_stride and out_stride apart from one image to the
-// next; the kernel parts are [Cin][Cout].
+// next; the kernel parts are [Cin][Cout], times scale[Cout] where there is one (int8
+// parts: the scale applies to the sums over Cin, once per output).
 template <typename K>
 struct FrequencyRows {
   const complex* x;
   const K* kernel_real;
   const K* kernel_imag;
+  const float* scale;
   complex* out;
   std::int64_t cin, cout, x_stride, out_stride;
 };
@@ -103,6 +117,14 @@ void mix_block(const FrequencyRows<K>& r, std::int64_t n0, std::int64_t c0) {
       }
     }
   }
+  if (r.scale != nullptr)
+    for (int v = 0; v < TV; ++v) {
+      const vfloat scale = load_lanes(r.scale + c0 + v * kLanes);
+      for (int j = 0; j < TN; ++j) {
+        acc_real[j][v] *= scale;
+        acc_imag[j][v] *= scale;
+      }
+    }
   for (int j = 0; j < TN; ++j)
     for (int v = 0; v < TV; ++v)
       store_complex(acc_real[j][v], acc_imag[j][v], r.out + (n0 + j) * r.out_stride + c0 + v * kLanes);
@@ -122,7 +144,7 @@ void mix_images(const FrequencyRows<K>& r, std::int64_t n0) {
         acc += r.x[n * r.x_stride + i] *
                complex(static_cast<float>(r.kernel_real[i * r.cout + c]),
                        static_cast<float>(r.kernel_imag[i * r.cout + c]));
-      r.out[n * r.out_stride + c] = acc;
+      r.out[n * r.out_stride + c] = r.scale != nullptr ? acc * r.scale[c] : acc;
     }
 }
 
@@ -149,8 +171,7 @@ struct ColumnTile {
 
 // The tiles' sizes: up to eight images (a multiple of four where possible, so the mixing
 // shares each kernel row among four), then as many columns as keep a task's two buffers
-// within kColumnBytes and still leave kMinColumnTasks tasks. With few images a tile takes
-// several adjacent columns, so the kernel is still read in long contiguous runs.
+// within kColumnBytes and still leave kMinColumnTasks tasks.
 ColumnTile tile_shape(const SpectralShape& s) {
   const std::int64_t lane_bytes = s.height * (s.in_channels + s.out_channels) *
                                   static_cast<std::int64_t>(sizeof(complex));
@@ -163,21 +184,25 @@ ColumnTile tile_shape(const SpectralShape& s) {
   return ColumnTile{0, columns, 0, images};
 }
 
-// out[lane][r][:] = in[lane][r][:] @ K[r][column of the lane] for every lane of the tile
-// and height frequency r; in and out are [lanes][H][Cin or Cout]. The loop runs over r
-// outside, so each kernel row is read once per tile (the tile's columns' rows are adjacent
-// in memory) and shared by the tile's images four at a time.
+// out[lane][r][:] = in[lane][r][:] @ K[column of the lane][r] for every lane of the tile
+// and height frequency r; in and out are [lanes][H][Cin or Cout]. Each column's kernel
+// [H][Cin][Cout] is read front to back once per tile, and each of its rows shared by the
+// tile's images four at a time.
 template <typename K>
-void mix_tile(const complex* in, const K* kernel_real, const K* kernel_imag, complex* out,
+void mix_tile(const complex* in, const SpectralKernel& kernel, complex* out,
               const ColumnTile& tile, const SpectralShape& s) {
   const std::int64_t h = s.height, cin = s.in_channels, cout = s.out_channels;
-  for (std::int64_t r = 0; r < h; ++r)
-    for (std::int64_t c = 0; c < tile.columns; ++c) {
-      const std::int64_t k = (r * s.half_width() + tile.first_column + c) * cin * cout;
+  const K* kernel_real = static_cast<const K*>(kernel.real);
+  const K* kernel_imag = static_cast<const K*>(kernel.imag);
+  for (std::int64_t c = 0; c < tile.columns; ++c)
+    for (std::int64_t r = 0; r < h; ++r) {
+      const std::int64_t frequency = (tile.first_column + c) * h + r;
+      const std::int64_t k = frequency * cin * cout;
+      const float* scale = kernel.scale != nullptr ? kernel.scale + frequency * cout : nullptr;
       for (std::int64_t j0 = 0; j0 < tile.images; j0 += 4) {
         const std::int64_t lane = c * tile.images + j0;
         const FrequencyRows<K> rows{in + (lane * h + r) * cin, kernel_real + k,
-                                    kernel_imag + k, out + (lane * h + r) * cout,
+                                    kernel_imag + k, scale, out + (lane * h + r) * cout,
                                     cin, cout, h * cin, h * cout};
         mix_up_to_four_images(rows, std::min<std::int64_t>(4, tile.images - j0));
       }
@@ -366,8 +391,7 @@ std::size_t scratch_floats(const SpectralShape& s) {
                                   std::max(s.in_channels, s.out_channels));
 }
 
-void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel_imag,
-                     KernelType kernel_type, Activation activation, float* y,
+void spectral_conv2d(const float* x, const SpectralKernel& kernel, Activation activation, float* y,
                      const SpectralShape& s, float* scratch, const ParallelFor& parallel_for) {
   const std::int64_t n_images = s.batch, h = s.height, w = s.width, wf = s.half_width();
   const std::int64_t cin = s.in_channels, cout = s.out_channels;
@@ -427,12 +451,11 @@ void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel
       strided_dft(*height_plan, column, wf * channels, in + lane * h * cin, cin, cin,
                   pocketfft::FORWARD, vectors);
     });
-    if (kernel_type == KernelType::kFloat16)
-      mix_tile(in, static_cast<const _Float16*>(kernel_real),
-               static_cast<const _Float16*>(kernel_imag), out, tile, s);
-    else
-      mix_tile(in, static_cast<const float*>(kernel_real),
-               static_cast<const float*>(kernel_imag), out, tile, s);
+    switch (kernel.type) {
+      case KernelType::kFloat32: mix_tile<float>(in, kernel, out, tile, s); break;
+      case KernelType::kFloat16: mix_tile<_Float16>(in, kernel, out, tile, s); break;
+      case KernelType::kInt8: mix_tile<std::int8_t>(in, kernel, out, tile, s); break;
+    }
     for_each_lane([&](std::int64_t lane, complex* column) {
       strided_dft(*height_plan, out + lane * h * cout, cout, column, wf * channels, cout,
                   pocketfft::BACKWARD, vectors);

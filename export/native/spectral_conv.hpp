@@ -14,8 +14,22 @@ namespace cfconv {
 using ParallelFor =
     std::function<void(std::size_t count, const std::function<void(std::size_t)>& task)>;
 
-// How the spectral kernel's values are stored; they are computed with in float32 either way.
-enum class KernelType { kFloat32, kFloat16 };
+// How the spectral kernel's values are stored; they are computed with in float32 in every
+// case.
+enum class KernelType { kFloat32, kFloat16, kInt8 };
+
+// The spectral kernel: its real and imaginary parts [W/2+1, H, Cin, Cout], the half
+// spectrum with the width frequency outermost (so that the height frequencies of one
+// width frequency, which one task mixes, are one contiguous run), stored as `type`
+// (float16 halves the bytes a call streams, int8 quarters them). int8 parts come with
+// `scale` [W/2+1, H, Cout], float32 and shared by both parts: the kernel is
+// part[k][h][i][o] * scale[k][h][o]. Other types have no scale (nullptr).
+struct SpectralKernel {
+  const void* real;
+  const void* imag;
+  KernelType type;
+  const float* scale = nullptr;
+};
 
 // What is applied to y as it is written: a ReLU here spares the graph a pass of its own
 // over y.
@@ -27,17 +41,14 @@ struct SpectralShape {
   std::int64_t frequencies() const { return height * half_width(); }
 };
 
-// Circular convolution of x [N, H, W, Cin] with the spectral kernel
-// (kernel_real, kernel_imag: [H, W/2+1, Cin, Cout], the half spectrum, stored as
-// kernel_type: float16 halves the bytes a call streams) into y [N, H, W, Cout]:
+// Circular convolution of x [N, H, W, Cin] with the spectral kernel into y [N, H, W, Cout]:
 // y = activation(irfft2(sum over Cin of rfft2(x) * kernel)), row-major, x and y float32.
 // The DC (and Nyquist) columns of the product enter the inverse transform through their
 // Hermitian part, as numpy's and TensorFlow's irfft2 take them.
 //
 // Scratch: one half spectrum of N * H * (W/2+1) * max(Cin, Cout) complex values, taken from
 // `scratch` (at least scratch_floats(shape) floats), so a caller can keep it between calls.
-void spectral_conv2d(const float* x, const void* kernel_real, const void* kernel_imag,
-                     KernelType kernel_type, Activation activation, float* y,
+void spectral_conv2d(const float* x, const SpectralKernel& kernel, Activation activation, float* y,
                      const SpectralShape& shape, float* scratch, const ParallelFor& parallel_for);
 
 std::size_t scratch_floats(const SpectralShape& shape);
