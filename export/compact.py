@@ -87,7 +87,8 @@ def factors(part: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def stored(array: np.ndarray, storage: KernelStorage) -> np.ndarray:
-    """``array`` as the file stores it (float16 or float32)."""
+    """``array`` as the file stores it (float32, float16, or int8 for values that are
+    integers already: :func:`quantize`'s, possibly gathered and negated)."""
     return array.astype(storage.dtype)
 
 
@@ -142,7 +143,7 @@ class _Compacted:
     to (computed from them)."""
 
     storage: KernelStorage
-    stored: tuple[Factors, Factors] | Quantized
+    kept: tuple[Factors, Factors] | Quantized
     kernel: tuple[np.ndarray, np.ndarray]
 
 
@@ -171,27 +172,19 @@ def _stored_kernel(
     return None
 
 
-def _computed(
-    parts: tuple[np.ndarray, np.ndarray],
-    kept: tuple[Factors, Factors] | Quantized | None,
-    storage: KernelStorage,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The kernel parts a runtime computes from what the file stores (``kept``, from
-    :func:`_stored_kernel`) for ``parts``."""
+def compact_parts(
+    parts: tuple[np.ndarray, np.ndarray], storage: KernelStorage
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[Factors, Factors] | Quantized | None]:
+    """The kernel parts ``[H, Wf, Cin, Cout]`` an export with ``storage`` computes with
+    (float32), and what its file stores for them beyond a cast (:func:`_stored_kernel`)."""
+    kept = _stored_kernel(parts, storage)
     if storage.rank is not None:
         real, imag = (product(*factors) for factors in kept)
     elif kept is not None:
         real, imag = (dequantize(q, kept[2]) for q in kept[:2])
     else:
         real, imag = (stored(part, storage).astype(np.float32) for part in parts)
-    return real, imag
-
-
-def compact_parts(
-    parts: tuple[np.ndarray, np.ndarray], storage: KernelStorage
-) -> tuple[np.ndarray, np.ndarray]:
-    """The kernel parts ``[H, Wf, Cin, Cout]`` an export with ``storage`` computes with."""
-    return _computed(parts, _stored_kernel(parts, storage), storage)
+    return (real, imag), kept
 
 
 def layer_stored(
@@ -207,7 +200,7 @@ def layer_stored(
         and compacted.storage == storage
         and all(np.array_equal(a, b) for a, b in zip(parts, compacted.kernel, strict=True))
     ):
-        return compacted.stored
+        return compacted.kept
     return _stored_kernel(parts, storage)
 
 
@@ -224,8 +217,7 @@ def compact_model(model: keras.Model, storage: KernelStorage) -> dict[str, float
         if not isinstance(layer, FrozenSpectralConv2D):
             continue
         parts = tuple(np.asarray(weight) for weight in layer.get_weights())
-        kept = _stored_kernel(parts, storage)
-        compacted = _computed(parts, kept, storage)
+        compacted, kept = compact_parts(parts, storage)
         difference = sum(
             np.sum((new - old) ** 2.0) for new, old in zip(compacted, parts, strict=True)
         )

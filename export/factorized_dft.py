@@ -251,11 +251,19 @@ class FactorizedDFT:
                 f"kernel parts of shape {kernel_real.shape} / {kernel_imag.shape} do not match "
                 f"a {self.height}x{self.width} layer (expected {expected} + [Cin, Cout])"
             )
+        source_rows, source_columns, sign = self.half_spectrum_sources()
+        real = kernel_real[source_rows, source_columns]
+        imag = kernel_imag[source_rows, source_columns] * sign[:, None, None]
+        return real.astype(np.float32), imag.astype(np.float32)
+
+    def half_spectrum_sources(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where each spectrum entry's kernel comes from in the half spectrum:
+        ``(row, column, sign)``, each ``[frequencies]``; ``sign`` (-1 for the Hermitian
+        extension of columns beyond ``W // 2``, else 1) multiplies the imaginary part.
+        Anything stored per half-spectrum frequency (a kernel, its factors, its scales)
+        follows the kernel into this order by ``array[row, column]``."""
         rows, columns = self.frequency_order()
         mirrored = columns > self.width // 2
         source_rows = np.where(mirrored, (-rows) % self.height, rows)
         source_columns = np.where(mirrored, self.width - columns, columns)
-        sign = np.where(mirrored, -1.0, 1.0)[:, None, None]
-        real = kernel_real[source_rows, source_columns]
-        imag = kernel_imag[source_rows, source_columns] * sign
-        return real.astype(np.float32), imag.astype(np.float32)
+        return source_rows, source_columns, np.where(mirrored, -1.0, 1.0)

@@ -26,3 +26,8 @@ KERNEL_STORAGE_KEY = "kernel_storage"  # compact kernels: rank, dtype, each laye
 NATIVE_DOMAIN = "ai.cfconv"
 NATIVE_OP = "SpectralConv2D"
 NATIVE_ACTIVATION = "activation"  # the op's optional attribute: "relu" or absent
+# The op's version, which the library registers (export/native/onnxruntime_op.cpp) and the
+# files import: 2 takes the kernel [W/2+1, H, Cin, Cout] and int8 kernels with scales; a
+# file of version 1 (kernel [H, W/2+1, Cin, Cout]) fails to load instead of computing
+# with a transposed kernel.
+NATIVE_OPSET = 2

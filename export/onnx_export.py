@@ -40,6 +40,7 @@ from export.names import (
     LOWERING_KEY,
     NATIVE_DOMAIN,
     NATIVE_OP,
+    NATIVE_OPSET,
     ONNX_DATA_FILE,
     ONNX_FILE,
 )
@@ -62,7 +63,7 @@ CONVERTER_MAX_OPSET = 18  # tf2onnx 1.17's newest; higher opsets come from onnx'
 COMPLEX_TYPES = {TensorProto.COMPLEX64, TensorProto.COMPLEX128}
 _NATIVE_CONVERSION = {  # tf2onnx's arguments that write the native lowering's custom op
     "custom_op_handlers": {"PyFunc": (native_node, [])},
-    "extra_opset": [helper.make_opsetid(NATIVE_DOMAIN, 1)],
+    "extra_opset": [helper.make_opsetid(NATIVE_DOMAIN, NATIVE_OPSET)],
 }
 
 

@@ -50,26 +50,27 @@ def kernel_operands(
     kernel's layout without ``Cin`` (:mod:`export.compact`).
     """
     if storage.rank is None:
-        kernel_real, kernel_imag = (np.asarray(part) for part in layer.get_weights())
         scale = None
         if storage.dtype == "int8":
             kernel_real, kernel_imag, scale = layer_stored(layer, storage)
+        else:
+            kernel_real, kernel_imag = (np.asarray(part) for part in layer.get_weights())
         parts = {"real": kernel_real, "imag": kernel_imag}
         if lowering == "factorized":
             ordered = _plan(layer).kernel_order(kernel_real, kernel_imag)
             parts = dict(zip(parts, ordered, strict=True))
             if scale is not None:  # a gather of frequencies: the scales follow it
-                scale = _plan(layer).kernel_order(scale[:, :, None], scale[:, :, None])[0][:, 0]
+                rows, columns, _ = _plan(layer).half_spectrum_sources()
+                scale = scale[rows, columns]
         elif lowering == "native":
             parts = {name: _width_first(value) for name, value in parts.items()}
             scale = None if scale is None else _width_first(scale)
         operands = {name: stored(value, storage) for name, value in parts.items()}
         return operands if scale is None else {**operands, "scale": scale}
     (u_real, v_real), (u_imag, v_imag) = layer_stored(layer, storage)
-    if lowering == "factorized":  # a per-frequency gather (and sign): rows of U follow it
-        u_real, u_imag = (
-            u[..., 0] for u in _plan(layer).kernel_order(u_real[..., None], u_imag[..., None])
-        )
+    if lowering == "factorized":  # a gather of frequencies (and a sign): rows of U follow it
+        rows, columns, sign = _plan(layer).half_spectrum_sources()
+        u_real, u_imag = u_real[rows, columns], u_imag[rows, columns] * sign[:, None]
     elif lowering == "native":
         u_real, u_imag = _width_first(u_real), _width_first(u_imag)
     operands = {}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from export.names import NATIVE_DOMAIN
+from export.names import NATIVE_DOMAIN, NATIVE_OP, NATIVE_OPSET
 from export.native import MISSING, library_path
 from export.tensor_info import TensorInfo
 
@@ -52,16 +52,24 @@ def onnx_session(
     with ``options`` (default: :func:`session_options` of ``threads``).
 
     Raises:
-        ValueError: the model uses the native lowering and its library is not built here.
+        ValueError: the model uses the native lowering and its library is not built here,
+            or the file was written for another version of the native op.
     """
     options = options or session_options(threads)
     source = model if isinstance(model, bytes) else str(model)
     try:
         return ort.InferenceSession(source, options, providers=list(providers))
     except Exception as error:  # onnxruntime raises its own exception types
+        what = "the model" if isinstance(model, bytes) else str(model)
         if library_path() is None and NATIVE_DOMAIN in str(error):
-            what = "the model" if isinstance(model, bytes) else str(model)
             raise ValueError(f"{what} uses the native lowering, but {MISSING}") from error
+        if f"{NATIVE_DOMAIN}:{NATIVE_OP}(" in str(error):  # the op, not at the file's version
+            raise ValueError(
+                f"{what} was exported for another version of the native op than this "
+                f"installation's ({NATIVE_DOMAIN} opset {NATIVE_OPSET}, which reads the kernel "
+                "as [W/2+1, H, Cin, Cout]): export it again with `cfconv export --lowering "
+                "native`"
+            ) from error
         raise
 
 

@@ -31,9 +31,11 @@ from export.self_check import load_onnx
 from export.signature import signature_of
 
 
-def dense_factorized_model(shape=(12, 9, 2), rank: int = 3) -> keras.Model:
+def dense_factorized_model(shape=(12, 10, 2), rank: int = 3) -> keras.Model:
     """Two CF layers whose state is their factorized generators' output (dense updates),
-    trained for a step so that the state is no longer the initial one."""
+    trained for a step so that the state is no longer the initial one. Width 10: the
+    factorized lowering splits it 5 x 2, so part of its spectrum is the Hermitian
+    extension of the stored half (gathered with a sign)."""
     inputs = keras.Input(shape, name="image")
     x = keras.layers.Rescaling(1 / 255)(inputs)
     for filters in (5, 4):
@@ -50,14 +52,14 @@ def test_truncation_keeps_the_best_rank_r_part_and_reports_its_error(rng):
     part = rng.standard_normal((6, 4, 3, 5)).astype(np.float32)
     matrix = part.reshape(24, 15).astype(np.float64)
     singular = np.linalg.svd(matrix, compute_uv=False)
-    kept, _ = compact_parts((part, part), KernelStorage(rank=4))
+    (kept, _), _ = compact_parts((part, part), KernelStorage(rank=4))
     # Eckart-Young: the error is the discarded singular values' share
     error = np.linalg.norm(kept.astype(np.float64) - matrix.reshape(part.shape))
     assert error == pytest.approx(np.sqrt(np.sum(singular[4:] ** 2)), rel=1e-4)
     assert np.linalg.matrix_rank(kept.reshape(24, 15).astype(np.float64), tol=1e-4) == 4
-    full, _ = compact_parts((part, part), KernelStorage(rank=15))  # every singular value kept
+    (full, _), _ = compact_parts((part, part), KernelStorage(rank=15))  # every singular value kept
     np.testing.assert_allclose(full, part, rtol=0, atol=1e-5 * np.abs(part).max())
-    half, _ = compact_parts((part, part), KernelStorage(dtype="float16"))
+    (half, _), _ = compact_parts((part, part), KernelStorage(dtype="float16"))
     np.testing.assert_array_equal(half, part.astype(np.float16).astype(np.float32))
 
 
@@ -151,17 +153,33 @@ def test_int8_keeps_each_value_within_half_a_step_of_its_frequency_and_output_sc
     peak = np.maximum(np.abs(real).max(axis=2), np.abs(imag).max(axis=2))
     np.testing.assert_allclose(scale, peak / INT8_LEVELS, rtol=1e-6)
     assert (scale[2, 1] == 0).all() and not q_real[2, 1].any() and not q_imag[2, 1].any()
+    step = scale[:, :, None, :].astype(np.float64)
     for part, q in ((real, q_real), (imag, q_imag)):
-        step = scale[:, :, None, :].astype(np.float64)
-        assert (np.abs(dequantize(q, scale) - part) <= 0.5 * step * (1 + 1e-5) + 1e-30).all()
-    kept = compact_parts((real, imag), KernelStorage(dtype="int8"))
-    np.testing.assert_array_equal(kept[0], dequantize(q_real, scale))
-    # conjugate frequencies (a Hermitian DC column) get conjugate integers
-    mirrored = quantize(real[::-1], -imag[::-1])
-    np.testing.assert_array_equal(mirrored[0], q_real[::-1])
-    np.testing.assert_array_equal(mirrored[1], -q_imag[::-1])
+        # nearest integer multiple of the scale (float64: no rounding of the product)
+        assert (np.abs(q * step - part) <= 0.5 * step * (1 + 1e-9)).all()
+        np.testing.assert_array_equal(
+            dequantize(q, scale), q.astype(np.float32) * scale[:, :, None, :]
+        )
+    (kept, _), stored = compact_parts((real, imag), KernelStorage(dtype="int8"))
+    np.testing.assert_array_equal(kept, dequantize(q_real, scale))
+    assert all(np.array_equal(a, b) for a, b in zip(stored, (q_real, q_imag, scale), strict=True))
     with pytest.raises(ValueError, match="NaN or infinite"):
         quantize(np.full(shape, np.nan), imag)
+
+
+def test_int8_gives_conjugate_frequencies_conjugate_integers_even_at_ties():
+    """Values exactly halfway between two steps (scale 1/8, a power of two): rounding half
+    away from zero, or half up, would break the symmetry a Hermitian DC column needs."""
+    halves = (np.arange(-127, 127) + 0.5) / 8  # (k + 1/2) steps
+    real = np.concatenate([halves, [127 / 8]]).reshape(1, 1, -1, 1)  # peak 127 steps
+    imag = real[..., ::-1, :].copy()
+    q_real, q_imag, scale = quantize(real, imag)
+    assert scale.item() == 1 / 8
+    conjugate = quantize(real, -imag)
+    np.testing.assert_array_equal(conjugate[0], q_real)
+    np.testing.assert_array_equal(conjugate[1], -q_imag)
+    negated = quantize(-real, -imag)
+    np.testing.assert_array_equal(negated[0], -q_real)
 
 
 @pytest.mark.parametrize("lowering", sorted(LOWERINGS))

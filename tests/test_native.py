@@ -7,6 +7,7 @@ import threading
 
 import keras
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,7 +18,7 @@ from test_onnx_lowering import numpy_convolution, random_kernel, single_layer
 import export.native
 import export.ort_session
 from cfconv_tf.frozen import FrozenSpectralConv2D
-from export.names import NATIVE_ACTIVATION, NATIVE_DOMAIN, NATIVE_OP
+from export.names import NATIVE_ACTIVATION, NATIVE_DOMAIN, NATIVE_OP, NATIVE_OPSET
 from export.native import library_path
 from export.onnx_export import build_onnx, save_onnx
 from export.ort_session import onnx_session, session_options
@@ -56,7 +57,7 @@ def native_model(
         inputs,
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, height, width, cout])],
     )
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(NATIVE_DOMAIN, 1)]
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(NATIVE_DOMAIN, NATIVE_OPSET)]
     return helper.make_model(graph, opset_imports=opsets).SerializeToString()
 
 
@@ -198,7 +199,7 @@ def untyped_model(kernel_real_type: int, kernel_imag_type: int, scale: bool = Fa
         inputs,
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
     )
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(NATIVE_DOMAIN, 1)]
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(NATIVE_DOMAIN, NATIVE_OPSET)]
     return helper.make_model(graph, opset_imports=opsets).SerializeToString()
 
 
@@ -253,6 +254,15 @@ def test_a_kernel_scale_goes_with_int8_kernels_only_and_in_their_shape(rng):
         session.run(None, {**case, "ks": case["ks"][..., 0]})
     (y,) = session.run(None, case)
     assert relative_error(y, case) <= 2e-6
+
+
+def test_a_file_for_another_version_of_the_op_is_refused_with_a_clear_error():
+    model = onnx.load_from_string(native_model(4, 4, 1, 1))
+    for opset in model.opset_import:
+        if opset.domain == NATIVE_DOMAIN:
+            opset.version = NATIVE_OPSET - 1  # its kernel had another layout
+    with pytest.raises(ValueError, match=r"another version of the native op.*export it again"):
+        onnx_session(model.SerializeToString())
 
 
 def test_without_the_library_the_error_names_a_stock_lowering(monkeypatch, rng):

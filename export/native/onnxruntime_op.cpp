@@ -23,6 +23,9 @@ namespace {
 
 constexpr const char* kDomain = "ai.cfconv";
 constexpr const char* kOpName = "SpectralConv2D";
+// The op's version (export/names.py NATIVE_OPSET): files that import an older one, whose
+// kernel layout differs, fail to load rather than compute with a transposed kernel.
+constexpr int kOpVersion = 2;
 
 // Scratch buffers kept between calls, shared by every node of every session in the
 // process (nodes run one after another within a call; concurrent calls take their own):
@@ -162,6 +165,7 @@ struct SpectralConvKernel {
 };
 
 struct SpectralConvOp : Ort::CustomOpBase<SpectralConvOp, SpectralConvKernel, true> {
+  SpectralConvOp() { start_ver_ = kOpVersion; }
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
     auto created = std::make_unique<SpectralConvKernel>();
     if (OrtStatusPtr error = read_activation(info, &created->activation)) return error;

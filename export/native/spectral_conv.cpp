@@ -26,7 +26,7 @@
 #include <complex>
 #include <vector>
 
-#if defined(__F16C__) || defined(__AVX__) || defined(__AVX2__)
+#if defined(__F16C__) || defined(__AVX__)
 #include <immintrin.h>
 #endif
 
