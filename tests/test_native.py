@@ -256,6 +256,23 @@ def test_a_kernel_scale_goes_with_int8_kernels_only_and_in_their_shape(rng):
     assert relative_error(y, case) <= 2e-6
 
 
+@pytest.mark.parametrize("kernel_dtype", [np.float32, np.int8])
+def test_an_omitted_scale_named_empty_is_no_scale(kernel_dtype, rng):
+    """ONNX omits an optional input by an empty name: float kernels run, int8 ones need it."""
+    onnx_type = helper.np_dtype_to_tensor_dtype(np.dtype(kernel_dtype))
+    model = onnx.load_from_string(native_model(6, 5, 2, 3, onnx_type))
+    del model.graph.input[3:]  # int8: the scale is no longer a graph input
+    model.graph.node[0].input[3:] = [""]
+    session = onnx_session(model.SerializeToString())
+    case = random_case(rng, 2, 6, 5, 2, 3, kernel_dtype)
+    feed = {name: case[name] for name in ("x", "kr", "ki")}
+    if kernel_dtype == np.int8:
+        with pytest.raises(InvalidArgument, match="int8 kernels need their kernel_scale"):
+            session.run(None, feed)
+    else:
+        assert relative_error(session.run(None, feed)[0], feed) <= 2e-6
+
+
 def test_a_file_for_another_version_of_the_op_is_refused_with_a_clear_error():
     model = onnx.load_from_string(native_model(4, 4, 1, 1))
     for opset in model.opset_import:
