@@ -57,10 +57,10 @@ def kernel_operands(
             kernel_real, kernel_imag = (np.asarray(part) for part in layer.get_weights())
         parts = {"real": kernel_real, "imag": kernel_imag}
         if lowering == "factorized":
-            ordered = _plan(layer).kernel_order(kernel_real, kernel_imag)
-            parts = dict(zip(parts, ordered, strict=True))
+            plan = _plan(layer)
+            parts = dict(zip(parts, plan.kernel_order(kernel_real, kernel_imag), strict=True))
             if scale is not None:  # a gather of frequencies: the scales follow it
-                rows, columns, _ = _plan(layer).half_spectrum_sources()
+                rows, columns, _ = plan.half_spectrum_sources()
                 scale = scale[rows, columns]
         elif lowering == "native":
             parts = {name: _width_first(value) for name, value in parts.items()}
@@ -89,9 +89,12 @@ def kernel_from_operands(
     reads float16 or int8 parts as stored (int8 ones followed by their scales)."""
     height, width = layer.input_size
     cin, cout = layer.kernel_real.shape[2:]
-    rows = {"factorized": [_plan(layer).frequencies], "native": [width // 2 + 1, height]}.get(
-        lowering, [height, width // 2 + 1]
-    )
+    if lowering == "factorized":
+        rows = [_plan(layer).frequencies]
+    elif lowering == "native":
+        rows = [width // 2 + 1, height]
+    else:
+        rows = [height, width // 2 + 1]
     scale = operands.get("scale")
     kernel = []
     for part in ("real", "imag"):
